@@ -1,0 +1,37 @@
+"""Key names shared across scresidual, kept in one place (as squidpy does)."""
+
+SPATIAL_KEY = "spatial"
+"""``obsm`` key of the spatial coordinates."""
+
+CONNECTIVITIES_KEY = "spatial_connectivities"
+"""``obsp`` key of the spatial neighbour graph (squidpy convention)."""
+
+DISTANCES_KEY = "spatial_distances"
+"""``obsp`` key of the spatial neighbour distances (squidpy convention)."""
+
+SOURCE_KEY = "X_source"
+"""Default ``obsm`` key for embeddings of a frozen source model."""
+
+PCA_KEY = "X_pca"
+"""``obsm`` key of the target-side PCA features."""
+
+COUNTS_LAYER = "counts"
+"""Layer holding raw counts, when ``X`` has been normalised."""
+
+REGION_KEY = "region"
+"""``obs`` key of region labels in the embedded data sets."""
+
+
+def pred_key(labels_key: str) -> str:
+    """``obs`` key of predicted labels for ``labels_key``."""
+    return f"{labels_key}_pred"
+
+
+def proba_key(labels_key: str) -> str:
+    """``obsm`` key of class probabilities for ``labels_key``."""
+    return f"{labels_key}_proba"
+
+
+def proba_classes_key(labels_key: str) -> str:
+    """``uns`` key of the class order of the ``proba_key`` columns."""
+    return f"{labels_key}_proba_classes"
