@@ -1,0 +1,342 @@
+"""The modality-agnostic REFINE classifier over named input views.
+
+A *view* is one array with cells (samples) on the first axis: the features of a frozen
+source, or the input of a residual encoder (flat features, graph hops, images, token
+counts…). Pipelines for each modality turn their data into views; everything after that —
+arms, training, the negative-transfer guard, prediction, saving — lives here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+
+from .. import __version__
+from .._errors import ScResidualError
+from .._io import atomic_path
+from ..module import ResidualNetwork, arm_uses, build_encoder
+from ..train import ViewsDataset, as_tensor, batch_loader, train_network
+
+logger = logging.getLogger("scresidual")
+
+FORMAT_VERSION = 1
+"""On-disk format of saved models; bumped when old directories can no longer be read."""
+
+
+@dataclass
+class ResidualConfig:
+    """Everything needed to rebuild and retrain a :class:`ResidualModel`."""
+
+    arm: str = "refine"
+    sources: list[str] = field(default_factory=list)
+    residuals: dict[str, list] = field(default_factory=dict)  # name -> [encoder, kwargs]
+    head: str = "linear"
+    guard: bool = True
+    source_dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    source_weight_decay: float = 1e-2
+    max_epochs: int = 200
+    batch_size: int = 128
+    patience: int = 20
+    validation_size: float = 0.2
+    class_weight: str | None = "balanced"
+    seed: int = 0
+
+
+def labelled_mask(y) -> np.ndarray:
+    """True where a label is present (not NaN/None/empty string)."""
+    s = pd.Series(np.asarray(y, dtype=object))
+    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy()
+
+
+class ResidualModel:
+    """REFINE and its comparison arms on any modality.
+
+    Parameters
+    ----------
+    arm
+        ``"refine"`` (frozen source + residual encoder + linear head), ``"scratch"``,
+        ``"linear-probe"`` or ``"adapter"``.
+    sources
+        Names of the views holding frozen source features.
+    residuals
+        ``{view name: (encoder name, encoder kwargs)}`` for the trainable residual
+        encoders (see :data:`scresidual.module.ENCODERS`).
+    head
+        ``"linear"`` (default, robust) or ``"mlp"``.
+    guard
+        For ``refine``: also fit ``scratch`` on the same split and keep whichever has the
+        lower validation loss, so the fitted model is not worse than ignoring the source
+        beyond validation noise. What was chosen is in :attr:`guard_report_`.
+    seed
+        Seed for initialisation, data splits and batch order.
+    accelerator, devices, strategy
+        Passed to :class:`lightning.pytorch.Trainer`.
+    progress
+        Show progress bars and Lightning's messages.
+    **config
+        Training options of :class:`ResidualConfig` (``max_epochs``, ``lr``, …).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        arm: str = "refine",
+        sources: Sequence[str] = (),
+        residuals: Mapping[str, tuple[str, dict]] | None = None,
+        head: str = "linear",
+        guard: bool = True,
+        seed: int = 0,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        strategy: str = "auto",
+        progress: bool = True,
+        **config,
+    ):
+        arm_uses(arm)  # validates the name
+        unknown = set(config) - set(ResidualConfig.__dataclass_fields__)
+        if unknown:
+            raise ScResidualError(
+                f"unknown training option(s) {sorted(unknown)}; see ResidualConfig for the options."
+            )
+        residuals = {k: [v[0], dict(v[1])] for k, v in (residuals or {}).items()}
+        self.config = ResidualConfig(
+            arm=arm, sources=list(sources), residuals=residuals, head=head, guard=guard,
+            seed=seed, **config,
+        )
+        self.trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
+        self.progress = progress
+        self.network: ResidualNetwork | None = None
+        self.classes_: list[str] = []
+        self.shapes_: dict[str, tuple[int, ...]] = {}
+        self.chosen_arm_: str | None = None
+        self.guard_report_: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ building
+    @property
+    def view_names(self) -> list[str]:
+        """Views this model reads."""
+        return [*self.config.sources, *self.config.residuals]
+
+    def _build(self, arm: str) -> ResidualNetwork:
+        use_source, use_residual = arm_uses(arm)
+        encoders = {}
+        if use_residual:
+            for name, (kind, kwargs) in self.config.residuals.items():
+                n_in = int(np.prod(self.shapes_[name][:1])) if kind == "cnn" else int(
+                    np.prod(self.shapes_[name])
+                )
+                encoders[name] = build_encoder(kind, n_in, **kwargs)
+        return ResidualNetwork(
+            arm=arm,
+            source_shapes={k: self.shapes_[k] for k in self.config.sources},
+            residual_shapes={k: self.shapes_[k] for k in self.config.residuals},
+            encoders=encoders,
+            n_classes=len(self.classes_),
+            head=self.config.head,
+            source_dropout=self.config.source_dropout,
+        )
+
+    def _tensors(self, views: Mapping[str, np.ndarray], n: int | None = None) -> dict:
+        missing = [k for k in self.view_names if k not in views]
+        if missing:
+            raise ScResidualError(
+                f"missing input view(s) {missing}; this model reads {self.view_names}."
+            )
+        out = {}
+        for k in self.view_names:
+            t = as_tensor(views[k])
+            if n is not None and len(t) != n:
+                raise ScResidualError(f"view {k!r} has {len(t)} rows but there are {n} labels.")
+            if self.shapes_ and tuple(t.shape[1:]) != tuple(self.shapes_[k]):
+                raise ScResidualError(
+                    f"view {k!r} has shape {tuple(t.shape[1:])} per sample, but the model was "
+                    f"fitted on {tuple(self.shapes_[k])}; use the same features as at fit time."
+                )
+            if not torch.isfinite(t).all():
+                raise ScResidualError(f"view {k!r} holds NaN/inf values; clean or impute it first.")
+            out[k] = t
+        return out
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, views: Mapping[str, np.ndarray], y) -> ResidualModel:
+        """Fit on the labelled rows of ``y`` (NaN/None/'' marks an unlabelled row).
+
+        Unlabelled rows still set the standardisation statistics of the inputs.
+        """
+        cfg = self.config
+        y = np.asarray(y, dtype=object)
+        tensors = self._tensors(views, n=len(y))
+        self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items()}
+        mask = labelled_mask(y)
+        labels = np.array([str(v) for v in y[mask]], dtype=object)
+        self.classes_ = sorted(set(labels))
+        if len(self.classes_) < 2:
+            raise ScResidualError(
+                f"need labels of at least 2 classes to train, found {len(self.classes_)} "
+                f"among {int(mask.sum())} labelled cells; label more cells or check labels_key."
+            )
+        codes = np.full(len(y), -1, dtype=np.int64)
+        codes[mask] = pd.Categorical(labels, categories=self.classes_).codes
+        y_t = torch.from_numpy(codes)
+        train_idx, val_idx = self._split(np.flatnonzero(mask), codes[mask])
+        weights = None
+        if cfg.class_weight == "balanced":
+            counts = np.bincount(codes[train_idx], minlength=len(self.classes_)).astype(float)
+            weights = torch.tensor(
+                np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
+                dtype=torch.float32,
+            )
+        candidates = [cfg.arm]
+        if cfg.guard and cfg.arm == "refine" and cfg.sources and cfg.residuals:
+            candidates.append("scratch")
+        fitted = {}
+        for arm in candidates:
+            pl.seed_everything(cfg.seed, verbose=False)
+            net = self._build(arm)
+            net.fit_normalisation(tensors)
+            result = train_network(
+                net, tensors, y_t, train_idx, val_idx,
+                max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                weight_decay=cfg.weight_decay, source_weight_decay=cfg.source_weight_decay,
+                patience=cfg.patience, class_weights=weights, seed=cfg.seed,
+                progress=self.progress, **self.trainer_kwargs,
+            )
+            report = {"best_epoch": result.best_epoch, "val_loss": result.best_val_loss}
+            if len(val_idx):
+                pred = self._predict_codes(net, {k: t[val_idx] for k, t in tensors.items()})
+                report["val_macro_f1"] = float(
+                    f1_score(codes[val_idx], pred, average="macro", zero_division=0)
+                )
+            fitted[arm] = (net, report)
+        self.guard_report_ = {arm: rep for arm, (_, rep) in fitted.items()}
+        self.chosen_arm_ = min(
+            candidates, key=lambda a: (np.nan_to_num(fitted[a][1]["val_loss"], nan=np.inf),
+                                       candidates.index(a)),
+        )
+        if len(candidates) > 1:
+            logger.info(
+                "guard: kept %r (validation loss %s)", self.chosen_arm_,
+                ", ".join(f"{a}={r['val_loss']:.4f}" for a, r in self.guard_report_.items()),
+            )
+        self.network = fitted[self.chosen_arm_][0].eval()
+        return self
+
+    def _split(self, labelled: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        size = self.config.validation_size
+        if not size or len(labelled) < 10:
+            return labelled, np.array([], dtype=np.int64)
+        counts = np.bincount(codes)
+        stratify = codes if counts[counts > 0].min() >= 2 else None
+        try:
+            train, val = train_test_split(
+                labelled, test_size=size, stratify=stratify, random_state=self.config.seed
+            )
+        except ValueError:  # too few cells per class for a stratified split
+            train, val = train_test_split(labelled, test_size=size, random_state=self.config.seed)
+        return np.sort(train), np.sort(val)
+
+    # ------------------------------------------------------------------ prediction
+    @staticmethod
+    @torch.no_grad()
+    def _logits(net: ResidualNetwork, tensors: Mapping[str, torch.Tensor], batch_size=8192):
+        net.eval()
+        loader = batch_loader(ViewsDataset(tensors), batch_size=batch_size, shuffle=False)
+        return torch.cat([net(b["views"]) for b in loader])
+
+    def _predict_codes(self, net, tensors) -> np.ndarray:
+        return self._logits(net, tensors).argmax(1).numpy()
+
+    def _check_fitted(self) -> ResidualNetwork:
+        if self.network is None:
+            raise ScResidualError("the model is not fitted yet; call fit() or load() first.")
+        return self.network
+
+    def predict_proba(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Class probabilities, columns in the order of :attr:`classes_`."""
+        net = self._check_fitted()
+        return torch.softmax(self._logits(net, self._tensors(views)), 1).numpy()
+
+    def predict(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Predicted class labels."""
+        return np.asarray(self.classes_, dtype=object)[self.predict_proba(views).argmax(1)]
+
+    # ------------------------------------------------------------------ saving
+    def write(self, directory: Path) -> None:
+        """Write the model's files into an existing directory (not atomic; see :meth:`save`)."""
+        net = self._check_fitted()
+        meta = {
+            "format": FORMAT_VERSION,
+            "scresidual_version": __version__,
+            "config": asdict(self.config),
+            "classes": self.classes_,
+            "shapes": {k: list(v) for k, v in self.shapes_.items()},
+            "chosen_arm": self.chosen_arm_,
+            "guard_report": self.guard_report_,
+        }
+        (directory / "residual_model.json").write_text(json.dumps(meta, indent=2))
+        torch.save(net.state_dict(), directory / "residual_model.pt")
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Save to a directory, atomically (a reader never sees half a model)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ScResidualError(f"{path} exists; pass overwrite=True or choose another path.")
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            self.write(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path, *, progress: bool = True, **trainer_kwargs) -> ResidualModel:
+        """Load a model saved with :meth:`save` (or written by a pipeline's ``save``)."""
+        path = Path(path)
+        meta_file, state_file = path / "residual_model.json", path / "residual_model.pt"
+        if not meta_file.is_file() or not state_file.is_file():
+            raise ScResidualError(
+                f"{path} is not a scresidual model directory (no residual_model.json/.pt); "
+                "pass the directory written by save()."
+            )
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ScResidualError(f"{meta_file} is corrupted ({err}); refit and save again.") from err
+        if meta.get("format") != FORMAT_VERSION:
+            raise ScResidualError(
+                f"{path} was written by scresidual {meta.get('scresidual_version', '?')} in "
+                f"format {meta.get('format')}; this version ({__version__}) reads format "
+                f"{FORMAT_VERSION}: refit the model or install the matching version."
+            )
+        cfg = dict(meta["config"])
+        arm, sources, residuals = cfg.pop("arm"), cfg.pop("sources"), cfg.pop("residuals")
+        head, guard, seed = cfg.pop("head"), cfg.pop("guard"), cfg.pop("seed")
+        model = cls(
+            arm=arm, sources=sources, residuals=residuals, head=head, guard=guard, seed=seed,
+            progress=progress, **trainer_kwargs, **cfg,
+        )
+        model.classes_ = list(meta["classes"])
+        model.shapes_ = {k: tuple(v) for k, v in meta["shapes"].items()}
+        model.chosen_arm_ = meta["chosen_arm"]
+        model.guard_report_ = meta.get("guard_report", {})
+        net = model._build(model.chosen_arm_)
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+        except Exception as err:  # torch raises many types for damaged files
+            raise ScResidualError(
+                f"cannot read the weights in {state_file} ({type(err).__name__}); the file is "
+                "corrupted or from another model: refit and save again."
+            ) from err
+        model.network = net.eval()
+        return model

@@ -1,0 +1,275 @@
+"""Label anatomical regions on spatial slides: frozen single-cell source + spatial residual."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._constants import SPATIAL_KEY, pred_key, proba_classes_key, proba_key
+from .._errors import ScResidualError
+from .._io import atomic_path
+from .._validate import check_finite, check_obs_key, check_obsm_key, check_unique_obs_names
+from ..pp import PCAFeatures, neighbourhood_hops, parse_graph, spatial_graph_matrix
+from ._residual import ResidualModel, labelled_mask
+
+SETUP_FILE = "spatial_setup.json"
+
+
+def _parse_spec(spec: str, kinds: Sequence[str], what: str) -> tuple[str, str | None]:
+    spec = str(spec)
+    kind, _, value = spec.partition(":")
+    if kind not in kinds or (kind in ("obsm", "scvi") and not value):
+        raise ScResidualError(
+            f"unknown {what} {spec!r}; use one of "
+            + ", ".join(f"'{k}:…'" if k in ("obsm", "scvi") else f"'{k}'" for k in kinds)
+            + "."
+        )
+    return kind, value or None
+
+
+class SpatialRegionClassifier:
+    """REFINE for spatial slides: frozen source embedding + spatial-graph residual + linear head.
+
+    Parameters
+    ----------
+    adata
+        Training slide(s). Cells whose label is missing (NaN or empty) are not trained on.
+    labels_key
+        ``obs`` column with the region labels.
+    sources
+        Frozen sources: ``'obsm:KEY'`` (precomputed embedding), ``'scvi:DIR'`` (an
+        scvi-tools model directory, applied to the slide after matching genes). Empty for
+        the ``scratch`` arm.
+    features
+        Target-side inputs of the residual encoders, one encoder each: ``'pca'`` (PCA of
+        log-normalised expression) or ``'obsm:KEY'`` (e.g. protein).
+    graph
+        Spatial graph: ``'knn:K'``, ``'radius:R'``, ``'delaunay'`` or ``'none'`` (no spatial
+        residual; features enter an MLP).
+    n_hops
+        Neighbourhood hops averaged by the graph encoder.
+    library_key
+        ``obs`` column naming each cell's slide: one graph per slide, no edges across.
+    spatial_key
+        ``obsm`` key of the coordinates.
+    layer
+        Layer with counts (for ``'pca'`` and ``'scvi:'``); default ``X``.
+    n_comps
+        Number of PCA components.
+    arm
+        ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
+    seed
+        Random seed.
+    **kwargs
+        Passed to :class:`ResidualModel` (``guard``, ``max_epochs``, ``accelerator``, …).
+
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        labels_key: str,
+        sources: Sequence[str] = (),
+        features: Sequence[str] = ("pca",),
+        graph: str = "knn:6",
+        n_hops: int = 2,
+        library_key: str | None = None,
+        spatial_key: str = SPATIAL_KEY,
+        layer: str | None = None,
+        n_comps: int = 30,
+        arm: str = "refine",
+        seed: int = 0,
+        **kwargs,
+    ):
+        check_obs_key(adata, labels_key)
+        check_unique_obs_names(adata)
+        sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
+        features = [features] if isinstance(features, str) else list(features)
+        for s in sources:
+            _parse_spec(s, ("obsm", "scvi"), "source")
+        for f in features:
+            _parse_spec(f, ("pca", "obsm"), "features")
+        parse_graph(graph)
+        self.setup = {
+            "labels_key": labels_key, "sources": list(sources), "features": features,
+            "graph": graph, "n_hops": int(n_hops), "library_key": library_key,
+            "spatial_key": spatial_key, "layer": layer, "n_comps": int(n_comps),
+        }
+        self.adata = adata
+        self._pca: dict[int, PCAFeatures] = {}
+        self._frozen: dict[int, object] = {}
+        graph_on = parse_graph(graph)[0] != "none"
+        residuals = {
+            f"features_{j}": ("hops", {"n_hops": int(n_hops)}) if graph_on else ("mlp", {})
+            for j in range(len(features))
+        }
+        self.model = ResidualModel(
+            arm=arm, sources=[f"source_{i}" for i in range(len(sources))], residuals=residuals,
+            seed=seed, **kwargs,
+        )
+
+    # ------------------------------------------------------------------ views
+    def _source(self, i: int, adata: AnnData) -> np.ndarray:
+        kind, value = _parse_spec(self.setup["sources"][i], ("obsm", "scvi"), "source")
+        if kind == "obsm":
+            check_obsm_key(adata, value)
+            Z = np.asarray(adata.obsm[value], dtype=np.float32)
+        else:
+            if i not in self._frozen:
+                from ..sources._scvi import ScviSource
+
+                path = Path(value)
+                if not path.is_absolute() and getattr(self, "_model_dir", None):
+                    path = self._model_dir / path
+                self._frozen[i] = ScviSource.load(path, layer=self.setup["layer"])
+            Z = self._frozen[i].embed(adata, progress=self.model.progress)
+        check_finite(Z, f"source {self.setup['sources'][i]!r}")
+        return Z.reshape(adata.n_obs, -1)
+
+    def _features(self, j: int, adata: AnnData) -> np.ndarray:
+        kind, value = _parse_spec(self.setup["features"][j], ("pca", "obsm"), "features")
+        if kind == "obsm":
+            check_obsm_key(adata, value)
+            X = np.asarray(adata.obsm[value], dtype=np.float32).reshape(adata.n_obs, -1)
+            check_finite(X, f"adata.obsm[{value!r}]")
+            return X
+        if j not in self._pca:
+            self._pca[j] = PCAFeatures.fit(
+                adata, n_comps=self.setup["n_comps"], layer=self.setup["layer"],
+                seed=self.model.config.seed,
+            )
+        return self._pca[j].transform(adata, layer=self.setup["layer"])
+
+    def views(self, adata: AnnData) -> dict[str, np.ndarray]:
+        """The model's inputs for ``adata``: source embeddings and (graph-averaged) features."""
+        check_unique_obs_names(adata)
+        out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}
+        graph_on = parse_graph(self.setup["graph"])[0] != "none"
+        conn = None
+        if graph_on:
+            library_key = self.setup["library_key"]
+            if library_key is not None and library_key not in adata.obs:
+                library_key = None  # a single new slide without the slide column
+            conn, _ = spatial_graph_matrix(
+                adata, self.setup["graph"], spatial_key=self.setup["spatial_key"],
+                library_key=library_key,
+            )
+        for j in range(len(self.setup["features"])):
+            X = self._features(j, adata)
+            if conn is not None:
+                X = neighbourhood_hops(X, conn, self.setup["n_hops"]).reshape(adata.n_obs, -1)
+            out[f"features_{j}"] = X
+        return out
+
+    # ------------------------------------------------------------------ training
+    def train(self, **overrides) -> SpatialRegionClassifier:
+        """Fit on the labelled cells of the training AnnData.
+
+        ``overrides`` update training options for this call (e.g. ``max_epochs=50``).
+        """
+        for k, v in overrides.items():
+            if not hasattr(self.model.config, k):
+                raise ScResidualError(f"unknown training option {k!r}; see ResidualConfig.")
+            setattr(self.model.config, k, v)
+        y = self.adata.obs[self.setup["labels_key"]].to_numpy()
+        if labelled_mask(y).sum() == 0:
+            raise ScResidualError(
+                f"obs[{self.setup['labels_key']!r}] has no labels; label some cells first."
+            )
+        self.model.fit(self.views(self.adata), y)
+        return self
+
+    @property
+    def classes_(self) -> list[str]:
+        """Region names, in the column order of the probabilities."""
+        return self.model.classes_
+
+    def predict_proba(self, adata: AnnData | None = None) -> pd.DataFrame:
+        """Class probabilities per cell (a DataFrame; ``adata`` is not modified)."""
+        adata = self.adata if adata is None else adata
+        P = self.model.predict_proba(self.views(adata))
+        return pd.DataFrame(P, index=adata.obs_names, columns=self.classes_)
+
+    def predict(
+        self, adata: AnnData | None = None, *, key_added: str | None = None, copy: bool = False
+    ) -> AnnData | None:
+        """Predict regions and store them in ``adata``.
+
+        Writes ``obs['<key>_pred']`` (categorical), ``obsm['<key>_proba']`` (probabilities)
+        and ``uns['<key>_proba_classes']`` (their column order), where ``key`` defaults to
+        the training ``labels_key``.
+        """
+        adata = self.adata if adata is None else adata
+        key = key_added or self.setup["labels_key"]
+        proba = self.predict_proba(adata)
+        adata = adata.copy() if copy else adata
+        adata.obs[pred_key(key)] = pd.Categorical(
+            np.asarray(self.classes_, dtype=object)[proba.to_numpy().argmax(1)],
+            categories=self.classes_,
+        )
+        adata.obsm[proba_key(key)] = proba.to_numpy().astype(np.float32)
+        adata.uns[proba_classes_key(key)] = np.asarray(self.classes_, dtype=object)
+        return adata if copy else None
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Save the model, its feature maps and copies of its scvi sources, atomically."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ScResidualError(f"{path} exists; pass overwrite=True or choose another path.")
+        setup = dict(self.setup)
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            self.model.write(tmp)
+            setup["sources"] = []
+            for i, spec in enumerate(self.setup["sources"]):
+                kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
+                if kind == "scvi":
+                    src = self._frozen[i].model_dir if i in self._frozen else Path(value)
+                    shutil.copytree(src, tmp / "sources" / f"source_{i}")
+                    spec = f"scvi:sources/source_{i}"
+                setup["sources"].append(spec)
+            for j, pca in self._pca.items():
+                np.savez(tmp / f"features_{j}_pca.npz", **pca.to_dict())
+            (tmp / SETUP_FILE).write_text(json.dumps(setup, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, *, progress: bool = True) -> SpatialRegionClassifier:
+        """Load a model written by :meth:`save`."""
+        path = Path(path)
+        if not (path / SETUP_FILE).is_file():
+            raise ScResidualError(
+                f"{path} is not a saved SpatialRegionClassifier (no {SETUP_FILE}); pass the "
+                "directory written by save() or `scresidual fit --model-dir`."
+            )
+        try:
+            setup = json.loads((path / SETUP_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ScResidualError(f"{path / SETUP_FILE} is corrupted; refit the model.") from err
+        self = cls.__new__(cls)
+        self.setup, self.adata, self._frozen = setup, None, {}
+        self._model_dir = path
+        self.model = ResidualModel.load(path, progress=progress)
+        self._pca = {}
+        for j, spec in enumerate(setup["features"]):
+            if spec == "pca":
+                file = path / f"features_{j}_pca.npz"
+                if not file.is_file():
+                    raise ScResidualError(f"{file} is missing; the model directory is incomplete.")
+                with np.load(file, allow_pickle=False) as d:
+                    self._pca[j] = PCAFeatures.from_dict(d)
+        return self
+
+    def __repr__(self) -> str:
+        fitted = f"fitted, arm={self.model.chosen_arm_!r}" if self.model.network else "not fitted"
+        return (
+            f"SpatialRegionClassifier({fitted}; sources={self.setup['sources']}, "
+            f"features={self.setup['features']}, graph={self.setup['graph']!r})"
+        )

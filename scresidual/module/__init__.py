@@ -1,0 +1,25 @@
+"""Plain PyTorch modules: the residual network, its arms, and the residual encoders."""
+
+from ._encoders import (
+    ENCODERS,
+    CNNEncoder,
+    HopEncoder,
+    MLPEncoder,
+    build_encoder,
+    register_encoder,
+)
+from ._network import ARMS, Adapter, ResidualNetwork, Standardize, arm_uses
+
+__all__ = [
+    "ARMS",
+    "ENCODERS",
+    "Adapter",
+    "CNNEncoder",
+    "HopEncoder",
+    "MLPEncoder",
+    "ResidualNetwork",
+    "Standardize",
+    "arm_uses",
+    "build_encoder",
+    "register_encoder",
+]

@@ -1,0 +1,194 @@
+"""The residual network: frozen source features f(x), trainable residual h(x), shallow head g.
+
+All four arms are this one network with parts switched on or off:
+
+============  ===========  ================  ==========================
+arm           source f     residual h        head g
+============  ===========  ================  ==========================
+refine        yes          yes               linear on [f(x), h(x)]
+scratch       no           yes               linear on h(x)
+linear-probe  yes          no                linear on f(x)
+adapter       yes          no                bottleneck MLP on f, linear
+============  ===========  ================  ==========================
+
+Source features arrive precomputed (the frozen encoder ran once, in eval mode, without
+gradients), so f's weights can never change here. They are standardised with statistics
+fixed at fit time, and the head's source and residual blocks are separate linear maps so
+they can be regularised separately (see :class:`scresidual.train.ClassifierPlan`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+ARMS = ("refine", "scratch", "linear-probe", "adapter")
+"""Names of the comparison arms, as used on the command line."""
+
+
+def arm_uses(arm: str) -> tuple[bool, bool]:
+    """Return ``(uses_source, uses_residual)`` for an arm."""
+    from .._errors import ScResidualError
+
+    if arm not in ARMS:
+        raise ScResidualError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
+    return arm != "scratch", arm in ("refine", "scratch")
+
+
+class Standardize(nn.Module):
+    """Fixed affine normalisation ``(x - mean) / std`` with statistics stored as buffers."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> Standardize:
+        """Set the statistics from a sample; images share one scalar, flat features one per column."""
+        x = x.float()
+        if x.ndim > 2:
+            self.mean.fill_(x.mean().item())
+            self.std.fill_(max(x.std().item(), 1e-6))
+        else:
+            self.mean.copy_(x.mean(0))
+            std = x.std(0)
+            # Constant columns would explode; give them unit scale instead.
+            self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+class Adapter(nn.Module):
+    """Bottleneck MLP with a skip connection: ``z + W2 relu(W1 z)``."""
+
+    def __init__(self, n_in: int, n_bottleneck: int = 32, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_in, n_bottleneck), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(n_bottleneck, n_in),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.net(z)
+
+
+class ResidualNetwork(nn.Module):
+    """REFINE network and its comparison arms.
+
+    Parameters
+    ----------
+    arm
+        One of :data:`ARMS`.
+    source_shapes
+        Shape (without the cell axis) of each frozen source's features, by name.
+    residual_shapes
+        Shape of each residual modality's input, by name.
+    encoders
+        A built residual encoder per residual modality (must expose ``n_out``).
+    n_classes
+        Number of classes.
+    head
+        ``"linear"`` (the paper's robust choice) or ``"mlp"`` (one hidden layer).
+    source_dropout
+        Dropout on the standardised source features while training.
+    adapter_dim
+        Bottleneck width of the ``adapter`` arm.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        arm: str,
+        source_shapes: Mapping[str, tuple[int, ...]],
+        residual_shapes: Mapping[str, tuple[int, ...]],
+        encoders: Mapping[str, nn.Module],
+        n_classes: int,
+        head: str = "linear",
+        source_dropout: float = 0.0,
+        adapter_dim: int = 32,
+    ):
+        super().__init__()
+        self.arm = arm
+        use_source, use_residual = arm_uses(arm)
+        self.source_names = list(source_shapes) if use_source else []
+        self.residual_names = list(residual_shapes) if use_residual else []
+        self.source_norm = nn.ModuleDict(
+            {k: Standardize(tuple(source_shapes[k])) for k in self.source_names}
+        )
+        self.residual_norm = nn.ModuleDict(
+            {k: Standardize(tuple(residual_shapes[k])) for k in self.residual_names}
+        )
+        self.encoders = nn.ModuleDict({k: encoders[k] for k in self.residual_names})
+        n_source = sum(int(torch.Size(source_shapes[k]).numel()) for k in self.source_names)
+        n_residual = sum(self.encoders[k].n_out for k in self.residual_names)
+        if n_source + n_residual == 0:
+            from .._errors import ScResidualError
+
+            raise ScResidualError(
+                f"arm {arm!r} has no inputs: give a source for arms that use one, and residual "
+                "features for 'refine'/'scratch'."
+            )
+        self.source_dropout = nn.Dropout(source_dropout)
+        self.adapter = Adapter(n_source, adapter_dim) if arm == "adapter" else None
+        self.head_kind = head
+        if head == "linear":
+            # Two blocks of one linear map, so each block can have its own weight decay.
+            self.head_source = nn.Linear(n_source, n_classes, bias=False) if n_source else None
+            self.head_residual = nn.Linear(n_residual, n_classes) if n_residual else None
+            if self.head_residual is None:
+                self.head_source = nn.Linear(n_source, n_classes)
+        elif head == "mlp":
+            self.head_mlp = nn.Sequential(
+                nn.Linear(n_source + n_residual, 64), nn.ReLU(), nn.Linear(64, n_classes)
+            )
+        else:
+            from .._errors import ScResidualError
+
+            raise ScResidualError(f"unknown head {head!r}; use 'linear' or 'mlp'.")
+
+    @torch.no_grad()
+    def fit_normalisation(self, views: Mapping[str, torch.Tensor]) -> None:
+        """Fix the standardisation statistics from the training inputs."""
+        for k in self.source_names:
+            self.source_norm[k].fit(views[k])
+        for k in self.residual_names:
+            self.residual_norm[k].fit(views[k])
+
+    def source_features(self, views: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Standardised (and, for ``adapter``, adapted) frozen source features."""
+        if not self.source_names:
+            return None
+        z = torch.cat([self.source_norm[k](views[k]).flatten(1) for k in self.source_names], 1)
+        z = self.source_dropout(z)
+        return self.adapter(z) if self.adapter is not None else z
+
+    def residual_features(self, views: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Output of the trainable residual encoders, concatenated."""
+        if not self.residual_names:
+            return None
+        return torch.cat(
+            [self.encoders[k](self.residual_norm[k](views[k])) for k in self.residual_names], 1
+        )
+
+    def forward(self, views: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        zs, zr = self.source_features(views), self.residual_features(views)
+        if self.head_kind == "mlp":
+            return self.head_mlp(torch.cat([z for z in (zs, zr) if z is not None], 1))
+        logits = 0
+        if zs is not None:
+            logits = logits + self.head_source(zs)
+        if zr is not None:
+            logits = logits + self.head_residual(zr)
+        return logits
+
+    def source_head_parameters(self) -> list[nn.Parameter]:
+        """Head weights acting on the frozen source features (regularised separately)."""
+        if self.head_kind == "linear" and self.head_source is not None:
+            return list(self.head_source.parameters())
+        return []

@@ -1,0 +1,22 @@
+"""Preprocessing: spatial graphs, neighbourhood features and target-side PCA features."""
+
+from ._features import PCAFeatures, pca_features
+from ._graph import (
+    neighbourhood_features,
+    neighbourhood_hops,
+    parse_graph,
+    row_normalised,
+    spatial_graph,
+    spatial_graph_matrix,
+)
+
+__all__ = [
+    "PCAFeatures",
+    "neighbourhood_features",
+    "neighbourhood_hops",
+    "parse_graph",
+    "pca_features",
+    "row_normalised",
+    "spatial_graph",
+    "spatial_graph_matrix",
+]

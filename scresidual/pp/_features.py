@@ -1,0 +1,134 @@
+"""Target-side features: log-normalised expression reduced by PCA, reproducible on new slides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._errors import ScResidualError
+from .._validate import check_finite
+from ..sources._genes import align_genes
+
+
+def _is_counts(X) -> bool:
+    vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    sample = vals[: 100_000]
+    return bool(sample.size == 0 or (sample.min() >= 0 and np.allclose(sample, np.round(sample))))
+
+
+def _lognorm(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
+    totals = np.asarray(X.sum(1)).ravel()
+    totals[totals == 0] = 1.0
+    Y = sp.diags((target_sum / totals).astype(np.float32)).dot(X).tocsr()
+    Y.data = np.log1p(Y.data)
+    return Y
+
+
+@dataclass
+class PCAFeatures:
+    """Fitted PCA of log-normalised expression, applied identically to any slide.
+
+    Counts (non-negative integers) are normalised to 10,000 per cell and log1p-transformed;
+    other values (already normalised, protein scores) are used as they are. The genes, their
+    means and the components are stored so new slides get exactly the same map.
+    """
+
+    genes: np.ndarray
+    mean: np.ndarray
+    components: np.ndarray
+    lognorm: bool
+
+    @classmethod
+    def fit(
+        cls,
+        adata: AnnData,
+        *,
+        n_comps: int = 30,
+        n_top_genes: int = 2000,
+        layer: str | None = None,
+        max_cells: int = 50_000,
+        seed: int = 0,
+    ) -> PCAFeatures:
+        """Fit on ``adata`` (a random subset of ``max_cells`` for large slides)."""
+        X = adata.layers[layer] if layer is not None else adata.X
+        check_finite(X, "the expression matrix")
+        lognorm = _is_counts(X)
+        X = sp.csr_matrix(X, dtype=np.float32)
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(adata.n_obs, max_cells, replace=False)) if (
+            adata.n_obs > max_cells
+        ) else slice(None)
+        Y = _lognorm(X[rows]) if lognorm else X[rows]
+        mean = np.asarray(Y.mean(0)).ravel()
+        var = np.asarray(Y.multiply(Y).mean(0)).ravel() - mean**2
+        keep = np.sort(np.argsort(-var)[: min(n_top_genes, len(var))])
+        keep = keep[var[keep] > 0]
+        if len(keep) < 2:
+            raise ScResidualError(
+                "fewer than 2 features vary across cells; PCA features need a non-constant matrix."
+            )
+        Yk = Y[:, keep].toarray() - mean[keep]
+        n_comps = int(min(n_comps, len(keep) - 1, Yk.shape[0] - 1))
+        # Covariance eigendecomposition: cheap for many cells and a few thousand genes.
+        cov = (Yk.T @ Yk) / max(Yk.shape[0] - 1, 1)
+        evals, evecs = np.linalg.eigh(cov.astype(np.float64))
+        comps = evecs[:, ::-1][:, :n_comps].T
+        # Fix the sign so results do not depend on the eigen-solver.
+        comps *= np.sign(comps[np.arange(n_comps), np.abs(comps).argmax(1)])[:, None]
+        return cls(
+            genes=np.asarray(adata.var_names[keep], dtype=object),
+            mean=mean[keep].astype(np.float32),
+            components=comps.astype(np.float32),
+            lognorm=lognorm,
+        )
+
+    def transform(
+        self, adata: AnnData, *, layer: str | None = None, chunk_size: int = 100_000
+    ) -> np.ndarray:
+        """Project ``adata`` (genes matched by name, missing ones zero-filled)."""
+        X = align_genes(adata, self.genes, layer=layer, min_overlap=0.5, model_name="PCA features")
+        check_finite(X, "the expression matrix")
+        out = np.empty((adata.n_obs, len(self.components)), dtype=np.float32)
+        for start in range(0, adata.n_obs, chunk_size):
+            block = X[start : start + chunk_size]
+            # Normalise by totals over the model's genes, the same at fit and transform time.
+            block = _lognorm(block) if self.lognorm else block
+            out[start : start + chunk_size] = (block @ self.components.T) - (
+                self.mean @ self.components.T
+            )
+        return out
+
+    def to_dict(self) -> dict:
+        """Arrays for saving with ``np.savez``."""
+        return {
+            "genes": self.genes.astype(str), "mean": self.mean, "components": self.components,
+            "lognorm": np.array(self.lognorm),
+        }
+
+    @classmethod
+    def from_dict(cls, d) -> PCAFeatures:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            genes=np.asarray(d["genes"], dtype=object), mean=np.asarray(d["mean"]),
+            components=np.asarray(d["components"]), lognorm=bool(d["lognorm"]),
+        )
+
+
+def pca_features(
+    adata: AnnData,
+    *,
+    n_comps: int = 30,
+    layer: str | None = None,
+    key_added: str = "X_pca",
+    seed: int = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Log-normalise (counts only) and PCA-reduce expression into ``obsm[key_added]``."""
+    pca = PCAFeatures.fit(adata, n_comps=n_comps, layer=layer, seed=seed)
+    Z = pca.transform(adata, layer=layer)
+    adata = adata.copy() if copy else adata
+    adata.obsm[key_added] = Z
+    return adata if copy else None

@@ -1,0 +1,174 @@
+"""Spatial neighbour graphs (squidpy) and the neighbourhood features the graph encoder reads."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._constants import CONNECTIVITIES_KEY, DISTANCES_KEY, SPATIAL_KEY
+from .._errors import ScResidualError
+from .._validate import check_obs_key, check_spatial
+
+GRAPH_SPECS = "'knn:K', 'radius:R', 'delaunay' or 'none'"
+
+
+def parse_graph(spec: str | None) -> tuple[str, float | None]:
+    """Parse ``'knn:6'``, ``'radius:150'``, ``'delaunay'`` or ``'none'`` into (method, value)."""
+    if spec is None or str(spec).lower() == "none":
+        return "none", None
+    m = re.fullmatch(r"(knn|radius)(?::([0-9.]+))?|(delaunay)", str(spec).strip().lower())
+    if not m:
+        raise ScResidualError(f"unknown graph {spec!r}; use {GRAPH_SPECS}.")
+    if m.group(3):
+        return "delaunay", None
+    method, value = m.group(1), m.group(2)
+    if method == "radius" and value is None:
+        raise ScResidualError("graph 'radius' needs a distance, e.g. 'radius:150'.")
+    value = float(value) if value is not None else 6.0
+    if method == "knn" and (value < 1 or value != int(value)):
+        raise ScResidualError(f"knn needs a positive integer neighbour count, got {value}.")
+    return method, value
+
+
+def spatial_graph_matrix(
+    adata: AnnData,
+    graph: str = "knn:6",
+    *,
+    spatial_key: str = SPATIAL_KEY,
+    library_key: str | None = None,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Build the spatial neighbour graph with squidpy without touching ``adata``.
+
+    Returns ``(connectivities, distances)`` as sparse matrices; with ``library_key`` each
+    slide gets its own graph and no edge crosses slides.
+    """
+    import squidpy as sq  # heavy import, only when a graph is needed
+
+    method, value = parse_graph(graph)
+    if method == "none":
+        raise ScResidualError(f"no graph requested; pass one of {GRAPH_SPECS}.")
+    xy = check_spatial(adata, spatial_key)
+    obs = pd.DataFrame(index=pd.RangeIndex(adata.n_obs).astype(str))
+    if library_key is not None:
+        check_obs_key(adata, library_key)
+        obs[library_key] = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
+        sizes = obs[library_key].value_counts()
+        if sizes.min() < 2:
+            raise ScResidualError(
+                f"slide {sizes.idxmin()!r} in obs[{library_key!r}] has a single cell; a spatial "
+                "graph needs at least 2 cells per slide: drop it or merge slides."
+            )
+    elif adata.n_obs < 2:
+        raise ScResidualError("a spatial graph needs at least 2 cells.")
+    shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[:, :2]})
+    kwargs: dict = {"coord_type": "generic", "library_key": library_key}
+    if method == "knn":
+        n_max = int(obs[library_key].value_counts().min()) if library_key else adata.n_obs
+        kwargs["n_neighs"] = int(min(value, n_max - 1))
+    elif method == "radius":
+        kwargs["radius"] = value
+    else:
+        kwargs["delaunay"] = True
+    try:
+        sq.gr.spatial_neighbors(shell, **kwargs)
+    except Exception as err:  # qhull/sklearn errors on degenerate layouts
+        raise ScResidualError(
+            f"could not build a {graph} graph ({type(err).__name__}: {err}); check that the "
+            "coordinates are not all on one line or duplicated, or use 'knn:K'."
+        ) from err
+    return shell.obsp[CONNECTIVITIES_KEY].tocsr(), shell.obsp[DISTANCES_KEY].tocsr()
+
+
+def spatial_graph(
+    adata: AnnData,
+    *,
+    graph: str = "knn:6",
+    spatial_key: str = SPATIAL_KEY,
+    library_key: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Compute the spatial neighbour graph, squidpy-style.
+
+    Writes ``obsp['spatial_connectivities']`` and ``obsp['spatial_distances']``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with coordinates in ``obsm[spatial_key]``.
+    graph
+        ``'knn:K'`` (K nearest neighbours), ``'radius:R'`` (all cells within R) or
+        ``'delaunay'`` (Delaunay triangulation).
+    spatial_key
+        ``obsm`` key of the coordinates.
+    library_key
+        ``obs`` column naming the slide of each cell; one graph per slide.
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    """
+    conn, dist = spatial_graph_matrix(
+        adata, graph, spatial_key=spatial_key, library_key=library_key
+    )
+    adata = adata.copy() if copy else adata
+    adata.obsp[CONNECTIVITIES_KEY] = conn
+    adata.obsp[DISTANCES_KEY] = dist
+    return adata if copy else None
+
+
+def row_normalised(conn: sp.spmatrix, *, self_loops: bool = True) -> sp.csr_matrix:
+    """Mean-aggregation operator: row-normalised adjacency, with self loops by default.
+
+    Isolated cells (no neighbours) then average over themselves only.
+    """
+    A = sp.csr_matrix(conn, dtype=np.float32, copy=True)
+    A.data[:] = 1.0
+    if self_loops:
+        A = A + sp.identity(A.shape[0], dtype=np.float32, format="csr")
+    deg = np.asarray(A.sum(1)).ravel()
+    deg[deg == 0] = 1.0
+    return sp.diags(1.0 / deg).dot(A).tocsr().astype(np.float32)
+
+
+def neighbourhood_hops(X: np.ndarray, conn: sp.spmatrix, n_hops: int = 2) -> np.ndarray:
+    """Stack ``[X, ÂX, Â²X, …]`` along a new axis: shape ``(n, n_hops + 1, d)``.
+
+    Each hop is one sparse product (time and memory linear in the number of edges); nothing
+    of size n×n is ever formed densely.
+    """
+    A = row_normalised(conn)
+    X = np.asarray(X, dtype=np.float32)
+    hops = [X]
+    for _ in range(n_hops):
+        hops.append(np.asarray(A @ hops[-1], dtype=np.float32))
+    return np.stack(hops, axis=1)
+
+
+def neighbourhood_features(
+    adata: AnnData,
+    *,
+    use_rep: str = "X_pca",
+    n_hops: int = 2,
+    connectivity_key: str = CONNECTIVITIES_KEY,
+    key_added: str = "X_hops",
+    copy: bool = False,
+) -> AnnData | None:
+    """Average ``obsm[use_rep]`` over 1…``n_hops`` hops of the spatial graph.
+
+    Writes ``obsm[key_added]`` of shape ``(n_obs, (n_hops + 1) * d)`` (own features first),
+    the input of the spatial graph encoder and of the neighbourhood-averaging baseline.
+    """
+    from .._validate import check_obsm_key
+
+    check_obsm_key(adata, use_rep)
+    if connectivity_key not in adata.obsp:
+        raise ScResidualError(
+            f"no graph in adata.obsp[{connectivity_key!r}]; run scresidual.pp.spatial_graph first."
+        )
+    H = neighbourhood_hops(np.asarray(adata.obsm[use_rep]), adata.obsp[connectivity_key], n_hops)
+    adata = adata.copy() if copy else adata
+    adata.obsm[key_added] = H.reshape(adata.n_obs, -1)
+    return adata if copy else None
