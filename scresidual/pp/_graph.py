@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import logging
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -12,6 +17,21 @@ from anndata import AnnData
 from .._constants import CONNECTIVITIES_KEY, DISTANCES_KEY, SPATIAL_KEY
 from .._errors import ScResidualError
 from .._validate import check_obs_key, check_spatial
+
+logger = logging.getLogger("scresidual")
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
 
 GRAPH_SPECS = "'knn:K', 'radius:R', 'delaunay' or 'none'"
 
@@ -52,35 +72,57 @@ def spatial_graph_matrix(
     if method == "none":
         raise ScResidualError(f"no graph requested; pass one of {GRAPH_SPECS}.")
     xy = check_spatial(adata, spatial_key)
-    obs = pd.DataFrame(index=pd.RangeIndex(adata.n_obs).astype(str))
+    n = adata.n_obs
+    if n == 0:
+        raise ScResidualError("adata has no cells; a spatial graph needs at least 1 cell.")
+    slides = None
     if library_key is not None:
         check_obs_key(adata, library_key)
-        obs[library_key] = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
-        sizes = obs[library_key].value_counts()
-        if sizes.min() < 2:
-            raise ScResidualError(
-                f"slide {sizes.idxmin()!r} in obs[{library_key!r}] has a single cell; a spatial "
-                "graph needs at least 2 cells per slide: drop it or merge slides."
-            )
-    elif adata.n_obs < 2:
-        raise ScResidualError("a spatial graph needs at least 2 cells.")
-    shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[:, :2]})
+        slides = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
+    # A cell alone on its slide (or a one-cell AnnData) has no neighbours: it stays isolated
+    # and the mean aggregation averages it over itself only (self loop).
+    if slides is not None:
+        sizes = pd.Series(slides).value_counts()
+        alone = pd.Series(slides).map(sizes).to_numpy() < 2
+    else:
+        alone = np.zeros(n, dtype=bool) if n > 1 else np.ones(n, dtype=bool)
+    if alone.any():
+        logger.warning(
+            "%d cell(s) are alone on their slide and get no spatial neighbours.", int(alone.sum())
+        )
+    keep = np.flatnonzero(~alone)
+    if len(keep) == 0:
+        empty = sp.csr_matrix((n, n), dtype=np.float32)
+        return empty, empty.copy()
+    obs = pd.DataFrame(index=pd.RangeIndex(len(keep)).astype(str))
+    if slides is not None:
+        obs[library_key] = slides[keep].remove_unused_categories()
+    shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[keep, :2]})
     kwargs: dict = {"coord_type": "generic", "library_key": library_key}
     if method == "knn":
-        n_max = int(obs[library_key].value_counts().min()) if library_key else adata.n_obs
+        n_max = int(obs[library_key].value_counts().min()) if library_key else len(keep)
         kwargs["n_neighs"] = int(min(value, n_max - 1))
     elif method == "radius":
         kwargs["radius"] = value
     else:
         kwargs["delaunay"] = True
     try:
-        sq.gr.spatial_neighbors(shell, **kwargs)
+        with warnings.catch_warnings(), _quiet("spatialdata", "squidpy"):
+            warnings.simplefilter("ignore", FutureWarning)  # renamed in squidpy 1.9
+            sq.gr.spatial_neighbors(shell, **kwargs)
     except Exception as err:  # qhull/sklearn errors on degenerate layouts
         raise ScResidualError(
             f"could not build a {graph} graph ({type(err).__name__}: {err}); check that the "
             "coordinates are not all on one line or duplicated, or use 'knn:K'."
         ) from err
-    return shell.obsp[CONNECTIVITIES_KEY].tocsr(), shell.obsp[DISTANCES_KEY].tocsr()
+    conn = shell.obsp[CONNECTIVITIES_KEY].tocsr()
+    dist = shell.obsp[DISTANCES_KEY].tocsr()
+    if len(keep) < n:  # put the isolated cells back (empty rows and columns)
+        ones = np.ones(len(keep), dtype=np.float32)
+        embed = sp.csr_matrix((ones, (keep, np.arange(len(keep)))), shape=(n, len(keep)))
+        conn = (embed @ conn @ embed.T).tocsr()
+        dist = (embed @ dist @ embed.T).tocsr()
+    return conn, dist
 
 
 def spatial_graph(
@@ -139,12 +181,19 @@ def neighbourhood_hops(X: np.ndarray, conn: sp.spmatrix, n_hops: int = 2) -> np.
     Each hop is one sparse product (time and memory linear in the number of edges); nothing
     of size n×n is ever formed densely.
     """
-    A = row_normalised(conn)
     X = np.asarray(X, dtype=np.float32)
-    hops = [X]
-    for _ in range(n_hops):
-        hops.append(np.asarray(A @ hops[-1], dtype=np.float32))
-    return np.stack(hops, axis=1)
+    if conn.shape != (len(X), len(X)):
+        raise ScResidualError(
+            f"the graph has shape {conn.shape} but there are {len(X)} cells; rebuild the graph "
+            "on the same AnnData."
+        )
+    A = row_normalised(conn)
+    X2 = X.reshape(len(X), -1)
+    out = np.empty((len(X), n_hops + 1, X2.shape[1]), dtype=np.float32)
+    out[:, 0] = X2
+    for h in range(1, n_hops + 1):
+        out[:, h] = A @ out[:, h - 1]
+    return out.reshape((len(X), n_hops + 1, *X.shape[1:]))
 
 
 def neighbourhood_features(

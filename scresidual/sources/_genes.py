@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,30 @@ def gene_overlap(query_genes: Sequence[str], model_genes: Sequence[str]) -> floa
     return float(model.isin(pd.Index(query_genes)).mean()) if len(model) else 0.0
 
 
+def _match(adata, model_genes, min_overlap, model_name):
+    if adata.var_names.has_duplicates:
+        raise ScResidualError(
+            "adata.var_names has duplicate gene names; call adata.var_names_make_unique() first."
+        )
+    model = pd.Index(model_genes)
+    position = pd.Index(adata.var_names).get_indexer(model)
+    present = position >= 0
+    frac = float(present.mean()) if len(model) else 0.0
+    logger.log(
+        logging.INFO if frac < 1 else logging.DEBUG,
+        "%s: %d of %d model genes found in the query (%.1f%%); missing genes are zero-filled.",
+        model_name, int(present.sum()), len(model), 100 * frac,
+    )
+    if frac < min_overlap:
+        example = ", ".join(map(str, model[:3]))
+        raise ScResidualError(
+            f"only {present.sum()} of {len(model)} genes of the {model_name} are in "
+            f"adata.var_names ({100 * frac:.1f}% < {100 * min_overlap:.0f}%); use the same gene "
+            f"identifiers as the model (e.g. {example}) or lower min_overlap."
+        )
+    return position, present
+
+
 def align_genes(
     adata: AnnData,
     model_genes: Sequence[str],
@@ -31,6 +55,7 @@ def align_genes(
     layer: str | None = None,
     min_overlap: float = MIN_GENE_OVERLAP,
     model_name: str = "source model",
+    chunk_size: int = 50_000,
 ) -> sp.csr_matrix:
     """Return ``adata``'s expression re-ordered to ``model_genes``, zero-filling missing genes.
 
@@ -46,37 +71,88 @@ def align_genes(
         Smallest fraction of ``model_genes`` that must be present.
     model_name
         Used in messages.
+    chunk_size
+        Rows read at a time; with a backed AnnData only the model's genes of the whole
+        matrix are held in memory (use :func:`iter_aligned_genes` to hold one block).
 
     Returns
     -------
     A CSR matrix of shape ``(n_obs, len(model_genes))``.
 
     """
-    if adata.var_names.has_duplicates:
-        raise ScResidualError(
-            "adata.var_names has duplicate gene names; call adata.var_names_make_unique() first."
-        )
-    model = pd.Index(model_genes)
-    position = pd.Index(adata.var_names).get_indexer(model)
-    present = position >= 0
-    frac = float(present.mean()) if len(model) else 0.0
-    logger.info(
-        "%s: %d of %d model genes found in the query (%.1f%%); missing genes are zero-filled.",
-        model_name, int(present.sum()), len(model), 100 * frac,
-    )
-    if frac < min_overlap:
-        example = ", ".join(map(str, model[:3]))
-        raise ScResidualError(
-            f"only {present.sum()} of {len(model)} genes of the {model_name} are in adata.var_names "
-            f"({100 * frac:.1f}% < {100 * min_overlap:.0f}%); use the same gene identifiers as the "
-            f"model (e.g. {example}) or lower min_overlap."
-        )
-    X = adata.layers[layer] if layer is not None else adata.X
-    X = sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
-    # Select present columns, then scatter them into the model's order.
+    position, present = _match(adata, model_genes, min_overlap, model_name)
+    blocks = [block for _, block in _aligned_blocks(adata, position, present, layer, chunk_size)]
+    if not blocks:
+        return sp.csr_matrix((0, len(position)), dtype=np.float32)
+    return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
+
+
+def expression_matrix(adata: AnnData, layer: str | None = None):
+    """``adata.X`` or ``adata.layers[layer]`` (possibly an on-disk dataset when backed)."""
+    if layer is not None:
+        if layer not in adata.layers:
+            keys = ", ".join(map(str, adata.layers.keys())) or "none"
+            raise ScResidualError(f"layer {layer!r} not found; available layers: {keys}.")
+        return adata.layers[layer]
+    if adata.X is None:
+        raise ScResidualError("adata.X is empty; load an expression matrix or pass layer=.")
+    return adata.X
+
+
+def iter_row_blocks(
+    adata: AnnData, *, layer: str | None = None, chunk_size: int = 50_000
+) -> Iterator[tuple[int, sp.csr_matrix]]:
+    """Yield ``(start, rows)`` blocks of the expression matrix as float32 CSR, in order.
+
+    Only ``chunk_size`` rows are in memory at a time, which is what makes AnnData opened with
+    ``backed="r"`` usable: each block is read from disk on demand.
+
+    Parameters
+    ----------
+    adata
+        Data in memory or backed.
+    layer
+        Layer to read instead of ``X``.
+    chunk_size
+        Rows per block.
+
+    """
+    X = expression_matrix(adata, layer)
+    chunk_size = max(int(chunk_size), 1)
+    for start in range(0, adata.n_obs, chunk_size):
+        block = X[start : start + chunk_size]
+        if sp.issparse(block):
+            block = sp.csr_matrix(block, dtype=np.float32)
+        else:
+            block = sp.csr_matrix(np.asarray(block, dtype=np.float32))
+        yield start, block
+
+
+def _aligned_blocks(adata, position, present, layer, chunk_size):
     cols = position[present]
-    taken = X[:, cols].tocoo()
-    target = np.flatnonzero(present)[taken.col]
-    return sp.csr_matrix(
-        (taken.data, (taken.row, target)), shape=(adata.n_obs, len(model)), dtype=np.float32
-    )
+    target = np.flatnonzero(present)
+    n_model = len(position)
+    for start, block in iter_row_blocks(adata, layer=layer, chunk_size=chunk_size):
+        # Select present columns, then scatter them into the model's order.
+        taken = block[:, cols].tocoo()
+        yield start, sp.csr_matrix(
+            (taken.data, (taken.row, target[taken.col])), shape=(block.shape[0], n_model),
+            dtype=np.float32,
+        )
+
+
+def iter_aligned_genes(
+    adata: AnnData,
+    model_genes: Sequence[str],
+    *,
+    layer: str | None = None,
+    min_overlap: float = MIN_GENE_OVERLAP,
+    model_name: str = "source model",
+    chunk_size: int = 50_000,
+) -> Iterator[tuple[int, sp.csr_matrix]]:
+    """Like :func:`align_genes`, but yield ``(start, rows)`` blocks of ``chunk_size`` rows.
+
+    Works on backed AnnData without ever holding more than one block of ``X``.
+    """
+    position, present = _match(adata, model_genes, min_overlap, model_name)
+    yield from _aligned_blocks(adata, position, present, layer, chunk_size)

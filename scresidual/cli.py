@@ -1,0 +1,158 @@
+"""The ``scresidual`` command line: demo, fit, predict, stress-test.
+
+Bad input ends with one line ``error: …`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ._errors import ScResidualError
+
+ARM_CHOICES = ("refine", "scratch", "linear-probe", "adapter")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scresidual",
+        description="Extend a frozen single-cell model with spatial (and other) signals: REFINE.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the main job on the embedded lymph-node data")
+    demo.add_argument("--out", default="scresidual_demo", help="output folder")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    fit = sub.add_parser("fit", help="fit a region classifier on a slide (.h5ad)")
+    fit.add_argument("input", help="training slide, .h5ad with obsm['spatial']")
+    fit.add_argument("--labels-key", required=True, help="obs column of labels (NaN = unlabelled)")
+    fit.add_argument("--model-dir", required=True, help="where to save the fitted model")
+    fit.add_argument(
+        "--source", action="append", default=None,
+        help="frozen source: obsm:KEY | scvi:DIR | none (repeatable; default none)",
+    )
+    fit.add_argument("--arm", choices=ARM_CHOICES, default="refine")
+    fit.add_argument(
+        "--features", action="append", default=None,
+        help="residual input: pca | obsm:KEY (repeatable; default pca)",
+    )
+    fit.add_argument("--graph", default="knn:6", help="knn:K | radius:R | delaunay | none")
+    fit.add_argument("--n-hops", type=int, default=2)
+    fit.add_argument("--library-key", default=None, help="obs column naming each cell's slide")
+    fit.add_argument("--spatial-key", default="spatial")
+    fit.add_argument("--layer", default=None, help="layer with raw counts (default X)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--max-epochs", type=int, default=200)
+    fit.add_argument("--no-guard", action="store_true", help="disable the scratch fallback")
+    fit.add_argument("--output", default=None, help="also write the slide with predictions here")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing --model-dir")
+    fit.add_argument("--quiet", action="store_true")
+
+    pred = sub.add_parser("predict", help="label a slide with a fitted model")
+    pred.add_argument("model_dir")
+    pred.add_argument("input", help="slide to label, .h5ad")
+    pred.add_argument("--output", required=True, help="output .h5ad (the input is never changed)")
+    pred.add_argument("--quiet", action="store_true")
+
+    stress = sub.add_parser(
+        "stress-test", help="the paper's negative-transfer stress tests (image, text, tabular)",
+        add_help=False,
+    )
+    stress.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def _write_h5ad(adata, path: str) -> None:
+    from ._io import atomic_path
+
+    if not str(path).endswith(".h5ad"):
+        raise ScResidualError(f"output {path!r} must end in .h5ad.")
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+
+
+def _fit(args) -> None:
+    from . import read
+    from .model import SpatialRegionClassifier
+    from .pp import parse_graph
+
+    if Path(args.model_dir).exists() and not args.overwrite:
+        raise ScResidualError(f"{args.model_dir} exists; pass --overwrite or another --model-dir.")
+    adata = read.h5ad(
+        args.input, spatial_key=args.spatial_key,
+        require_spatial=parse_graph(args.graph)[0] != "none",
+    )
+    model = SpatialRegionClassifier(
+        adata, labels_key=args.labels_key, sources=args.source or [],
+        features=args.features or ["pca"], graph=args.graph, n_hops=args.n_hops,
+        library_key=args.library_key, spatial_key=args.spatial_key, layer=args.layer,
+        arm=args.arm, seed=args.seed, max_epochs=args.max_epochs, guard=not args.no_guard,
+        progress=not args.quiet,
+    ).train()
+    model.save(args.model_dir, overwrite=args.overwrite)
+    report = model.model.guard_report_
+    print(
+        f"fitted {args.arm} ({len(model.classes_)} classes); kept {model.model.chosen_arm_!r}; "
+        + "; ".join(f"{a}: val loss {r['val_loss']:.3f}" for a, r in report.items())
+    )
+    print(f"model saved to {args.model_dir}")
+    if args.output:
+        model.predict(adata)
+        _write_h5ad(adata, args.output)
+        print(f"predictions written to {args.output}")
+
+
+def _predict(args) -> None:
+    from . import read
+    from ._constants import pred_key
+    from .model import SpatialRegionClassifier
+    from .pp import parse_graph
+
+    model = SpatialRegionClassifier.load(args.model_dir, progress=not args.quiet)
+    adata = read.h5ad(
+        args.input, spatial_key=model.setup["spatial_key"],
+        require_spatial=parse_graph(model.setup["graph"])[0] != "none",
+    )
+    model.predict(adata)
+    _write_h5ad(adata, args.output)
+    counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
+    print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"predictions written to {args.output}")
+
+
+def _demo(args) -> None:
+    from ._demo import run_demo
+
+    results = run_demo(args.out, seed=args.seed, progress=not args.quiet)
+    cols = ["arm", "evaluated_on", "accuracy", "macro_f1", "chosen"]
+    print(results[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scresidual`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    quiet = getattr(args, "quiet", False)
+    logging.getLogger("scresidual").setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        if args.command == "stress-test":
+            from .stress import main_stress_test
+
+            return int(main_stress_test(args.rest) or 0)
+        {"demo": _demo, "fit": _fit, "predict": _predict}[args.command](args)
+    except ScResidualError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no partial output was written.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Functional, scanpy-style entry points to region labelling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from sklearn.metrics import accuracy_score, f1_score
+
+from .._constants import pred_key
+from .._errors import ScResidualError
+from .._validate import check_obs_key
+from ..model import SpatialRegionClassifier, labelled_mask
+
+
+def fit_regions(adata: AnnData, *, labels_key: str, **kwargs) -> SpatialRegionClassifier:
+    """Fit a :class:`~scresidual.model.SpatialRegionClassifier` and return it.
+
+    ``kwargs`` are the classifier's options (``sources``, ``features``, ``graph``, ``arm``,
+    ``seed``, ``max_epochs``, …). ``adata`` is not modified.
+    """
+    return SpatialRegionClassifier(adata, labels_key=labels_key, **kwargs).train()
+
+
+def predict_regions(
+    adata: AnnData,
+    model: SpatialRegionClassifier,
+    *,
+    key_added: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict regions on ``adata`` with a fitted model.
+
+    Writes ``obs['<key>_pred']``, ``obsm['<key>_proba']`` and ``uns['<key>_proba_classes']``.
+    """
+    return model.predict(adata, key_added=key_added, copy=copy)
+
+
+def evaluate(y_true, y_pred) -> dict[str, float]:
+    """Accuracy and macro-F1 over the cells that have a true label."""
+    y_true = np.asarray(y_true, dtype=object)
+    mask = labelled_mask(y_true)
+    if not mask.any():
+        raise ScResidualError("no cell has a true label to evaluate against.")
+    t = y_true[mask].astype(str)
+    p = np.asarray(y_pred, dtype=object)[mask].astype(str)
+    return {
+        "accuracy": float(accuracy_score(t, p)),
+        "macro_f1": float(f1_score(t, p, average="macro", zero_division=0)),
+        "n_cells": int(mask.sum()),
+    }
+
+
+def compare_arms(
+    adata: AnnData,
+    *,
+    labels_key: str,
+    truth_key: str | None = None,
+    test: Mapping[str, AnnData] | None = None,
+    arms: Sequence[str] = ("refine", "scratch", "linear-probe", "adapter"),
+    **kwargs,
+) -> tuple[pd.DataFrame, dict[str, SpatialRegionClassifier]]:
+    """Fit every arm on the same data and score each against the truth.
+
+    Parameters
+    ----------
+    adata
+        Training slide(s); ``obs[labels_key]`` holds the labels used for training
+        (missing for unlabelled cells).
+    labels_key
+        Training labels.
+    truth_key
+        Column with the full truth, for scoring the cells unlabelled in ``labels_key``
+        (default: no within-slide score).
+    test
+        Further slides to score, by name; scored against ``obs[truth_key or labels_key]``.
+    arms
+        Arms to fit.
+    **kwargs
+        Options shared by all arms (sources, features, graph, seed, …).
+
+    Returns
+    -------
+    A table with one row per (arm, evaluation set) and the fitted models by arm.
+    """
+    if truth_key is not None:
+        check_obs_key(adata, truth_key)
+    rows, models = [], {}
+    unlabelled = ~labelled_mask(adata.obs[labels_key].to_numpy())
+    for arm in arms:
+        model = fit_regions(adata, labels_key=labels_key, arm=arm, **kwargs)
+        models[arm] = model
+        chosen = model.model.chosen_arm_
+        if truth_key is not None and unlabelled.any():
+            pred = model.predict_proba(adata).idxmax(axis=1).to_numpy()
+            truth = adata.obs[truth_key].to_numpy()[unlabelled]
+            rows.append(
+                {"arm": arm, "chosen": chosen, "evaluated_on": "unlabelled cells",
+                 **evaluate(truth, pred[unlabelled])}
+            )
+        for name, other in (test or {}).items():
+            key = truth_key or labels_key
+            check_obs_key(other, key)
+            pred = model.predict_proba(other).idxmax(axis=1).to_numpy()
+            rows.append(
+                {"arm": arm, "chosen": chosen, "evaluated_on": name,
+                 **evaluate(other.obs[key].to_numpy(), pred)}
+            )
+    return pd.DataFrame(rows), models
+
+
+def score_predictions(adata: AnnData, *, truth_key: str, labels_key: str | None = None) -> dict:
+    """Score ``obs['<labels_key>_pred']`` (written by ``predict``) against ``obs[truth_key]``."""
+    key = pred_key(labels_key or truth_key)
+    check_obs_key(adata, key)
+    return evaluate(adata.obs[truth_key].to_numpy(), adata.obs[key].to_numpy())

@@ -1,0 +1,102 @@
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from scresidual.cli import main
+
+from .conftest import file_hash
+
+
+@pytest.fixture()
+def slide_file(small_slides, tmp_path):
+    a = small_slides[small_slides.obs["slide"] == "slide1"].copy()
+    rng = np.random.default_rng(0)
+    a.obs["label"] = a.obs["region"].astype(object).where(rng.random(a.n_obs) < 0.3, np.nan)
+    path = tmp_path / "slide.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
+    digest = file_hash(slide_file)
+    code, out, err = _run(
+        ["fit", str(slide_file), "--labels-key", "label", "--model-dir", str(tmp_path / "m"),
+         "--arm", "scratch", "--max-epochs", "30", "--quiet", "--output", str(tmp_path / "f.h5ad")],
+        capsys,
+    )
+    assert code == 0, err
+    assert "model saved" in out and file_hash(slide_file) == digest
+    other = small_slides[small_slides.obs["slide"] == "slide2"].copy()
+    other.write_h5ad(tmp_path / "other.h5ad")
+    code, out, err = _run(
+        ["predict", str(tmp_path / "m"), str(tmp_path / "other.h5ad"),
+         "--output", str(tmp_path / "pred.h5ad"), "--quiet"],
+        capsys,
+    )
+    assert code == 0, err
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert "label_pred" in pred.obs and pred.obsm["label_proba"].shape[0] == other.n_obs
+    assert (pred.obs["label_pred"].astype(str) == pred.obs["region"].astype(str)).mean() > 0.5
+    fitted = ad.read_h5ad(tmp_path / "f.h5ad")
+    assert fitted.obs["label_pred"].notna().all()
+
+
+@pytest.mark.parametrize(
+    "edit, args, message",
+    [
+        ("no_xy", [], "no spatial coordinates"),
+        ("none", ["--labels-key", "nope"], "obs key 'nope'"),
+        ("one_class", [], "at least 2 classes"),
+        ("none", ["--source", "obsm:X_missing"], "obsm key 'X_missing'"),
+        ("truncate", [], ""),
+        ("none", ["--graph", "ring:3"], "unknown graph"),
+    ],
+)
+def test_fit_errors_are_one_line(slide_file, tmp_path, capsys, edit, args, message):
+    a = ad.read_h5ad(slide_file)
+    if edit == "no_xy":
+        del a.obsm["spatial"]
+    elif edit == "one_class":
+        a.obs["label"] = np.where(a.obs["label"].notna(), "x", None)
+    if edit != "none":
+        a.write_h5ad(slide_file)
+    if edit == "truncate":
+        data = slide_file.read_bytes()
+        slide_file.write_bytes(data[: len(data) // 2])
+    digest = file_hash(slide_file)
+    argv = ["fit", str(slide_file), "--labels-key", "label", "--model-dir", str(tmp_path / "m"),
+            "--max-epochs", "5", "--quiet"]
+    if "--labels-key" in args:
+        argv[3] = args[1]
+        args = []
+    code, out, err = _run(argv + args, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert "Traceback" not in err
+    assert file_hash(slide_file) == digest
+    assert not (tmp_path / "m").exists()
+
+
+def test_predict_rejects_a_non_model_dir(slide_file, tmp_path, capsys):
+    code, _, err = _run(
+        ["predict", str(tmp_path), str(slide_file), "--output", str(tmp_path / "o.h5ad")], capsys
+    )
+    assert code == 2 and "not a saved" in err
+
+
+def test_console_script_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "scresidual.cli", "--help"], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    for command in ("demo", "fit", "predict", "stress-test"):
+        assert command in out

@@ -1,0 +1,156 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scresidual import ScResidualError
+from scresidual.model import ResidualModel
+from scresidual.module import ResidualNetwork, build_encoder
+
+FAST = {"max_epochs": 60, "patience": 10, "progress": False}
+
+
+def _split(y, frac=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    labelled = rng.random(len(y)) < frac
+    return np.where(labelled, y, None), labelled
+
+
+def _acc(model, views, y, mask):
+    return (model.predict(views)[~mask] == y[~mask]).mean()
+
+
+@pytest.mark.parametrize("arm", ["refine", "scratch", "linear-probe", "adapter"])
+def test_each_arm_fits_and_predicts(toy_views, arm):
+    y_train, mask = _split(toy_views["y"])
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    model = ResidualModel(arm=arm, sources=["src"], residuals={"feat": ("mlp", {})}, **FAST)
+    model.fit(views, y_train)
+    proba = model.predict_proba(views)
+    assert proba.shape == (len(y_train), 3)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
+    assert model.classes_ == ["0", "1", "2"]
+    assert _acc(model, views, toy_views["y"], mask) > 0.6
+
+
+def test_arms_use_the_parts_they_should():
+    enc = {"feat": build_encoder("mlp", 8)}
+    shapes = {"src": (3,)}, {"feat": (8,)}
+    scratch = ResidualNetwork(arm="scratch", source_shapes=shapes[0], residual_shapes=shapes[1],
+                              encoders=enc, n_classes=3)
+    probe = ResidualNetwork(arm="linear-probe", source_shapes=shapes[0],
+                            residual_shapes=shapes[1], encoders=enc, n_classes=3)
+    assert scratch.source_names == [] and scratch.residual_names == ["feat"]
+    assert probe.residual_names == [] and sum(p.numel() for p in probe.parameters()) == 3 * 3 + 3
+
+
+def test_refine_uses_an_informative_source(toy_views):
+    y_train, mask = _split(toy_views["y"], frac=0.1)
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    kw = {"sources": ["src"], "residuals": {"feat": ("mlp", {})}, **FAST}
+    refine = ResidualModel(arm="refine", guard=False, **kw).fit(views, y_train)
+    scratch = ResidualModel(arm="scratch", **kw).fit(views, y_train)
+    y = toy_views["y"]
+    assert _acc(refine, views, y, mask) > _acc(scratch, views, y, mask) + 0.1
+
+
+def test_guard_keeps_scratch_level_with_a_useless_source(toy_views):
+    y_train, mask = _split(toy_views["y"], frac=0.1)
+    views = {"src": toy_views["useless"], "feat": toy_views["feats"]}
+    kw = {"sources": ["src"], "residuals": {"feat": ("mlp", {})}, **FAST}
+    refine = ResidualModel(arm="refine", guard=True, **kw).fit(views, y_train)
+    scratch = ResidualModel(arm="scratch", **kw).fit(views, y_train)
+    assert set(refine.guard_report_) == {"refine", "scratch"}
+    assert refine.chosen_arm_ in {"refine", "scratch"}
+    y = toy_views["y"]
+    assert _acc(refine, views, y, mask) >= _acc(scratch, views, y, mask) - 0.03
+
+
+def test_unlabelled_rows_are_not_trained_on(toy_views):
+    y = toy_views["y"].astype(object).copy()
+    y[:600] = None
+    y[600:] = np.where(np.arange(600, len(y)) % 2, "a", "b")  # labels only on the second half
+    y[600] = ""
+    model = ResidualModel(arm="scratch", residuals={"feat": ("mlp", {})}, **FAST)
+    model.fit({"feat": toy_views["feats"]}, y)
+    assert model.classes_ == ["a", "b"]
+
+
+def test_same_seed_same_result(toy_views):
+    y_train, _ = _split(toy_views["y"])
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    kw = {"sources": ["src"], "residuals": {"feat": ("mlp", {})}, "seed": 3, **FAST}
+    a = ResidualModel(**kw).fit(views, y_train).predict_proba(views)
+    b = ResidualModel(**kw).fit(views, y_train).predict_proba(views)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_source_features_are_never_changed(toy_views):
+    y_train, _ = _split(toy_views["y"])
+    src = toy_views["good"].copy()
+    model = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, **FAST)
+    model.fit({"src": src, "feat": toy_views["feats"]}, y_train)
+    np.testing.assert_array_equal(src, toy_views["good"])
+
+
+def test_save_load_roundtrip_and_damage(toy_views, tmp_path):
+    y_train, _ = _split(toy_views["y"])
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    model = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, **FAST)
+    model.fit(views, y_train).save(tmp_path / "m")
+    again = ResidualModel.load(tmp_path / "m", progress=False)
+    np.testing.assert_allclose(again.predict_proba(views), model.predict_proba(views), atol=1e-6)
+    assert again.chosen_arm_ == model.chosen_arm_
+    with pytest.raises(ScResidualError, match="exists"):
+        model.save(tmp_path / "m")
+    # another format version
+    meta = json.loads((tmp_path / "m" / "residual_model.json").read_text())
+    meta["format"] = 99
+    (tmp_path / "m" / "residual_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ScResidualError, match="format 99"):
+        ResidualModel.load(tmp_path / "m")
+    # truncated weights
+    model.save(tmp_path / "m2")
+    w = tmp_path / "m2" / "residual_model.pt"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(ScResidualError, match="corrupted"):
+        ResidualModel.load(tmp_path / "m2")
+    with pytest.raises(ScResidualError, match="not a scresidual model"):
+        ResidualModel.load(tmp_path)
+
+
+def test_bad_inputs_give_one_line_errors(toy_views):
+    views = {"feat": toy_views["feats"]}
+    model = ResidualModel(arm="scratch", residuals={"feat": ("mlp", {})}, **FAST)
+    for y, pattern in [
+        (np.full(len(toy_views["y"]), "a", dtype=object), "at least 2 classes"),
+        (np.full(len(toy_views["y"]), None, dtype=object), "at least 2 classes"),
+    ]:
+        with pytest.raises(ScResidualError, match=pattern) as info:
+            model.fit(views, y)
+        assert "\n" not in str(info.value)
+    bad = toy_views["feats"].copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ScResidualError, match="NaN"):
+        model.fit({"feat": bad}, toy_views["y"])
+    with pytest.raises(ScResidualError, match="missing input view"):
+        model.fit({"other": bad}, toy_views["y"])
+    with pytest.raises(ScResidualError, match="unknown arm"):
+        ResidualModel(arm="finetune")
+    with pytest.raises(ScResidualError, match="unknown residual encoder"):
+        build_encoder("transformer", 4)
+    with pytest.raises(ScResidualError, match="not fitted"):
+        model.predict(views)
+
+
+def test_cnn_residual_on_images():
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 2, n)
+    images = rng.normal(size=(n, 1, 12, 12)).astype(np.float32)
+    images[y == 1, :, :6, :] += 1.0  # class 1 is brighter on top
+    model = ResidualModel(arm="scratch", residuals={"img": ("cnn", {"widths": (8,)})}, **FAST)
+    model.fit({"img": images}, y.astype(str))
+    assert (model.predict({"img": images}) == y.astype(str)).mean() > 0.8
+    assert torch.is_tensor(next(model.network.parameters()))

@@ -1,0 +1,141 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scresidual import ScResidualError, pp, tl
+from scresidual.model import SpatialRegionClassifier
+from scresidual.sources import ScviSource, align_genes, embed, pretrain_scvi
+
+FAST = {"max_epochs": 40, "patience": 8, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def slides(small_slides):
+    a = small_slides.copy()
+    rng = np.random.default_rng(0)
+    a.obs["train"] = a.obs["region"].astype(object).where(rng.random(a.n_obs) < 0.3, None)
+    return a
+
+
+@pytest.fixture(scope="module")
+def scvi_dir(tmp_path_factory, small_slides):
+    from scresidual.datasets import lymph_node_reference
+
+    ref = lymph_node_reference(n_cells=600, seed=0)
+    path = tmp_path_factory.mktemp("src") / "scvi"
+    pretrain_scvi(ref, path, n_latent=5, max_epochs=3, progress=False)
+    return path
+
+
+def test_graph_has_no_edges_across_slides(slides):
+    conn, _ = pp.spatial_graph_matrix(slides, "knn:6", library_key="slide")
+    s = slides.obs["slide"].to_numpy()
+    i, j = conn.nonzero()
+    assert len(i) > 0 and (s[i] == s[j]).all()
+    # both slides share coordinates, so without library_key edges would cross
+    conn2, _ = pp.spatial_graph_matrix(slides, "knn:6")
+    i2, j2 = conn2.nonzero()
+    assert (s[i2] != s[j2]).any()
+
+
+@pytest.mark.parametrize("graph", ["radius:150", "delaunay"])
+def test_other_graphs(slides, graph):
+    one = slides[slides.obs["slide"] == "slide1"]
+    conn, _ = pp.spatial_graph_matrix(one, graph)
+    assert sp.issparse(conn) and conn.shape == (one.n_obs, one.n_obs) and conn.nnz > one.n_obs
+
+
+def test_hops_are_neighbour_means():
+    conn = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=np.float32))
+    X = np.array([[0.0], [3.0], [6.0]], dtype=np.float32)
+    H = pp.neighbourhood_hops(X, conn, n_hops=1)
+    np.testing.assert_allclose(H[:, 1, 0], [1.5, 3.0, 4.5])  # self loop included
+
+
+def test_pp_functions_follow_copy_convention(slides):
+    a = slides[slides.obs["slide"] == "slide1"].copy()
+    assert pp.spatial_graph(a, copy=True) is not None and "spatial_connectivities" not in a.obsp
+    pp.spatial_graph(a)
+    pp.pca_features(a, n_comps=10)
+    pp.neighbourhood_features(a, use_rep="X_pca", n_hops=2)
+    assert a.obsm["X_hops"].shape == (a.n_obs, 30)
+
+
+def test_fit_predict_save_load(slides, tmp_path, scvi_dir):
+    train = slides[slides.obs["slide"] == "slide1"].copy()
+    test = slides[slides.obs["slide"] == "slide2"].copy()
+    before = train.copy()
+    model = SpatialRegionClassifier(
+        train, labels_key="train", sources=[f"scvi:{scvi_dir}"], seed=0, **FAST
+    ).train()
+    # the training AnnData is left as it was
+    assert set(train.obs.columns) == set(before.obs.columns) and not train.obsm.keys() - {
+        "spatial"
+    }
+    out = model.predict(test, copy=True)
+    assert "train_pred" not in test.obs
+    assert list(out.uns["train_proba_classes"]) == model.classes_
+    assert out.obsm["train_proba"].shape == (test.n_obs, len(model.classes_))
+    score = tl.score_predictions(out, truth_key="region", labels_key="train")
+    assert score["accuracy"] > 0.55
+    model.save(tmp_path / "model")
+    assert (tmp_path / "model" / "sources" / "source_0" / "model.pt").is_file()
+    again = SpatialRegionClassifier.load(tmp_path / "model", progress=False)
+    pd.testing.assert_frame_equal(again.predict_proba(test), model.predict_proba(test), atol=1e-5)
+
+
+def test_spatial_residual_beats_expression_alone(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    unl = one.obs["train"].isna().to_numpy()
+    scores = {}
+    for graph in ("knn:6", "none"):
+        m = SpatialRegionClassifier(one, labels_key="train", graph=graph, arm="scratch", **FAST)
+        pred = m.train().predict_proba(one).idxmax(axis=1).to_numpy()
+        scores[graph] = tl.evaluate(one.obs["region"].to_numpy()[unl], pred[unl])["macro_f1"]
+    assert scores["knn:6"] > scores["none"] + 0.03
+
+
+def test_scvi_source_matches_genes(small_slides, scvi_dir):
+    src = ScviSource.load(scvi_dir)
+    a = small_slides[:50].copy()
+    shuffled = a[:, np.random.default_rng(0).permutation(a.n_vars)].copy()
+    np.testing.assert_allclose(src.embed(a), src.embed(shuffled), atol=1e-5)
+    dropped = a[:, 20:].copy()  # missing genes are zero-filled
+    assert src.embed(dropped).shape == (50, src.n_latent)
+    other = a.copy()
+    other.var_names = [f"g{i}" for i in range(a.n_vars)]
+    with pytest.raises(ScResidualError, match="genes of the"):
+        src.embed(other)
+    assert embed(a, src, copy=True).obsm["X_source"].shape == (50, 5)
+
+
+def test_align_genes_reorders_and_zero_fills(small_slides):
+    a = small_slides[:5].copy()
+    genes = [a.var_names[3], "NOT_A_GENE", a.var_names[0]]
+    X = align_genes(a, genes, min_overlap=0.5).toarray()
+    dense = a.X.toarray()
+    np.testing.assert_array_equal(X[:, 0], dense[:, 3])
+    np.testing.assert_array_equal(X[:, 1], 0)
+    np.testing.assert_array_equal(X[:, 2], dense[:, 0])
+
+
+def test_spatial_bad_input(slides):
+    a = slides[:200].copy()
+    with pytest.raises(ScResidualError, match="obs key 'nope'"):
+        SpatialRegionClassifier(a, labels_key="nope")
+    with pytest.raises(ScResidualError, match="unknown source"):
+        SpatialRegionClassifier(a, labels_key="train", sources=["hub:foo"])
+    with pytest.raises(ScResidualError, match="unknown graph"):
+        SpatialRegionClassifier(a, labels_key="train", graph="knn6x")
+    no_xy = a.copy()
+    del no_xy.obsm["spatial"]
+    with pytest.raises(ScResidualError, match="no spatial coordinates"):
+        SpatialRegionClassifier(no_xy, labels_key="train", **FAST).train()
+    missing = SpatialRegionClassifier(a, labels_key="train", sources=["obsm:X_nope"], **FAST)
+    with pytest.raises(ScResidualError, match="obsm key 'X_nope'"):
+        missing.train()
+    dup = a.copy()
+    dup.obs_names = ["same"] * dup.n_obs
+    with pytest.raises(ScResidualError, match="duplicate cell names"):
+        SpatialRegionClassifier(dup, labels_key="train")
