@@ -61,10 +61,28 @@ def test_guard_keeps_scratch_level_with_a_useless_source(toy_views):
     kw = {"sources": ["src"], "residuals": {"feat": ("mlp", {})}, **FAST}
     refine = ResidualModel(arm="refine", guard=True, **kw).fit(views, y_train)
     scratch = ResidualModel(arm="scratch", **kw).fit(views, y_train)
-    assert set(refine.guard_report_) == {"refine", "scratch"}
-    assert refine.chosen_arm_ in {"refine", "scratch"}
+    assert set(refine.guard_report_) == {"linear-probe", "refine", "scratch"}
+    assert "paired_loss_difference" in refine.guard_report_["scratch"]
     y = toy_views["y"]
     assert _acc(refine, views, y, mask) >= _acc(scratch, views, y, mask) - 0.03
+
+
+def test_guard_rule_needs_a_difference_beyond_noise():
+    rng = np.random.default_rng(0)
+    model = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})})
+    base = rng.exponential(size=40)
+    noise = rng.normal(scale=0.5, size=40)
+    model.guard_report_ = {"scratch": {}, "linear-probe": {}}
+    clear = {"refine": base + 0.5, "scratch": base, "linear-probe": base + 1.0}
+    assert model._guard_choice("refine", ["linear-probe", "scratch"], clear) == "scratch"
+    # same mean loss, differences only noise
+    noisy = {"refine": base + noise, "scratch": base + rng.permutation(noise),
+             "linear-probe": base + 2}
+    assert model._guard_choice("refine", ["linear-probe", "scratch"], noisy) == "refine"
+    assert model.guard_report_["scratch"]["paired_standard_error"] > 0
+    probe_best = {"refine": base + 0.3, "scratch": base + 0.6, "linear-probe": base}
+    assert model._guard_choice("refine", ["linear-probe", "scratch"], probe_best) == "linear-probe"
+    assert model._guard_choice("refine", [], clear) == "refine"
 
 
 def test_unlabelled_rows_are_not_trained_on(toy_views):

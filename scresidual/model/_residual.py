@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
+from torch.nn import functional as F
 
 from .. import __version__
 from .._errors import ScResidualError
@@ -49,9 +50,16 @@ class ResidualConfig:
     max_epochs: int = 200
     batch_size: int = 128
     patience: int = 20
+    min_steps_per_epoch: int = 10
+    guard_z: float = 1.0
     validation_size: float = 0.2
     class_weight: str | None = "balanced"
     seed: int = 0
+    teacher: str | None = None
+    kd_alpha: float = 0.5
+    kd_temperature: float = 2.0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
 
 
 def labelled_mask(y) -> np.ndarray:
@@ -67,7 +75,9 @@ class ResidualModel:
     ----------
     arm
         ``"refine"`` (frozen source + residual encoder + linear head), ``"scratch"``,
-        ``"linear-probe"`` or ``"adapter"``.
+        ``"linear-probe"``, ``"adapter"``, ``"kd"`` (scratch distilled from the logits in the
+        view named by ``teacher=``) or ``"lora"`` (the source's last layer ``source_head``
+        on its penultimate features, the view in ``sources``, plus a rank-8 update).
     sources
         Names of the views holding frozen source features.
     residuals
@@ -76,15 +86,23 @@ class ResidualModel:
     head
         ``"linear"`` (default, robust) or ``"mlp"``.
     guard
-        For ``refine``: also fit ``scratch`` on the same split and keep whichever has the
-        lower validation loss, so the fitted model is not worse than ignoring the source
-        beyond validation noise. What was chosen is in :attr:`guard_report_`.
+        For ``refine``: also fit ``scratch`` on the same split and fall back to it (or to the
+        linear probe REFINE starts from) when its per-cell validation losses are lower than
+        REFINE's by more than ``guard_z`` standard errors (a paired comparison), so the
+        fitted model is not worse than ignoring the source beyond validation noise. What was
+        chosen and why is in :attr:`chosen_arm_` and :attr:`guard_report_`.
     seed
         Seed for initialisation, data splits and batch order.
     accelerator, devices, strategy
         Passed to :class:`lightning.pytorch.Trainer`.
     progress
         Show progress bars and Lightning's messages.
+    source_head
+        For ``lora``: ``{"weight": (n_classes, n_features), "bias": (n_classes,)}``, the frozen
+        source's last linear layer (saved with the model; not needed by :meth:`load`).
+    source_classes
+        Class labels of the rows of ``source_head`` and of the teacher's logit columns, in
+        order; they are reordered to :attr:`classes_`. Default: already in that order.
     **config
         Training options of :class:`ResidualConfig` (``max_epochs``, ``lr``, …).
 
@@ -103,6 +121,8 @@ class ResidualModel:
         devices: int | str = "auto",
         strategy: str = "auto",
         progress: bool = True,
+        source_head: Mapping[str, np.ndarray] | None = None,
+        source_classes: Sequence | None = None,
         **config,
     ):
         arm_uses(arm)  # validates the name
@@ -118,6 +138,8 @@ class ResidualModel:
         )
         self.trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
         self.progress = progress
+        self.source_head = source_head
+        self.source_classes = None if source_classes is None else [str(c) for c in source_classes]
         self.network: ResidualNetwork | None = None
         self.classes_: list[str] = []
         self.shapes_: dict[str, tuple[int, ...]] = {}
@@ -147,20 +169,52 @@ class ResidualModel:
             n_classes=len(self.classes_),
             head=self.config.head,
             source_dropout=self.config.source_dropout,
+            teacher=self.config.teacher,
+            kd_alpha=self.config.kd_alpha,
+            kd_temperature=self.config.kd_temperature,
+            source_head=self._aligned_head() if arm == "lora" else None,
+            lora_rank=self.config.lora_rank,
+            lora_alpha=self.config.lora_alpha,
         )
 
-    def _tensors(self, views: Mapping[str, np.ndarray], n: int | None = None) -> dict:
-        missing = [k for k in self.view_names if k not in views]
-        if missing:
+    def _class_order(self, n_rows: int, what: str) -> np.ndarray:
+        """Row order that maps the source's classes onto :attr:`classes_`."""
+        if self.source_classes is None:
+            if n_rows != len(self.classes_):
+                raise ScResidualError(
+                    f"{what} has {n_rows} classes but the labels have {len(self.classes_)}; "
+                    "pass source_classes= naming the source's classes in order."
+                )
+            return np.arange(n_rows)
+        missing = [c for c in self.classes_ if c not in self.source_classes]
+        if missing or len(self.source_classes) != n_rows:
             raise ScResidualError(
-                f"missing input view(s) {missing}; this model reads {self.view_names}."
+                f"source_classes ({len(self.source_classes)}) do not match {what} ({n_rows} rows)"
+                f" or miss target classes {missing}; list the source's classes in row order."
             )
+        return np.array([self.source_classes.index(c) for c in self.classes_])
+
+    def _aligned_head(self) -> dict | None:
+        """``source_head`` with rows in the order of :attr:`classes_` (None after load)."""
+        if self.source_head is None:
+            return None
+        w, b = (np.asarray(self.source_head[k], dtype=np.float32) for k in ("weight", "bias"))
+        order = self._class_order(len(w), "source_head")
+        return {"weight": torch.from_numpy(w[order]), "bias": torch.from_numpy(b[order])}
+
+    def _tensors(
+        self, views: Mapping[str, np.ndarray], n: int | None = None, extra: Sequence[str] = ()
+    ) -> dict:
+        names = [*self.view_names, *extra]
+        missing = [k for k in names if k not in views]
+        if missing:
+            raise ScResidualError(f"missing input view(s) {missing}; this model reads {names}.")
         out = {}
-        for k in self.view_names:
+        for k in names:
             t = as_tensor(views[k])
             if n is not None and len(t) != n:
                 raise ScResidualError(f"view {k!r} has {len(t)} rows but there are {n} labels.")
-            if self.shapes_ and tuple(t.shape[1:]) != tuple(self.shapes_[k]):
+            if k in self.shapes_ and tuple(t.shape[1:]) != tuple(self.shapes_[k]):
                 raise ScResidualError(
                     f"view {k!r} has shape {tuple(t.shape[1:])} per sample, but the model was "
                     f"fitted on {tuple(self.shapes_[k])}; use the same features as at fit time."
@@ -178,8 +232,17 @@ class ResidualModel:
         """
         cfg = self.config
         y = np.asarray(y, dtype=object)
-        tensors = self._tensors(views, n=len(y))
-        self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items()}
+        if cfg.arm == "kd" and cfg.teacher is None:
+            raise ScResidualError("arm 'kd' needs teacher='<view with the teacher's logits>'.")
+        if cfg.arm == "lora" and (self.source_head is None or not cfg.sources):
+            raise ScResidualError(
+                "arm 'lora' needs source_head={'weight': W, 'bias': b} (the source's last layer) "
+                "and sources=[the view of its penultimate features]."
+            )
+        self.shapes_ = {}
+        extra = [cfg.teacher] if cfg.arm == "kd" else []
+        tensors = self._tensors(views, n=len(y), extra=extra)
+        self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items() if k not in extra}
         mask = labelled_mask(y)
         labels = np.array([str(v) for v in y[mask]], dtype=object)
         self.classes_ = sorted(set(labels))
@@ -190,6 +253,10 @@ class ResidualModel:
             )
         codes = np.full(len(y), -1, dtype=np.int64)
         codes[mask] = pd.Categorical(labels, categories=self.classes_).codes
+        if extra:
+            teacher = tensors[cfg.teacher]
+            order = self._class_order(teacher.shape[1] if teacher.ndim == 2 else -1, "teacher")
+            tensors[cfg.teacher] = teacher[:, torch.from_numpy(order)]
         y_t = torch.from_numpy(codes)
         train_idx, val_idx = self._split(np.flatnonzero(mask), codes[mask])
         weights = None
@@ -199,40 +266,74 @@ class ResidualModel:
                 np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
                 dtype=torch.float32,
             )
-        candidates = [cfg.arm]
-        if cfg.guard and cfg.arm == "refine" and cfg.sources and cfg.residuals:
-            candidates.append("scratch")
-        fitted = {}
-        for arm in candidates:
+        # REFINE starts from a fitted linear probe; with the guard, scratch is its fallback.
+        fits = [cfg.arm]
+        refine_parts = cfg.arm == "refine" and cfg.sources and cfg.residuals
+        if refine_parts and cfg.head == "linear":
+            fits.insert(0, "linear-probe")
+        if cfg.guard and refine_parts:
+            fits.append("scratch")
+        fitted, val_losses = {}, {}
+        for arm in fits:
             pl.seed_everything(cfg.seed, verbose=False)
             net = self._build(arm)
             net.fit_normalisation(tensors)
+            if arm == "refine" and "linear-probe" in fitted:
+                net.start_from_probe(fitted["linear-probe"][0])
             result = train_network(
                 net, tensors, y_t, train_idx, val_idx,
                 max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 weight_decay=cfg.weight_decay, source_weight_decay=cfg.source_weight_decay,
-                patience=cfg.patience, class_weights=weights, seed=cfg.seed,
-                progress=self.progress, **self.trainer_kwargs,
+                patience=cfg.patience, min_steps_per_epoch=cfg.min_steps_per_epoch,
+                class_weights=weights, seed=cfg.seed, progress=self.progress,
+                **self.trainer_kwargs,
             )
             report = {"best_epoch": result.best_epoch, "val_loss": result.best_val_loss}
+            val_losses[arm] = None
             if len(val_idx):
-                pred = self._predict_codes(net, {k: t[val_idx] for k, t in tensors.items()})
+                logits = self._logits(net, {k: t[val_idx] for k, t in tensors.items()})
+                y_val = y_t[val_idx]
+                w = torch.ones(len(self.classes_)) if weights is None else weights
+                # Per-cell weighted losses, for a paired comparison of the candidates.
+                per_cell = F.cross_entropy(logits, y_val, reduction="none") * w[y_val]
+                val_losses[arm] = (per_cell / w[y_val].mean()).numpy()
                 report["val_macro_f1"] = float(
-                    f1_score(codes[val_idx], pred, average="macro", zero_division=0)
+                    f1_score(codes[val_idx], logits.argmax(1).numpy(), average="macro",
+                             zero_division=0)
                 )
             fitted[arm] = (net, report)
         self.guard_report_ = {arm: rep for arm, (_, rep) in fitted.items()}
-        self.chosen_arm_ = min(
-            candidates, key=lambda a: (np.nan_to_num(fitted[a][1]["val_loss"], nan=np.inf),
-                                       candidates.index(a)),
-        )
-        if len(candidates) > 1:
+        fallbacks = [a for a in fits if a != cfg.arm] if cfg.guard else []
+        self.chosen_arm_ = self._guard_choice(cfg.arm, fallbacks, val_losses)
+        if fallbacks:
             logger.info(
                 "guard: kept %r (validation loss %s)", self.chosen_arm_,
                 ", ".join(f"{a}={r['val_loss']:.4f}" for a, r in self.guard_report_.items()),
             )
         self.network = fitted[self.chosen_arm_][0].eval()
         return self
+
+    def _guard_choice(self, arm: str, fallbacks: list[str], val_losses: dict) -> str:
+        """Keep ``arm`` unless a fallback is better beyond validation noise.
+
+        Per-cell validation losses are compared in pairs: a fallback (scratch, or the linear
+        probe) qualifies only if ``mean(d) > guard_z * se(d)`` with ``d = loss(arm) -
+        loss(fallback)``, i.e. when the residual branch or the source measurably hurts; of
+        the qualifying fallbacks the one with the lowest loss is kept. A plain "lowest mean
+        loss wins" rule would flip on noise with the few dozen validation cells of a
+        sparsely labelled slide.
+        """
+        if val_losses.get(arm) is None:
+            return arm
+        qualified = {}
+        for other in fallbacks:
+            d = val_losses[arm] - val_losses[other]
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+            self.guard_report_[other]["paired_loss_difference"] = float(d.mean())
+            self.guard_report_[other]["paired_standard_error"] = se
+            if d.mean() > self.config.guard_z * se:
+                qualified[other] = float(val_losses[other].mean())
+        return min(qualified, key=qualified.get) if qualified else arm
 
     def _split(self, labelled: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         size = self.config.validation_size
@@ -311,7 +412,9 @@ class ResidualModel:
         try:
             meta = json.loads(meta_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ScResidualError(f"{meta_file} is corrupted ({err}); refit and save again.") from err
+            raise ScResidualError(
+                f"{meta_file} is corrupted ({err}); refit and save again."
+            ) from err
         if meta.get("format") != FORMAT_VERSION:
             raise ScResidualError(
                 f"{path} was written by scresidual {meta.get('scresidual_version', '?')} in "

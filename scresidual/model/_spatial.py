@@ -33,6 +33,30 @@ def _parse_spec(spec: str, kinds: Sequence[str], what: str) -> tuple[str, str | 
     return kind, value or None
 
 
+EMBED_CHUNK = 200_000
+"""Cells embedded per call of a frozen scvi source (bounds memory on large or backed slides)."""
+
+
+def _read_only(adata: AnnData) -> bool:
+    """Whether ``adata`` is backed by a file opened read-only."""
+    if not adata.isbacked:
+        return False
+    mode = getattr(getattr(adata.file, "_file", None), "mode", "r")
+    return mode != "r+"
+
+
+def _embed_in_chunks(source, adata: AnnData, *, progress: bool) -> np.ndarray:
+    """``source.embed`` over row blocks of ``adata`` (backed blocks are read into memory)."""
+    if adata.n_obs <= EMBED_CHUNK and not adata.isbacked:
+        return source.embed(adata, progress=progress)
+    parts = []
+    for start in range(0, adata.n_obs, EMBED_CHUNK):
+        block = adata[start : start + EMBED_CHUNK]
+        block = block.to_memory() if adata.isbacked else block
+        parts.append(np.asarray(source.embed(block, progress=progress), dtype=np.float32))
+    return np.concatenate(parts)
+
+
 class SpatialRegionClassifier:
     """REFINE for spatial slides: frozen source embedding + spatial-graph residual + linear head.
 
@@ -129,7 +153,7 @@ class SpatialRegionClassifier:
                 if not path.is_absolute() and getattr(self, "_model_dir", None):
                     path = self._model_dir / path
                 self._frozen[i] = ScviSource.load(path, layer=self.setup["layer"])
-            Z = self._frozen[i].embed(adata, progress=self.model.progress)
+            Z = _embed_in_chunks(self._frozen[i], adata, progress=self.model.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
         return Z.reshape(adata.n_obs, -1)
 
@@ -205,11 +229,31 @@ class SpatialRegionClassifier:
         Writes ``obs['<key>_pred']`` (categorical), ``obsm['<key>_proba']`` (probabilities)
         and ``uns['<key>_proba_classes']`` (their column order), where ``key`` defaults to
         the training ``labels_key``.
+
+        ``adata`` may be opened backed (``anndata.read_h5ad(path, backed=...)``): its
+        expression is read in row blocks. A file opened read-only (``backed="r"``) cannot
+        take the predictions: use :meth:`predict_proba`, or ``copy=True``, which then returns
+        an in-memory AnnData with ``obs``, ``var``, ``obsm``, ``uns`` and the predictions but
+        without ``X`` (it stays on disk). With ``backed="r+"`` the predictions are added in
+        memory; ``adata.write()`` stores them in the file.
         """
         adata = self.adata if adata is None else adata
         key = key_added or self.setup["labels_key"]
+        if _read_only(adata) and not copy:
+            raise ScResidualError(
+                f"adata is backed by {adata.filename} opened read-only; use predict_proba(adata) "
+                "for the probabilities, predict(adata, copy=True), or open it with backed='r+'."
+            )
         proba = self.predict_proba(adata)
-        adata = adata.copy() if copy else adata
+        if copy and adata.isbacked:
+            # X stays on disk; the copy carries everything else and the predictions.
+            adata = AnnData(
+                obs=adata.obs.copy(), var=adata.var.copy(),
+                obsm={k: np.asarray(v).copy() for k, v in adata.obsm.items()},
+                uns=dict(adata.uns),
+            )
+        elif copy:
+            adata = adata.copy()
         adata.obs[pred_key(key)] = pd.Categorical(
             np.asarray(self.classes_, dtype=object)[proba.to_numpy().argmax(1)],
             categories=self.classes_,

@@ -8,7 +8,7 @@ from ._encoders import (
     build_encoder,
     register_encoder,
 )
-from ._network import ARMS, Adapter, ResidualNetwork, Standardize, arm_uses
+from ._network import ARMS, Adapter, LoRALinear, ResidualNetwork, Standardize, arm_uses
 
 __all__ = [
     "ARMS",
@@ -16,6 +16,7 @@ __all__ = [
     "Adapter",
     "CNNEncoder",
     "HopEncoder",
+    "LoRALinear",
     "MLPEncoder",
     "ResidualNetwork",
     "Standardize",

@@ -1,6 +1,6 @@
 """The residual network: frozen source features f(x), trainable residual h(x), shallow head g.
 
-All four arms are this one network with parts switched on or off:
+All arms are this one network with parts switched on or off:
 
 ============  ===========  ================  ==========================
 arm           source f     residual h        head g
@@ -9,7 +9,13 @@ refine        yes          yes               linear on [f(x), h(x)]
 scratch       no           yes               linear on h(x)
 linear-probe  yes          no                linear on f(x)
 adapter       yes          no                bottleneck MLP on f, linear
+kd            no           yes               linear on h(x); distilled
+lora          yes (raw)    no                source's last layer + LoRA
 ============  ===========  ================  ==========================
+
+``kd`` is ``scratch`` trained against a teacher's logits as well as the labels (the loss lives
+in :class:`scresidual.train.ClassifierPlan`); ``lora`` applies the frozen source's own last
+linear layer to its unstandardised penultimate features plus a trainable low-rank update.
 
 Source features arrive precomputed (the frozen encoder ran once, in eval mode, without
 gradients), so f's weights can never change here. They are standardised with statistics
@@ -24,7 +30,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-ARMS = ("refine", "scratch", "linear-probe", "adapter")
+ARMS = ("refine", "scratch", "linear-probe", "adapter", "kd", "lora")
 """Names of the comparison arms, as used on the command line."""
 
 
@@ -34,7 +40,7 @@ def arm_uses(arm: str) -> tuple[bool, bool]:
 
     if arm not in ARMS:
         raise ScResidualError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
-    return arm != "scratch", arm in ("refine", "scratch")
+    return arm not in ("scratch", "kd"), arm in ("refine", "scratch", "kd")
 
 
 class Standardize(nn.Module):
@@ -47,7 +53,7 @@ class Standardize(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> Standardize:
-        """Set the statistics from a sample; images share one scalar, flat features one per column."""
+        """Set the statistics from a sample; images share one scalar, flat ones one per column."""
         x = x.float()
         if x.ndim > 2:
             self.mean.fill_(x.mean().item())
@@ -77,6 +83,41 @@ class Adapter(nn.Module):
         return z + self.net(z)
 
 
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update: ``W z + b + (alpha/r) B A z``.
+
+    ``B`` starts at zero, so before training the layer reproduces the frozen one exactly
+    (Hu et al. 2021). ``W`` and ``b`` are buffers: saved with the model, never optimised.
+
+    Parameters
+    ----------
+    weight, bias
+        The frozen layer, ``(n_out, n_in)`` and ``(n_out,)``.
+    rank
+        Rank ``r`` of the update.
+    alpha
+        Scaling numerator; the update is multiplied by ``alpha / rank``.
+
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, *, rank: int = 8, alpha: float = 16.0
+    ):
+        super().__init__()
+        n_out, n_in = weight.shape
+        self.register_buffer("weight", weight.detach().float().clone())
+        self.register_buffer("bias", bias.detach().float().clone())
+        self.lora_A = nn.Parameter(torch.empty(rank, n_in))
+        self.lora_B = nn.Parameter(torch.zeros(n_out, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)
+        self.scale = alpha / rank
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(z, self.weight, self.bias) + self.scale * (
+            z @ self.lora_A.T @ self.lora_B.T
+        )
+
+
 class ResidualNetwork(nn.Module):
     """REFINE network and its comparison arms.
 
@@ -98,6 +139,15 @@ class ResidualNetwork(nn.Module):
         Dropout on the standardised source features while training.
     adapter_dim
         Bottleneck width of the ``adapter`` arm.
+    teacher
+        For ``kd``: name of the view holding the teacher's logits (read by the training plan).
+    kd_alpha, kd_temperature
+        For ``kd``: weight of the cross-entropy term and the distillation temperature.
+    source_head
+        For ``lora``: the source's last layer ``{"weight": (n_classes, n_source), "bias":
+        (n_classes,)}``, rows in class order; zeros when omitted (a saved state fills them).
+    lora_rank, lora_alpha
+        For ``lora``: rank and scaling of the low-rank update.
 
     """
 
@@ -112,9 +162,17 @@ class ResidualNetwork(nn.Module):
         head: str = "linear",
         source_dropout: float = 0.0,
         adapter_dim: int = 32,
+        teacher: str | None = None,
+        kd_alpha: float = 0.5,
+        kd_temperature: float = 2.0,
+        source_head: Mapping[str, object] | None = None,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
     ):
         super().__init__()
         self.arm = arm
+        self.teacher = teacher if arm == "kd" else None
+        self.kd_alpha, self.kd_temperature = kd_alpha, kd_temperature
         use_source, use_residual = arm_uses(arm)
         self.source_names = list(source_shapes) if use_source else []
         self.residual_names = list(residual_shapes) if use_residual else []
@@ -134,10 +192,23 @@ class ResidualNetwork(nn.Module):
                 f"arm {arm!r} has no inputs: give a source for arms that use one, and residual "
                 "features for 'refine'/'scratch'."
             )
-        self.source_dropout = nn.Dropout(source_dropout)
+        self.source_dropout = nn.Dropout(0.0 if arm == "lora" else source_dropout)
         self.adapter = Adapter(n_source, adapter_dim) if arm == "adapter" else None
-        self.head_kind = head
-        if head == "linear":
+        self.head_kind = "lora" if arm == "lora" else head
+        if arm == "lora":
+            head_w = dict(source_head or {})
+            weight = torch.as_tensor(head_w.get("weight", torch.zeros(n_classes, n_source)))
+            bias = torch.as_tensor(head_w.get("bias", torch.zeros(n_classes)))
+            if tuple(weight.shape) != (n_classes, n_source) or tuple(bias.shape) != (n_classes,):
+                from .._errors import ScResidualError
+
+                raise ScResidualError(
+                    f"source_head has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}"
+                    f", expected ({n_classes}, {n_source}) and ({n_classes},); pass the source's "
+                    "last linear layer, one row per target class."
+                )
+            self.head_lora = LoRALinear(weight, bias, rank=lora_rank, alpha=lora_alpha)
+        elif head == "linear":
             # Two blocks of one linear map, so each block can have its own weight decay.
             self.head_source = nn.Linear(n_source, n_classes, bias=False) if n_source else None
             self.head_residual = nn.Linear(n_residual, n_classes) if n_residual else None
@@ -155,7 +226,7 @@ class ResidualNetwork(nn.Module):
     @torch.no_grad()
     def fit_normalisation(self, views: Mapping[str, torch.Tensor]) -> None:
         """Fix the standardisation statistics from the training inputs."""
-        for k in self.source_names:
+        for k in self.source_names if self.arm != "lora" else ():  # lora: raw features
             self.source_norm[k].fit(views[k])
         for k in self.residual_names:
             self.residual_norm[k].fit(views[k])
@@ -178,6 +249,8 @@ class ResidualNetwork(nn.Module):
 
     def forward(self, views: Mapping[str, torch.Tensor]) -> torch.Tensor:
         zs, zr = self.source_features(views), self.residual_features(views)
+        if self.head_kind == "lora":
+            return self.head_lora(zs)
         if self.head_kind == "mlp":
             return self.head_mlp(torch.cat([z for z in (zs, zr) if z is not None], 1))
         logits = 0
@@ -192,3 +265,22 @@ class ResidualNetwork(nn.Module):
         if self.head_kind == "linear" and self.head_source is not None:
             return list(self.head_source.parameters())
         return []
+
+    @torch.no_grad()
+    def start_from_probe(self, probe: ResidualNetwork) -> None:
+        """Start REFINE exactly at a fitted linear probe: same source block, zero residual block.
+
+        Jointly trained from a random start, the residual encoder can fit a few hundred
+        labelled cells within a few epochs, and early stopping then ends training before the
+        head has learned to use the source. Started at the probe, the network's first
+        predictions are the probe's and the residual branch only has to add what the source
+        misses — the residual in REFINE's name.
+        """
+        if self.head_kind != "linear" or probe.head_kind != "linear" or self.adapter is not None:
+            return
+        if self.head_source is None or self.head_residual is None or probe.head_source is None:
+            return
+        self.source_norm.load_state_dict(probe.source_norm.state_dict())
+        self.head_source.weight.copy_(probe.head_source.weight)
+        self.head_residual.weight.zero_()
+        self.head_residual.bias.copy_(probe.head_source.bias)

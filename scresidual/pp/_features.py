@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from .._errors import ScResidualError
 from .._validate import check_finite
-from ..sources._genes import align_genes
+from ..sources._genes import iter_aligned_genes, iter_row_blocks
 
 
 def _is_counts(X) -> bool:
@@ -51,17 +51,29 @@ class PCAFeatures:
         layer: str | None = None,
         max_cells: int = 50_000,
         seed: int = 0,
+        chunk_size: int = 50_000,
     ) -> PCAFeatures:
-        """Fit on ``adata`` (a random subset of ``max_cells`` for large slides)."""
-        X = adata.layers[layer] if layer is not None else adata.X
-        check_finite(X, "the expression matrix")
-        lognorm = _is_counts(X)
-        X = sp.csr_matrix(X, dtype=np.float32)
+        """Fit on ``adata`` (a random subset of ``max_cells`` for large slides).
+
+        ``X`` is read ``chunk_size`` rows at a time, so ``adata`` may be opened backed; only
+        the sampled rows are kept in memory.
+        """
+        if adata.n_obs == 0:
+            raise ScResidualError("adata has no cells; PCA features need at least 2 cells.")
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(adata.n_obs, max_cells, replace=False)) if (
             adata.n_obs > max_cells
-        ) else slice(None)
-        Y = _lognorm(X[rows]) if lognorm else X[rows]
+        ) else np.arange(adata.n_obs)
+        # Read X in row blocks (backed AnnData never loads whole); keep only the sampled rows.
+        lognorm, sample = None, []
+        for start, block in iter_row_blocks(adata, layer=layer, chunk_size=chunk_size):
+            check_finite(block, "the expression matrix")
+            if lognorm is None:
+                lognorm = _is_counts(block)
+            lo, hi = np.searchsorted(rows, [start, start + block.shape[0]])
+            sample.append(block[rows[lo:hi] - start])
+        X = sp.vstack(sample, format="csr") if len(sample) > 1 else sample[0]
+        Y = _lognorm(X) if lognorm else X
         mean = np.asarray(Y.mean(0)).ravel()
         var = np.asarray(Y.multiply(Y).mean(0)).ravel() - mean**2
         keep = np.sort(np.argsort(-var)[: min(n_top_genes, len(var))])
@@ -86,19 +98,24 @@ class PCAFeatures:
         )
 
     def transform(
-        self, adata: AnnData, *, layer: str | None = None, chunk_size: int = 100_000
+        self, adata: AnnData, *, layer: str | None = None, chunk_size: int = 50_000
     ) -> np.ndarray:
-        """Project ``adata`` (genes matched by name, missing ones zero-filled)."""
-        X = align_genes(adata, self.genes, layer=layer, min_overlap=0.5, model_name="PCA features")
-        check_finite(X, "the expression matrix")
+        """Project ``adata`` (genes matched by name, missing ones zero-filled).
+
+        Reads ``chunk_size`` rows at a time (``adata`` may be opened backed); memory beyond
+        the output is one block.
+        """
         out = np.empty((adata.n_obs, len(self.components)), dtype=np.float32)
-        for start in range(0, adata.n_obs, chunk_size):
-            block = X[start : start + chunk_size]
+        offset = self.mean @ self.components.T
+        blocks = iter_aligned_genes(
+            adata, self.genes, layer=layer, min_overlap=0.5, model_name="PCA features",
+            chunk_size=chunk_size,
+        )
+        for start, block in blocks:
+            check_finite(block, "the expression matrix")
             # Normalise by totals over the model's genes, the same at fit and transform time.
             block = _lognorm(block) if self.lognorm else block
-            out[start : start + chunk_size] = (block @ self.components.T) - (
-                self.mean @ self.components.T
-            )
+            out[start : start + block.shape[0]] = block @ self.components.T - offset
         return out
 
     def to_dict(self) -> dict:

@@ -1,7 +1,7 @@
 """Training on PyTorch Lightning: data loading, the training plan and the fit loop."""
 
 from ._data import ViewsDataset, as_tensor, batch_loader
-from ._plan import ClassifierPlan, count_parameters
+from ._plan import ClassifierPlan, count_parameters, distillation_loss
 from ._trainer import KeepBestWeights, TrainResult, quiet_lightning, train_network
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "as_tensor",
     "batch_loader",
     "count_parameters",
+    "distillation_loss",
     "quiet_lightning",
     "train_network",
 ]

@@ -1,4 +1,9 @@
-"""Mini-batches of cells over named input views, without per-item collation."""
+"""Mini-batches of cells over named input views, without per-item collation.
+
+Training reads precomputed per-cell inputs (SIGN-style neighbourhood hops), so every batch is
+an independent set of rows: memory per step is bounded by the batch size, and under data
+parallelism each process simply draws its own shard of the rows.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,14 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
 
 
 def as_tensor(x) -> torch.Tensor:
@@ -41,14 +53,72 @@ class ViewsDataset(Dataset):
         return out
 
 
+class EpochBatchSampler(BatchSampler):
+    """A :class:`~torch.utils.data.BatchSampler` that forwards ``set_epoch`` to its sampler.
+
+    Lightning calls ``set_epoch`` on a loader's ``sampler`` at the start of every epoch; the
+    loaders here pass the batch sampler as ``sampler`` (one indexing operation per batch), so
+    the call must reach the :class:`~torch.utils.data.DistributedSampler` underneath for each
+    epoch to get a new, seeded, rank-consistent shuffle.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the underlying sampler (no-op if it has none)."""
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+
 def batch_loader(
-    dataset: ViewsDataset, *, batch_size: int, shuffle: bool, seed: int = 0
+    dataset: ViewsDataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
+    min_batches: int = 1,
 ) -> DataLoader:
-    """A loader yielding whole batches (one indexing operation per batch, not per cell)."""
-    if shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    """A loader yielding whole batches (one indexing operation per batch, not per cell).
+
+    Parameters
+    ----------
+    dataset
+        The rows to iterate over.
+    batch_size
+        Rows per batch.
+    shuffle
+        Reshuffle the rows every epoch (seeded).
+    seed
+        Seed of the shuffle.
+    num_replicas
+        Number of data-parallel processes. Above 1, each process iterates only its own shard
+        (a :class:`~torch.utils.data.DistributedSampler`, padded so that every process gets
+        the same number of batches, which keeps the gradient all-reduce in step).
+    rank
+        This process's rank among ``num_replicas``.
+    min_batches
+        With ``shuffle``, draw at least this many batches per epoch (successive permutations
+        of the rows), so that a few hundred labelled cells still get enough optimiser steps
+        per epoch for early stopping to judge progress rather than noise.
+
+    Returns
+    -------
+    A :class:`~torch.utils.data.DataLoader` whose items are whole batches.
+
+    """
+    if num_replicas > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+            drop_last=False,
+        )
+    elif shuffle:
+        sampler = RandomSampler(
+            dataset, num_samples=max(len(dataset), min_batches * batch_size),
+            generator=torch.Generator().manual_seed(seed),
+        )
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
-        dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None
+        dataset, sampler=EpochBatchSampler(sampler, batch_size, drop_last=False), batch_size=None
     )

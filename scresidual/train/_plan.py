@@ -1,4 +1,9 @@
-"""Lightning training plan: cross-entropy on the residual network's logits."""
+"""Lightning training plan: cross-entropy on the residual network's logits.
+
+For the ``kd`` arm the training loss is Hinton et al.'s distillation loss
+``alpha CE + (1 - alpha) T^2 KL(softmax(teacher / T) || softmax(student / T))``; validation
+(early stopping, the guard) always uses plain cross-entropy so arms stay comparable.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +60,12 @@ class ClassifierPlan(pl.LightningModule):
         return loss, logits
 
     def training_step(self, batch, batch_idx):
-        loss, _ = self._loss(batch)
+        loss, logits = self._loss(batch)
+        if self.network.teacher is not None:
+            loss = distillation_loss(
+                loss, logits, batch["views"][self.network.teacher],
+                alpha=self.network.kd_alpha, temperature=self.network.kd_temperature,
+            )
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["y"]))
         return loss
 
@@ -87,6 +97,40 @@ class ClassifierPlan(pl.LightningModule):
         ]
         groups = [g for g in groups if g["params"]]
         return torch.optim.AdamW(groups, lr=self.lr)
+
+
+def distillation_loss(
+    ce: torch.Tensor,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """Knowledge-distillation loss ``alpha ce + (1 - alpha) T^2 KL(p_teacher || p_student)``.
+
+    Parameters
+    ----------
+    ce
+        The cross-entropy term on the true labels (already reduced).
+    student, teacher
+        Logits ``(n, n_classes)``, columns in the same class order.
+    alpha
+        Weight of ``ce``.
+    temperature
+        Softening temperature ``T``.
+
+    Returns
+    -------
+    The scalar loss (KL averaged over the batch).
+
+    """
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student / t, 1), F.log_softmax(teacher.float() / t, 1),
+        reduction="batchmean", log_target=True,
+    )
+    return alpha * ce + (1 - alpha) * t * t * kl
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,342 @@
+"""Scaling benchmark: the SIGN-style spatial pipeline vs a dense-adjacency GCN, 10^4-10^6 cells.
+
+Each (method, size) runs in its own subprocess so that peak memory is per size. The slides
+are generated: sparse Poisson counts over ``--genes`` genes whose means depend on a cell type,
+cell-type composition depends on a spatially smooth region map (warped Voronoi cells), and
+10% of the cells carry their region label.
+
+Pipeline (``scresidual``): spatial kNN graph (squidpy, k=6) -> frozen source embedding (a
+small SCVI pretrained once on a 10^4-cell slide for a few epochs, applied frozen) -> PCA
+features + 2 neighbourhood hops -> training for exactly 5 epochs -> prediction for every cell
+(on the views already computed). Baseline (``dense-gcn``): the same PCA features and kNN
+graph, but a 2-layer GCN on the dense n x n row-normalised adjacency, full batch, 5 epochs;
+sizes whose dense float32 matrix would not fit are skipped and marked as such.
+
+Usage::
+
+    python benchmarks/scale.py                      # 1e4, 1e5, 1e6
+    python benchmarks/scale.py --sizes 10000 100000 --out /tmp/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+EPOCHS = 5
+N_REGIONS = 6
+N_TYPES = 8
+
+
+# ---------------------------------------------------------------------------- data
+def make_slide(n: int, n_genes: int = 100, seed: int = 0, chunk: int = 100_000):
+    """A generated slide of ``n`` cells: counts (CSR), coordinates, regions, 10% labelled."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    side = np.sqrt(n) * 10.0  # ~10 µm between cells whatever the size
+    xy = rng.uniform(0, side, size=(n, 2)).astype(np.float32)
+    centres = rng.uniform(0, side, size=(N_REGIONS, 2))
+    wave = side / 4
+    warped = xy + 0.15 * side * np.sin(xy[:, ::-1] / wave * 2 * np.pi)
+    region = np.empty(n, dtype=np.int64)
+    for s in range(0, n, chunk):
+        d = ((warped[s : s + chunk, None, :] - centres[None]) ** 2).sum(-1)
+        region[s : s + chunk] = d.argmin(1)
+    prng = np.random.default_rng(1234)  # the biology is the same on every slide
+    composition = prng.dirichlet(np.full(N_TYPES, 0.5), size=N_REGIONS)
+    base = prng.lognormal(-1.6, 0.8, size=n_genes)
+    profiles = np.tile(base, (N_TYPES, 1))
+    for t in range(N_TYPES):
+        markers = prng.choice(n_genes, 8, replace=False)
+        profiles[t, markers] *= prng.uniform(3, 8, size=8)
+    regional = np.ones((N_REGIONS, n_genes))
+    for r in range(N_REGIONS):
+        regional[r, prng.choice(n_genes, 4, replace=False)] *= 1.6
+    blocks = []
+    for s in range(0, n, chunk):
+        reg = region[s : s + chunk]
+        u = rng.random(len(reg))[:, None]
+        ctype = (u > composition[reg].cumsum(1)).sum(1)
+        lib = rng.lognormal(0.0, 0.3, size=len(reg))[:, None]
+        counts = rng.poisson(lib * profiles[ctype] * regional[reg]).astype(np.float32)
+        blocks.append(sp.csr_matrix(counts))
+    X = sp.vstack(blocks, format="csr")
+    names = np.array([f"r{r}" for r in range(N_REGIONS)], dtype=object)
+    truth = names[region]
+    labels = pd.Series(truth.copy(), dtype=object)
+    labels[rng.random(n) >= 0.1] = np.nan
+    obs = pd.DataFrame(
+        {"region": labels.to_numpy(), "truth": truth}, index=[f"c{i}" for i in range(n)]
+    )
+    adata = ad.AnnData(X=X, obs=obs, obsm={"spatial": xy})
+    adata.var_names = [f"g{g}" for g in range(n_genes)]
+    return adata
+
+
+# ---------------------------------------------------------------------------- memory probes
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+class Stages:
+    """Wall time and peak RSS per stage (peak via VmHWM, reset between stages)."""
+
+    def __init__(self):
+        self.rows: dict[str, dict] = {}
+        self.can_reset = _reset_peak()
+
+    def run(self, name: str, n_items: int, fn, *args, **kwargs):
+        if self.can_reset:
+            _reset_peak()
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        dt = time.perf_counter() - t
+        peak = _status("VmHWM") if self.can_reset else None
+        self.rows[name] = {
+            "seconds": dt, "peak_rss_gib": peak / 2**30 if peak else None,
+            "items": n_items, "items_per_s": n_items / dt if dt > 0 else None,
+        }
+        return out
+
+
+# ---------------------------------------------------------------------------- workers
+def worker_scresidual(n: int, n_genes: int, scvi_dir: str, seed: int) -> dict:
+    import squidpy  # noqa: F401  (import once, outside the timed graph stage)
+    import torch
+
+    from scresidual.model import SpatialRegionClassifier
+    from scresidual.pp import neighbourhood_hops, spatial_graph_matrix
+
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    st = Stages()
+    adata = st.run("generate", n, make_slide, n, n_genes, seed)
+    clf = SpatialRegionClassifier(
+        adata, labels_key="region", sources=[f"scvi:{scvi_dir}"], features=["pca"],
+        graph="knn:6", n_hops=2, guard=False, max_epochs=EPOCHS, progress=False,
+        accelerator="cpu", devices=1, seed=seed,
+    )
+    conn, _ = st.run("graph", n, spatial_graph_matrix, adata, "knn:6")
+    z = st.run("source_embedding", n, clf._source, 0, adata)
+    pca = st.run("pca_features", n, clf._features, 0, adata)
+    hops = st.run("hops", n, neighbourhood_hops, pca, conn, 2)
+    views = {"source_0": z, "features_0": hops.reshape(n, -1)}
+    y = adata.obs["region"].to_numpy()
+    n_lab = int(adata.obs["region"].notna().sum())
+    st.run("train", n_lab * EPOCHS, clf.model.fit, views, y)
+    proba = st.run("predict", n, clf.model.predict_proba, views)
+    pred = np.asarray(clf.classes_)[proba.argmax(1)]
+    unl = adata.obs["region"].isna().to_numpy()
+    acc = float((pred[unl] == adata.obs["truth"].to_numpy()[unl]).mean())
+    return {"stages": st.rows, "accuracy_unlabelled": acc}
+
+
+def worker_dense(n: int, n_genes: int, seed: int) -> dict:
+    import squidpy  # noqa: F401  (import once, outside the timed graph stage)
+    import torch
+    from torch import nn
+
+    from scresidual.pp import PCAFeatures, spatial_graph_matrix
+
+    torch.manual_seed(seed)
+    st = Stages()
+    adata = st.run("generate", n, make_slide, n, n_genes, seed)
+    conn, _ = st.run("graph", n, spatial_graph_matrix, adata, "knn:6")
+
+    def dense_adjacency():
+        A = torch.zeros((n, n), dtype=torch.float32)  # the n x n matrix
+        c = conn.tocoo()
+        A[torch.as_tensor(c.row, dtype=torch.long), torch.as_tensor(c.col, dtype=torch.long)] = 1
+        A.fill_diagonal_(1.0)
+        A /= A.sum(1, keepdim=True)
+        return A
+
+    A = st.run("dense_adjacency", n, dense_adjacency)
+    pca = st.run(
+        "pca_features", n,
+        lambda: PCAFeatures.fit(adata, n_comps=30, seed=seed).transform(adata),
+    )
+    X = torch.as_tensor(pca)
+    X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    labels = adata.obs["region"]
+    lab = labels.notna().to_numpy()
+    classes = sorted(set(labels[lab]))
+    y = torch.as_tensor(
+        np.searchsorted(classes, labels[lab].to_numpy().astype(str)), dtype=torch.long
+    )
+    idx = torch.as_tensor(np.flatnonzero(lab))
+    w1, w2 = nn.Linear(X.shape[1], 64), nn.Linear(64, len(classes))
+    opt = torch.optim.Adam([*w1.parameters(), *w2.parameters()], lr=1e-2)
+
+    def forward():
+        return w2(A @ torch.relu(w1(A @ X)))
+
+    def train():
+        for _ in range(EPOCHS):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(forward()[idx], y)
+            loss.backward()
+            opt.step()
+
+    st.run("train", int(lab.sum()) * EPOCHS, train)
+    with torch.no_grad():
+        logits = st.run("predict", n, forward)
+    pred = np.asarray(classes)[logits.argmax(1).numpy()]
+    acc = float((pred[~lab] == adata.obs["truth"].to_numpy()[~lab]).mean())
+    return {"stages": st.rows, "accuracy_unlabelled": acc}
+
+
+def _finish(result: dict) -> dict:
+    rows = result["stages"]
+    pipeline = [k for k in rows if k != "generate"]
+    result["end_to_end_s"] = sum(rows[k]["seconds"] for k in pipeline)
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peaks = [rows[k]["peak_rss_gib"] for k in pipeline if rows[k]["peak_rss_gib"]]
+    result["peak_rss_pipeline_gib"] = max(peaks) if peaks else None
+    return result
+
+
+# ---------------------------------------------------------------------------- driver
+def total_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def pretrain(scvi_dir: Path, n_genes: int, seed: int) -> float:
+    from scresidual.sources import pretrain_scvi
+
+    t = time.perf_counter()
+    ref = make_slide(10_000, n_genes, seed=seed + 1)
+    pretrain_scvi(ref, scvi_dir, n_latent=10, max_epochs=5, seed=seed, progress=False)
+    return time.perf_counter() - t
+
+
+def run_child(args: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines()[::-1]:
+        if line.startswith("RESULT "):
+            return {"status": "ok", **json.loads(line[7:])}
+    return {"status": f"failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"}
+
+
+def fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) and v == v else "-"
+
+
+def print_table(results: list[dict]) -> None:
+    head = f"{'method':<11}{'cells':>9}  {'stage':<17}{'wall s':>9}{'peak GiB':>10}{'items/s':>12}"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        if r["status"] != "ok":
+            print(f"{r['method']:<11}{r['n']:>9}  {r['status']}")
+            continue
+        for name, row in r["stages"].items():
+            print(
+                f"{r['method']:<11}{r['n']:>9}  {name:<17}{fmt(row['seconds'], '9.1f')}"
+                f"{fmt(row['peak_rss_gib'], '10.2f')}{fmt(row['items_per_s'], '12.0f')}"
+            )
+        print(
+            f"{r['method']:<11}{r['n']:>9}  {'END TO END':<17}{fmt(r['end_to_end_s'], '9.1f')}"
+            f"{fmt(r['peak_rss_gib'], '10.2f')}{fmt(r['n'] / r['end_to_end_s'], '12.0f')}"
+            f"   acc(unlabelled)={r['accuracy_unlabelled']:.3f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--genes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=["scresidual", "dense-gcn"])
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
+    parser.add_argument("--worker", choices=["scresidual", "dense-gcn"], help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--scvi", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        if args.worker == "scresidual":
+            result = worker_scresidual(args.n, args.genes, args.scvi, args.seed)
+        else:
+            result = worker_dense(args.n, args.genes, args.seed)
+        print("RESULT " + json.dumps(_finish(result)))
+        return
+
+    mem = total_memory()
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scvi_dir = Path(tmp) / "scvi"
+        pretrain_s = (
+            pretrain(scvi_dir, args.genes, args.seed) if "scresidual" in args.methods else None
+        )
+        for n in args.sizes:
+            for method in args.methods:
+                common = ["--n", str(n), "--genes", str(args.genes), "--seed", str(args.seed)]
+                dense_bytes = 4 * n * n
+                if method == "dense-gcn" and 2 * dense_bytes > 0.6 * mem:
+                    status = (
+                        f"skipped: dense {n}x{n} float32 adjacency = {dense_bytes / 2**30:.0f} GiB "
+                        f"(x2 for a working copy) > 60% of {mem / 2**30:.0f} GiB RAM"
+                    )
+                    res = {"status": status}
+                elif method == "dense-gcn":
+                    res = run_child(["--worker", "dense-gcn", *common], args.timeout)
+                else:
+                    res = run_child(
+                        ["--worker", "scresidual", "--scvi", str(scvi_dir), *common], args.timeout
+                    )
+                results.append({"method": method, "n": n, **res})
+                print_table(results[-1:])
+                sys.stdout.flush()
+    ok = {r["n"]: r for r in results if r["method"] == "scresidual" and r["status"] == "ok"}
+    ratio = (
+        ok[1_000_000]["end_to_end_s"] / ok[100_000]["end_to_end_s"]
+        if 1_000_000 in ok and 100_000 in ok else None
+    )
+    summary = {
+        "cpu_count": os.cpu_count(), "ram_gib": mem / 2**30, "epochs": EPOCHS,
+        "genes": args.genes, "scvi_pretrain_s": pretrain_s,
+        "source": "SCVI (scvi-tools) pretrained on a generated 10^4-cell slide, 5 epochs, frozen",
+        "t_1e6_over_t_1e5": ratio, "results": results,
+    }
+    print()
+    print_table(results)
+    if ratio is not None:
+        print(f"t(1e6)/t(1e5) = {ratio:.1f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
