@@ -63,11 +63,9 @@ def run_demo(
     )
     print(f"[3/4] four arms fitted on {int(keep.sum())} labelled spots ({time.time() - t0:.0f} s)")
     refine = models["refine"]
-    predicted = []
-    for name, slide in (("slide1", train), ("slide2", held_out)):
+    for slide in (train, held_out):
         refine.predict(slide, key_added=REGION_KEY)
-        predicted.append(slide)
-    both = ad.concat(predicted, merge="same", uns_merge="first")
+    both = ad.concat([train, held_out], merge="same", uns_merge="first")
     with atomic_path(out / "predictions.h5ad") as tmp:
         both.write_h5ad(tmp)
     results.to_csv(out / "results.csv", index=False)

@@ -266,26 +266,25 @@ class ResidualModel:
                 np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
                 dtype=torch.float32,
             )
-        # REFINE starts from a fitted linear probe; with the guard, scratch is its fallback.
+        # REFINE starts from a fitted linear probe and scratch model (see
+        # ResidualNetwork.start_from); with the guard they are also its fallbacks.
         fits = [cfg.arm]
-        refine_parts = cfg.arm == "refine" and cfg.sources and cfg.residuals
-        if refine_parts and cfg.head == "linear":
-            fits.insert(0, "linear-probe")
-        if cfg.guard and refine_parts:
-            fits.append("scratch")
+        if cfg.arm == "refine" and cfg.sources and cfg.residuals and cfg.head == "linear":
+            fits = ["linear-probe", "scratch", "refine"]
         fitted, val_losses = {}, {}
         for arm in fits:
             pl.seed_everything(cfg.seed, verbose=False)
             net = self._build(arm)
             net.fit_normalisation(tensors)
-            if arm == "refine" and "linear-probe" in fitted:
-                net.start_from_probe(fitted["linear-probe"][0])
+            started = arm == "refine" and len(fitted) == 2 and net.start_from(
+                fitted["linear-probe"][0], fitted["scratch"][0]
+            )
             result = train_network(
                 net, tensors, y_t, train_idx, val_idx,
                 max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 weight_decay=cfg.weight_decay, source_weight_decay=cfg.source_weight_decay,
                 patience=cfg.patience, min_steps_per_epoch=cfg.min_steps_per_epoch,
-                class_weights=weights, seed=cfg.seed, progress=self.progress,
+                keep_start=started, class_weights=weights, seed=cfg.seed, progress=self.progress,
                 **self.trainer_kwargs,
             )
             report = {"best_epoch": result.best_epoch, "val_loss": result.best_val_loss}
@@ -304,6 +303,8 @@ class ResidualModel:
             fitted[arm] = (net, report)
         self.guard_report_ = {arm: rep for arm, (_, rep) in fitted.items()}
         fallbacks = [a for a in fits if a != cfg.arm] if cfg.guard else []
+        if not cfg.guard:  # the starting points were fitted, but only the arm is kept
+            self.guard_report_ = {cfg.arm: self.guard_report_[cfg.arm]}
         self.chosen_arm_ = self._guard_choice(cfg.arm, fallbacks, val_losses)
         if fallbacks:
             logger.info(

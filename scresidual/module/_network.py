@@ -267,20 +267,25 @@ class ResidualNetwork(nn.Module):
         return []
 
     @torch.no_grad()
-    def start_from_probe(self, probe: ResidualNetwork) -> None:
-        """Start REFINE exactly at a fitted linear probe: same source block, zero residual block.
+    def start_from(self, probe: ResidualNetwork, scratch: ResidualNetwork) -> bool:
+        """Start REFINE at the average of a fitted linear probe's and scratch model's logits.
 
-        Jointly trained from a random start, the residual encoder can fit a few hundred
-        labelled cells within a few epochs, and early stopping then ends training before the
-        head has learned to use the source. Started at the probe, the network's first
-        predictions are the probe's and the residual branch only has to add what the source
-        misses — the residual in REFINE's name.
+        Trained jointly from a random start on a few hundred labelled cells, the residual
+        encoder fits the labels within a few epochs and early stopping ends training before
+        the head has learned to use the source: REFINE then under-uses an informative source.
+        Started here instead, the first predictions already combine what f and h each learned
+        alone (their logits averaged), and joint training only refines that. Returns False
+        (and changes nothing) when the parts do not fit this network.
         """
-        if self.head_kind != "linear" or probe.head_kind != "linear" or self.adapter is not None:
-            return
-        if self.head_source is None or self.head_residual is None or probe.head_source is None:
-            return
+        linear = all(n.head_kind == "linear" for n in (self, probe, scratch))
+        if not linear or self.adapter is not None or self.head_source is None:
+            return False
+        if self.head_residual is None or probe.head_source is None or scratch.head_residual is None:
+            return False
         self.source_norm.load_state_dict(probe.source_norm.state_dict())
-        self.head_source.weight.copy_(probe.head_source.weight)
-        self.head_residual.weight.zero_()
-        self.head_residual.bias.copy_(probe.head_source.bias)
+        self.residual_norm.load_state_dict(scratch.residual_norm.state_dict())
+        self.encoders.load_state_dict(scratch.encoders.state_dict())
+        self.head_source.weight.copy_(probe.head_source.weight / 2)
+        self.head_residual.weight.copy_(scratch.head_residual.weight / 2)
+        self.head_residual.bias.copy_((probe.head_source.bias + scratch.head_residual.bias) / 2)
+        return True

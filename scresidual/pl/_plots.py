@@ -57,6 +57,7 @@ def regions(
         Marker size (default from the number of cells).
     show, save
         Show the figure / save it to a file; returns the figure unless shown.
+
     """
     pk = pred_key_ or pred_key(labels_key)
     check_obs_key(adata, labels_key)
@@ -134,7 +135,7 @@ def arms(
     show: bool | None = None,
     save: str | None = None,
 ) -> Figure | None:
-    """Bar chart of a metric per arm and evaluation set (from :func:`scresidual.tl.compare_arms`)."""
+    """Bar chart of a metric per arm and evaluation set (:func:`scresidual.tl.compare_arms`)."""
     from .._errors import ScResidualError
 
     for col in ("arm", "evaluated_on", metric):

@@ -1,5 +1,6 @@
 """Frozen pretrained sources: scvi-tools models, foundation models, any torch module."""
 
+from ._autoencoder import pretrain_autoencoder
 from ._base import FrozenSource, embed
 from ._geneformer import GeneformerSource
 from ._genes import MIN_GENE_OVERLAP, align_genes, gene_overlap
@@ -18,5 +19,6 @@ __all__ = [
     "align_genes",
     "embed",
     "gene_overlap",
+    "pretrain_autoencoder",
     "pretrain_scvi",
 ]

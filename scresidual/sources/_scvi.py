@@ -176,7 +176,8 @@ def pretrain_scvi(
 
     check_counts(adata, layer=layer)
     ref = AnnData(
-        X=adata.layers[layer] if layer else adata.X, obs=adata.obs[[batch_key]] if batch_key else None
+        X=adata.layers[layer] if layer else adata.X,
+        obs=adata.obs[[batch_key]] if batch_key else None,
     )
     ref.obs_names, ref.var_names = adata.obs_names, adata.var_names
     scvi.settings.seed = seed

