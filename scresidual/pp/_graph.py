@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -15,22 +13,10 @@ from anndata import AnnData
 
 from .._constants import CONNECTIVITIES_KEY, DISTANCES_KEY, SPATIAL_KEY
 from .._errors import ScResidualError
+from .._logging import quiet_loggers
 from .._validate import check_obs_key, check_spatial
 
 logger = logging.getLogger("scresidual")
-
-@contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
 
 GRAPH_SPECS = "'knn:K', 'radius:R', 'delaunay' or 'none'"
 
@@ -106,7 +92,7 @@ def spatial_graph_matrix(
     else:
         kwargs["delaunay"] = True
     try:
-        with warnings.catch_warnings(), _quiet("spatialdata", "squidpy"):
+        with warnings.catch_warnings(), quiet_loggers("spatialdata", "squidpy"):
             warnings.simplefilter("ignore", FutureWarning)  # renamed in squidpy 1.9
             sq.gr.spatial_neighbors(shell, **kwargs)
     except Exception as err:  # qhull/sklearn errors on degenerate layouts

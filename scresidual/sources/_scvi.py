@@ -139,10 +139,12 @@ class ScviSource(FrozenSource):
 
     def embed(self, adata: AnnData, *, batch_size: int = 1024, progress: bool = True) -> np.ndarray:
         """Posterior mean of the latent variable for every cell (the model is never trained)."""
+        from .._logging import quiet_loggers
         from ..train import quiet_lightning
 
         q = self._query(adata)
-        with quiet_lightning(True):
+        # scvi-tools logs "File … already downloaded" for every local load: not news here.
+        with quiet_lightning(True), quiet_loggers("scvi"):
             model = self.model_cls.load(str(self.model_dir), adata=q, accelerator="cpu")
             model.module.eval()
             for p in model.module.parameters():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from .._logging import quiet_loggers
 from ..module import ResidualNetwork
 from ._data import ViewsDataset, batch_loader
 from ._plan import ClassifierPlan
@@ -28,19 +28,11 @@ _NOISY_WARNINGS = (
 @contextmanager
 def quiet_lightning(quiet: bool) -> Iterator[None]:
     """Silence Lightning's start-up chatter and its advice about data-loader workers."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
+    names = ("lightning.pytorch", "lightning.fabric") if quiet else ()
+    with warnings.catch_warnings(), quiet_loggers(*names):
         for pattern in _NOISY_WARNINGS:
             warnings.filterwarnings("ignore", pattern)
-        if quiet:
-            for lg in loggers:
-                lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
+        yield
 
 
 @contextmanager
