@@ -58,11 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", required=True, help="output .h5ad (the input is never changed)")
     pred.add_argument("--quiet", action="store_true")
 
-    stress = sub.add_parser(
+    # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
+    sub.add_parser(
         "stress-test", help="the paper's negative-transfer stress tests (image, text, tabular)",
         add_help=False,
     )
-    stress.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
@@ -134,16 +134,21 @@ def _demo(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scresidual`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["stress-test"]:
+        # Its own parser owns every option, --help included.
+        from .stress import main_stress_test
+
+        try:
+            return int(main_stress_test(argv[1:]) or 0)
+        except ScResidualError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet = getattr(args, "quiet", False)
     logging.getLogger("scresidual").setLevel(logging.WARNING if quiet else logging.INFO)
     try:
-        if args.command == "stress-test":
-            from .stress import main_stress_test
-
-            return int(main_stress_test(args.rest) or 0)
         {"demo": _demo, "fit": _fit, "predict": _predict}[args.command](args)
     except ScResidualError as err:
         print(f"error: {err}", file=sys.stderr)
