@@ -358,9 +358,6 @@ class ResidualModel:
         loader = batch_loader(ViewsDataset(tensors), batch_size=batch_size, shuffle=False)
         return torch.cat([net(b["views"]) for b in loader])
 
-    def _predict_codes(self, net, tensors) -> np.ndarray:
-        return self._logits(net, tensors).argmax(1).numpy()
-
     def _check_fitted(self) -> ResidualNetwork:
         if self.network is None:
             raise ScResidualError("the model is not fitted yet; call fit() or load() first.")

@@ -116,3 +116,23 @@ def source_outputs(
         feats.append(z.numpy())
         logits.append(model.head(z).numpy())
     return np.concatenate(feats), np.concatenate(logits)
+
+
+def pretrain_mlp_source(
+    x,
+    y,
+    *,
+    n_classes: int,
+    n_hidden: int,
+    n_out: int,
+    epochs: int,
+    seed: int = 0,
+) -> SourceClassifier:
+    """Pretrain an MLP backbone (one hidden layer) + linear head on flat features ``(n, d)``."""
+    from ..module import MLPEncoder
+    from ..stress._corruptions import check_labels
+
+    x = np.asarray(x, dtype=np.float32)
+    y = check_labels(y, n_classes)
+    backbone = MLPEncoder(x.shape[1], n_hidden=(n_hidden,), n_out=n_out, dropout=0.1)
+    return pretrain_source(backbone, x, y, n_classes=n_classes, epochs=epochs, seed=seed)

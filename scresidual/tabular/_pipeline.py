@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..module import MLPEncoder
-from ..sources._pretrain import SourceClassifier, pretrain_source
-from ..stress._corruptions import check_labels
+from ..sources._pretrain import SourceClassifier, pretrain_mlp_source
 from ..stress._protocol import StressTask, split_indices
 from ._data import ADULT_CATEGORICAL, GERMAN_CATEGORICAL, TabularEncoder, load_adult, load_german
 
@@ -31,10 +29,9 @@ def pretrain_tabular_source(
     x, y, *, n_classes: int, epochs: int = 20, seed: int = 0
 ) -> SourceClassifier:
     """Pretrain an MLP source (``MLPEncoder`` + linear head) on encoded columns ``(n, d)``."""
-    x = np.asarray(x, dtype=np.float32)
-    y = check_labels(y, n_classes)
-    backbone = MLPEncoder(x.shape[1], n_hidden=(128,), n_out=64, dropout=0.1)
-    return pretrain_source(backbone, x, y, n_classes=n_classes, epochs=epochs, seed=seed)
+    return pretrain_mlp_source(
+        x, y, n_classes=n_classes, n_hidden=128, n_out=64, epochs=epochs, seed=seed
+    )
 
 
 def _task(dataset, metric, categorical, source, target, test, quick, n_target) -> StressTask:

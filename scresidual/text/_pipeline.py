@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..module import MLPEncoder
-from ..sources._pretrain import SourceClassifier, pretrain_source
-from ..stress._corruptions import check_labels
+from ..sources._pretrain import SourceClassifier, pretrain_mlp_source
 from ..stress._protocol import StressTask, split_indices
 from ._data import HashedTfidf, SentenceEncoder, load_rotten_tomatoes
 
@@ -26,10 +24,9 @@ def pretrain_text_source(
     embeddings, y, *, n_classes: int, epochs: int = 30, seed: int = 0
 ) -> SourceClassifier:
     """Train the small classifier on frozen sentence embeddings ``(n, d)``."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    y = check_labels(y, n_classes)
-    backbone = MLPEncoder(x.shape[1], n_hidden=(256,), n_out=128, dropout=0.1)
-    return pretrain_source(backbone, x, y, n_classes=n_classes, epochs=epochs, seed=seed)
+    return pretrain_mlp_source(
+        embeddings, y, n_classes=n_classes, n_hidden=256, n_out=128, epochs=epochs, seed=seed
+    )
 
 
 def rotten_tomatoes_task(
