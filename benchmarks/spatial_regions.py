@@ -6,10 +6,12 @@ and no coordinates (SCVI on counts; a denoising autoencoder on the 31 protein va
 under ``benchmarks/.cache/``. Protocols: ``random10`` (10% of cells labelled at random, scored
 on the rest) and, for BaristaSeq, ``cross-slide`` (train on slices 1-2, predict slice 3).
 
-Arms: scratch, linear-probe, adapter, refine without the guard, refine with the guard
-(replayed from the refine and scratch fits: same seed, same split, lower validation loss wins),
-the baseline (neighbourhood-averaged own PCA + logistic regression), and the same with a
-*harmful* source (hidden features of an MLP fitted to labels with 80% flipped).
+Arms: scratch, linear-probe, adapter, refine without the guard, refine with the guard (the
+default: falls back to scratch or the probe when they validate better beyond noise), the
+baseline (neighbourhood-averaged own PCA + logistic regression on every labelled cell), and
+the probe and refine with a *harmful* source (hidden features of an MLP fitted to labels with
+80% flipped). Every arm uses the library defaults: below 1,000 labelled cells (each random-10%
+protocol here) it is cross-fitted over 5 folds.
 
 Usage::
 

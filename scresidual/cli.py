@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--max-epochs", type=int, default=200)
     fit.add_argument("--no-guard", action="store_true", help="disable the scratch fallback")
+    fit.add_argument(
+        "--folds", type=int, default=None,
+        help="cross-fitting folds (default: 5 below 1,000 labelled cells, else 1 split)",
+    )
     fit.add_argument("--output", default=None, help="also write the slide with predictions here")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --model-dir")
     fit.add_argument("--quiet", action="store_true")
@@ -91,7 +95,7 @@ def _fit(args) -> None:
         features=args.features or ["pca"], graph=args.graph, n_hops=args.n_hops,
         library_key=args.library_key, spatial_key=args.spatial_key, layer=args.layer,
         arm=args.arm, seed=args.seed, max_epochs=args.max_epochs, guard=not args.no_guard,
-        progress=not args.quiet,
+        folds=args.folds, progress=not args.quiet,
     ).train()
     model.save(args.model_dir, overwrite=args.overwrite)
     report = model.model.guard_report_

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -30,11 +31,14 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
     digest = file_hash(slide_file)
     code, out, err = _run(
         ["fit", str(slide_file), "--labels-key", "label", "--model-dir", str(tmp_path / "m"),
-         "--arm", "scratch", "--max-epochs", "30", "--quiet", "--output", str(tmp_path / "f.h5ad")],
+         "--arm", "scratch", "--max-epochs", "30", "--folds", "2", "--quiet",
+         "--output", str(tmp_path / "f.h5ad")],
         capsys,
     )
     assert code == 0, err
     assert "model saved" in out and file_hash(slide_file) == digest
+    meta = json.loads((tmp_path / "m" / "residual_model.json").read_text())
+    assert meta["n_members"] == 2  # --folds reached the model: two cross-fitted members
     other = small_slides[small_slides.obs["slide"] == "slide2"].copy()
     other.write_h5ad(tmp_path / "other.h5ad")
     code, out, err = _run(

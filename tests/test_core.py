@@ -8,7 +8,7 @@ from scresidual import ScResidualError
 from scresidual.model import ResidualModel
 from scresidual.module import ResidualNetwork, build_encoder
 
-FAST = {"max_epochs": 60, "patience": 10, "progress": False}
+FAST = {"max_epochs": 60, "patience": 10, "progress": False, "folds": 1}
 
 
 def _split(y, frac=0.3, seed=0):
@@ -83,6 +83,33 @@ def test_guard_rule_needs_a_difference_beyond_noise():
     probe_best = {"refine": base + 0.3, "scratch": base + 0.6, "linear-probe": base}
     assert model._guard_choice("refine", ["linear-probe", "scratch"], probe_best) == "linear-probe"
     assert model._guard_choice("refine", [], clear) == "refine"
+
+
+def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp_path):
+    from scresidual.module import EnsembleNetwork
+
+    y_train, mask = _split(toy_views["y"], frac=0.1)  # ~120 labels: auto -> 5 folds
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    fast = {k: v for k, v in FAST.items() if k != "folds"}
+    model = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, **fast)
+    model.fit(views, y_train)
+    assert model.n_folds(int(mask.sum())) == 5 and model.n_folds(5000) == 1
+    net = model.network
+    assert isinstance(net, EnsembleNetwork) and len(net.members) == 5
+    for arm, report in model.guard_report_.items():
+        assert report["n_members"] == 5 and len(report["best_epochs"]) == 5, arm
+    assert all(s in (0.25, 0.5, 0.75) for s in model.guard_report_["refine"]["source_shares"])
+    # the ensemble predicts the mean of its members' probabilities
+    x = {k: torch.from_numpy(v[:50]) for k, v in views.items()}
+    with torch.no_grad():
+        mean = torch.stack([m(x).softmax(1) for m in net.members]).mean(0).numpy()
+    np.testing.assert_allclose(model.predict_proba({k: v[:50] for k, v in views.items()}), mean,
+                               atol=1e-5)
+    assert _acc(model, views, toy_views["y"], mask) > 0.9
+    model.save(tmp_path / "m")
+    again = ResidualModel.load(tmp_path / "m", progress=False)
+    assert isinstance(again.network, EnsembleNetwork) and len(again.network.members) == 5
+    np.testing.assert_allclose(again.predict_proba(views), model.predict_proba(views), atol=1e-6)
 
 
 def test_unlabelled_rows_are_not_trained_on(toy_views):

@@ -7,7 +7,7 @@ from scresidual import ScResidualError, pp, tl
 from scresidual.model import SpatialRegionClassifier
 from scresidual.sources import ScviSource, align_genes, embed, pretrain_scvi
 
-FAST = {"max_epochs": 40, "patience": 8, "progress": False}
+FAST = {"max_epochs": 40, "patience": 8, "progress": False, "folds": 1}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,19 +20,23 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import f1_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.nn import functional as F
 
 from .. import __version__
 from .._errors import ScResidualError
 from .._io import atomic_path
-from ..module import ResidualNetwork, arm_uses, build_encoder
+from ..module import EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, train_network
 
 logger = logging.getLogger("scresidual")
 
 FORMAT_VERSION = 1
 """On-disk format of saved models; bumped when old directories can no longer be read."""
+
+AUTO_FOLDS, AUTO_FOLDS_BELOW = 5, 1000
+"""``folds=None`` cross-fits with 5 folds below 1,000 labelled cells (one 20% split would
+validate on fewer than 200 cells: too few to early-stop or to guard reliably)."""
 
 
 @dataclass
@@ -53,6 +58,8 @@ class ResidualConfig:
     min_steps_per_epoch: int = 10
     guard_z: float = 1.0
     validation_size: float = 0.2
+    folds: int | None = None
+    source_shares: tuple[float, ...] = (0.25, 0.5, 0.75)
     class_weight: str | None = "balanced"
     seed: int = 0
     teacher: str | None = None
@@ -86,11 +93,21 @@ class ResidualModel:
     head
         ``"linear"`` (default, robust) or ``"mlp"``.
     guard
-        For ``refine``: also fit ``scratch`` on the same split and fall back to it (or to the
-        linear probe REFINE starts from) when its per-cell validation losses are lower than
+        For ``refine``: fall back to ``scratch`` (or to the linear probe; both are fitted
+        anyway, as REFINE's starting point) when its per-cell validation losses are lower than
         REFINE's by more than ``guard_z`` standard errors (a paired comparison), so the
         fitted model is not worse than ignoring the source beyond validation noise. What was
         chosen and why is in :attr:`chosen_arm_` and :attr:`guard_report_`.
+    source_shares
+        (in ``config``) REFINE starts from ``s * probe logits + (1 - s) * scratch logits``
+        with the share ``s`` of these that has the lowest validation loss, then trains jointly.
+    folds
+        (in ``config``) Cross-fitting: with ``k`` folds every arm is fitted ``k`` times, each
+        early-stopped on one fold of the labelled cells and trained on the rest; the guard
+        compares out-of-fold losses on *all* labelled cells, and the fitted model averages the
+        ``k`` members' probabilities, so no label is only spent on validation. ``None``
+        (default): 5 folds below 1,000 labelled cells, else one ``validation_size`` split
+        (none with ``validation_size=0``).
     seed
         Seed for initialisation, data splits and batch order.
     accelerator, devices, strategy
@@ -258,51 +275,62 @@ class ResidualModel:
             order = self._class_order(teacher.shape[1] if teacher.ndim == 2 else -1, "teacher")
             tensors[cfg.teacher] = teacher[:, torch.from_numpy(order)]
         y_t = torch.from_numpy(codes)
-        train_idx, val_idx = self._split(np.flatnonzero(mask), codes[mask])
+        labelled = np.flatnonzero(mask)
         weights = None
         if cfg.class_weight == "balanced":
-            counts = np.bincount(codes[train_idx], minlength=len(self.classes_)).astype(float)
-            weights = torch.tensor(
-                np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
-                dtype=torch.float32,
-            )
+            counts = np.bincount(codes[labelled], minlength=len(self.classes_)).astype(float)
+            weights = torch.tensor(counts.sum() / counts / len(counts), dtype=torch.float32)
         # REFINE starts from a fitted linear probe and scratch model (see
         # ResidualNetwork.start_from); with the guard they are also its fallbacks.
-        fits = [cfg.arm]
+        stages = [cfg.arm]
         if cfg.arm == "refine" and cfg.sources and cfg.residuals and cfg.head == "linear":
-            fits = ["linear-probe", "scratch", "refine"]
-        fitted, val_losses = {}, {}
-        for arm in fits:
-            pl.seed_everything(cfg.seed, verbose=False)
-            net = self._build(arm)
-            net.fit_normalisation(tensors)
-            started = arm == "refine" and len(fitted) == 2 and net.start_from(
-                fitted["linear-probe"][0], fitted["scratch"][0]
-            )
-            result = train_network(
-                net, tensors, y_t, train_idx, val_idx,
-                max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                weight_decay=cfg.weight_decay, source_weight_decay=cfg.source_weight_decay,
-                patience=cfg.patience, min_steps_per_epoch=cfg.min_steps_per_epoch,
-                keep_start=started, class_weights=weights, seed=cfg.seed, progress=self.progress,
-                **self.trainer_kwargs,
-            )
-            report = {"best_epoch": result.best_epoch, "val_loss": result.best_val_loss}
-            val_losses[arm] = None
-            if len(val_idx):
-                logits = self._logits(net, {k: t[val_idx] for k, t in tensors.items()})
-                y_val = y_t[val_idx]
-                w = torch.ones(len(self.classes_)) if weights is None else weights
-                # Per-cell weighted losses, for a paired comparison of the candidates.
-                per_cell = F.cross_entropy(logits, y_val, reduction="none") * w[y_val]
-                val_losses[arm] = (per_cell / w[y_val].mean()).numpy()
-                report["val_macro_f1"] = float(
-                    f1_score(codes[val_idx], logits.argmax(1).numpy(), average="macro",
-                             zero_division=0)
+            stages = ["linear-probe", "scratch", "refine"]
+        splits = self._splits(labelled, codes[labelled])
+        members = {arm: [] for arm in stages}
+        epochs = {arm: [] for arm in stages}
+        shares = {arm: [] for arm in stages}
+        # Per-cell validation losses and predictions, one slot per labelled cell; in
+        # cross-fitting every labelled cell is validated once (out of fold).
+        losses = {arm: np.full(len(labelled), np.nan) for arm in stages}
+        preds = {arm: np.full(len(labelled), -1) for arm in stages}
+        for fold, (train_idx, val_idx) in enumerate(splits):
+            if len(splits) > 1:
+                logger.info("cross-fitting: fold %d of %d", fold + 1, len(splits))
+            fitted = {}
+            for arm in stages:
+                net, best_epoch, share = self._fit_stage(
+                    arm, tensors, y_t, train_idx, val_idx, weights, fitted
                 )
-            fitted[arm] = (net, report)
-        self.guard_report_ = {arm: rep for arm, (_, rep) in fitted.items()}
-        fallbacks = [a for a in fits if a != cfg.arm] if cfg.guard else []
+                fitted[arm] = net
+                members[arm].append(net)
+                epochs[arm].append(best_epoch)
+                shares[arm].append(share)
+                if len(val_idx):
+                    logits = self._logits(net, {k: t[val_idx] for k, t in tensors.items()})
+                    y_val = y_t[val_idx]
+                    w = torch.ones(len(self.classes_)) if weights is None else weights
+                    # Weighted per-cell losses, for a paired comparison of the candidates.
+                    per_cell = F.cross_entropy(logits, y_val, reduction="none") * w[y_val]
+                    slot = np.searchsorted(labelled, val_idx)
+                    losses[arm][slot] = (per_cell / w[y_val].mean()).numpy()
+                    preds[arm][slot] = logits.argmax(1).numpy()
+        validated = ~np.isnan(losses[stages[0]])
+        val_losses, self.guard_report_ = {}, {}
+        for arm in stages:
+            report = {"best_epochs": epochs[arm], "n_members": len(members[arm])}
+            if any(x is not None for x in shares[arm]):
+                report["source_shares"] = shares[arm]
+            val_losses[arm] = losses[arm][validated] if validated.any() else None
+            if validated.any():
+                report["val_loss"] = float(val_losses[arm].mean())
+                report["val_macro_f1"] = float(f1_score(
+                    codes[labelled][validated], preds[arm][validated], average="macro",
+                    zero_division=0,
+                ))
+            else:
+                report["val_loss"] = float("nan")
+            self.guard_report_[arm] = report
+        fallbacks = [a for a in stages if a != cfg.arm] if cfg.guard else []
         if not cfg.guard:  # the starting points were fitted, but only the arm is kept
             self.guard_report_ = {cfg.arm: self.guard_report_[cfg.arm]}
         self.chosen_arm_ = self._guard_choice(cfg.arm, fallbacks, val_losses)
@@ -311,8 +339,41 @@ class ResidualModel:
                 "guard: kept %r (validation loss %s)", self.chosen_arm_,
                 ", ".join(f"{a}={r['val_loss']:.4f}" for a, r in self.guard_report_.items()),
             )
-        self.network = fitted[self.chosen_arm_][0].eval()
+        chosen = members[self.chosen_arm_]
+        self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
         return self
+
+    def _fit_stage(self, arm, tensors, y_t, train_idx, val_idx, weights, fitted):
+        """Fit one arm on one split; ``fitted`` holds this split's earlier stages."""
+        cfg = self.config
+        pl.seed_everything(cfg.seed, verbose=False)
+        net = self._build(arm)
+        net.fit_normalisation(tensors)
+        started = arm == "refine" and len(fitted) == 2 and net.start_from(
+            fitted["linear-probe"], fitted["scratch"]
+        )
+        share = None
+        if started:
+            # The source's share of the starting logits, chosen on validation: a harmful
+            # source starts down-weighted, an informative one up-weighted.
+            share, scores = 0.5, {}
+            if len(val_idx) and len(cfg.source_shares) > 1:
+                val = {k: t[val_idx] for k, t in tensors.items()}
+                for s in cfg.source_shares:
+                    net.start_from(fitted["linear-probe"], fitted["scratch"], s)
+                    scores[s] = float(F.cross_entropy(self._logits(net, val), y_t[val_idx],
+                                                      weight=weights))
+                share = min(scores, key=scores.get)
+            net.start_from(fitted["linear-probe"], fitted["scratch"], share)
+        result = train_network(
+            net, tensors, y_t, train_idx, val_idx,
+            max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, source_weight_decay=cfg.source_weight_decay,
+            patience=cfg.patience, min_steps_per_epoch=cfg.min_steps_per_epoch,
+            keep_start=started, class_weights=weights, seed=cfg.seed, progress=self.progress,
+            **self.trainer_kwargs,
+        )
+        return net, result.best_epoch, share
 
     def _guard_choice(self, arm: str, fallbacks: list[str], val_losses: dict) -> str:
         """Keep ``arm`` unless a fallback is better beyond validation noise.
@@ -336,27 +397,50 @@ class ResidualModel:
                 qualified[other] = float(val_losses[other].mean())
         return min(qualified, key=qualified.get) if qualified else arm
 
-    def _split(self, labelled: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def n_folds(self, n_labelled: int) -> int:
+        """Cross-fitting folds used for ``n_labelled`` labelled cells (1: one split)."""
+        folds = self.config.folds
+        if folds is None:  # auto: cross-fit while one split would validate on < 200 cells
+            small = n_labelled < AUTO_FOLDS_BELOW and self.config.validation_size
+            folds = AUTO_FOLDS if small else 1
+        return int(folds) if n_labelled >= 2 * int(folds) else 1
+
+    def _splits(self, labelled: np.ndarray, codes: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """``(train, validation)`` index pairs: k folds, one split, or no validation."""
+        seed, k = self.config.seed, self.n_folds(len(labelled))
+        counts = np.bincount(codes)
+        if k > 1:
+            # Stratify when every class can appear in each fold's training part.
+            if counts[counts > 0].min() >= 2:
+                with warnings.catch_warnings():  # classes rarer than k: sklearn warns
+                    warnings.simplefilter("ignore", UserWarning)
+                    folds = StratifiedKFold(k, shuffle=True, random_state=seed)
+                    parts = list(folds.split(labelled, codes))
+            else:
+                parts = list(KFold(k, shuffle=True, random_state=seed).split(labelled))
+            return [(labelled[tr], labelled[va]) for tr, va in parts]
         size = self.config.validation_size
         if not size or len(labelled) < 10:
-            return labelled, np.array([], dtype=np.int64)
-        counts = np.bincount(codes)
+            return [(labelled, np.array([], dtype=np.int64))]
         stratify = codes if counts[counts > 0].min() >= 2 else None
         try:
             train, val = train_test_split(
-                labelled, test_size=size, stratify=stratify, random_state=self.config.seed
+                labelled, test_size=size, stratify=stratify, random_state=seed
             )
         except ValueError:  # too few cells per class for a stratified split
-            train, val = train_test_split(labelled, test_size=size, random_state=self.config.seed)
-        return np.sort(train), np.sort(val)
+            train, val = train_test_split(labelled, test_size=size, random_state=seed)
+        return [(np.sort(train), np.sort(val))]
 
     # ------------------------------------------------------------------ prediction
     @staticmethod
     @torch.no_grad()
     def _logits(net: ResidualNetwork, tensors: Mapping[str, torch.Tensor], batch_size=8192):
+        training = net.training
         net.eval()
         loader = batch_loader(ViewsDataset(tensors), batch_size=batch_size, shuffle=False)
-        return torch.cat([net(b["views"]) for b in loader])
+        logits = torch.cat([net(b["views"]) for b in loader])
+        net.train(training)  # scoring a starting point must not switch dropout off for training
+        return logits
 
     def _check_fitted(self) -> ResidualNetwork:
         if self.network is None:
@@ -383,6 +467,7 @@ class ResidualModel:
             "classes": self.classes_,
             "shapes": {k: list(v) for k, v in self.shapes_.items()},
             "chosen_arm": self.chosen_arm_,
+            "n_members": len(net.members) if isinstance(net, EnsembleNetwork) else 1,
             "guard_report": self.guard_report_,
         }
         (directory / "residual_model.json").write_text(json.dumps(meta, indent=2))
@@ -430,7 +515,10 @@ class ResidualModel:
         model.shapes_ = {k: tuple(v) for k, v in meta["shapes"].items()}
         model.chosen_arm_ = meta["chosen_arm"]
         model.guard_report_ = meta.get("guard_report", {})
+        n_members = int(meta.get("n_members", 1))
         net = model._build(model.chosen_arm_)
+        if n_members > 1:
+            net = EnsembleNetwork([model._build(model.chosen_arm_) for _ in range(n_members)])
         try:
             state = torch.load(state_file, map_location="cpu", weights_only=True)
             net.load_state_dict(state, strict=True)

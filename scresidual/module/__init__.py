@@ -8,13 +8,22 @@ from ._encoders import (
     build_encoder,
     register_encoder,
 )
-from ._network import ARMS, Adapter, LoRALinear, ResidualNetwork, Standardize, arm_uses
+from ._network import (
+    ARMS,
+    Adapter,
+    EnsembleNetwork,
+    LoRALinear,
+    ResidualNetwork,
+    Standardize,
+    arm_uses,
+)
 
 __all__ = [
     "ARMS",
     "ENCODERS",
     "Adapter",
     "CNNEncoder",
+    "EnsembleNetwork",
     "HopEncoder",
     "LoRALinear",
     "MLPEncoder",

@@ -267,7 +267,9 @@ class ResidualNetwork(nn.Module):
         return []
 
     @torch.no_grad()
-    def start_from(self, probe: ResidualNetwork, scratch: ResidualNetwork) -> bool:
+    def start_from(
+        self, probe: ResidualNetwork, scratch: ResidualNetwork, source_share: float = 0.5
+    ) -> bool:
         """Start REFINE at the average of a fitted linear probe's and scratch model's logits.
 
         Trained jointly from a random start on a few hundred labelled cells, the residual
@@ -285,7 +287,27 @@ class ResidualNetwork(nn.Module):
         self.source_norm.load_state_dict(probe.source_norm.state_dict())
         self.residual_norm.load_state_dict(scratch.residual_norm.state_dict())
         self.encoders.load_state_dict(scratch.encoders.state_dict())
-        self.head_source.weight.copy_(probe.head_source.weight / 2)
-        self.head_residual.weight.copy_(scratch.head_residual.weight / 2)
-        self.head_residual.bias.copy_((probe.head_source.bias + scratch.head_residual.bias) / 2)
+        share = float(source_share)
+        self.head_source.weight.copy_(probe.head_source.weight * share)
+        self.head_residual.weight.copy_(scratch.head_residual.weight * (1 - share))
+        self.head_residual.bias.copy_(
+            probe.head_source.bias * share + scratch.head_residual.bias * (1 - share)
+        )
         return True
+
+
+class EnsembleNetwork(nn.Module):
+    """Cross-fitted members of one arm, predicting the mean of their class probabilities.
+
+    Returns log-probabilities, so ``softmax`` of the output is that mean and everything that
+    reads logits (prediction, saving) treats an ensemble like a single network.
+    """
+
+    def __init__(self, members: list[ResidualNetwork]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.arm, self.teacher = members[0].arm, members[0].teacher
+
+    def forward(self, views: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        p = torch.stack([m(views).softmax(1) for m in self.members]).mean(0)
+        return p.clamp_min(1e-12).log()

@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="folder with the modality's data files")
     p.add_argument("--out", required=True, help="JSON file for the result records")
     p.add_argument("--quick", action="store_true",
-                   help=f"small splits and short training, settings {','.join(QUICK_SETTINGS)}")
+                   help="small splits, short training, no cross-fitting, settings "
+                   + ",".join(QUICK_SETTINGS))
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
     p.add_argument("--settings", default=None, help=f"comma list from {','.join(SETTINGS)}")
     p.add_argument("--arms", default=",".join(ARMS), help="comma list of arms")
@@ -59,7 +60,8 @@ def run(modality: str, data_dir: str, *, quick: bool = False, seeds: int | None 
     data_dir
         Folder with the data files.
     quick
-        Small splits, short training, two settings.
+        Small splits, short training, one validation split (no cross-fitting), two
+        settings.
     seeds
         Number of seeds (``0 … seeds - 1``); default 3, or 1 with ``quick``.
     settings, arms
