@@ -91,9 +91,13 @@ def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp
     y_train, mask = _split(toy_views["y"], frac=0.1)  # ~120 labels: auto -> 5 folds
     views = {"src": toy_views["good"], "feat": toy_views["feats"]}
     fast = {k: v for k, v in FAST.items() if k != "folds"}
-    model = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, **fast)
+    model = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, n_jobs=2, **fast)
     model.fit(views, y_train)
     assert model.n_folds(int(mask.sum())) == 5 and model.n_folds(5000) == 1
+    # folds fitted in two worker processes or in turn: the same model
+    serial = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, n_jobs=1, **fast)
+    np.testing.assert_allclose(serial.fit(views, y_train).predict_proba(views),
+                               model.predict_proba(views), atol=1e-6)
     net = model.network
     assert isinstance(net, EnsembleNetwork) and len(net.members) == 5
     for arm, report in model.guard_report_.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ class ResidualConfig:
     validation_size: float = 0.2
     folds: int | None = None
     source_shares: tuple[float, ...] = (0.25, 0.5, 0.75)
+    n_jobs: int | None = None
     class_weight: str | None = "balanced"
     seed: int = 0
     teacher: str | None = None
@@ -67,6 +69,13 @@ class ResidualConfig:
     kd_temperature: float = 2.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def labelled_mask(y) -> np.ndarray:
@@ -108,6 +117,10 @@ class ResidualModel:
         ``k`` members' probabilities, so no label is only spent on validation. ``None``
         (default): 5 folds below 1,000 labelled cells, else one ``validation_size`` split
         (none with ``validation_size=0``).
+    n_jobs
+        (in ``config``) Processes fitting the folds in parallel. ``None`` (default): one per
+        available CPU when training on one CPU device, else 1 (GPUs and DDP fit folds in
+        turn). The result does not depend on it.
     seed
         Seed for initialisation, data splits and batch order.
     accelerator, devices, strategy
@@ -293,15 +306,18 @@ class ResidualModel:
         # cross-fitting every labelled cell is validated once (out of fold).
         losses = {arm: np.full(len(labelled), np.nan) for arm in stages}
         preds = {arm: np.full(len(labelled), -1) for arm in stages}
-        for fold, (train_idx, val_idx) in enumerate(splits):
-            if len(splits) > 1:
-                logger.info("cross-fitting: fold %d of %d", fold + 1, len(splits))
-            fitted = {}
-            for arm in stages:
-                net, best_epoch, share = self._fit_stage(
-                    arm, tensors, y_t, train_idx, val_idx, weights, fitted
-                )
-                fitted[arm] = net
+        jobs = self._n_jobs(len(splits))
+        if len(splits) > 1:
+            logger.info("cross-fitting %d folds (%d in parallel)", len(splits), jobs)
+        args = [(stages, tensors, y_t, tr, va, weights) for tr, va in splits]
+        if jobs > 1:  # folds are independent: fit them in worker processes, one CPU each
+            from joblib import Parallel, delayed
+
+            fits = Parallel(n_jobs=jobs)(delayed(self._fit_fold)(*a, quiet=True) for a in args)
+        else:
+            fits = [self._fit_fold(*a) for a in args]
+        for (_, val_idx), fold_fits in zip(splits, fits, strict=True):
+            for arm, net, best_epoch, share in fold_fits:
                 members[arm].append(net)
                 epochs[arm].append(best_epoch)
                 shares[arm].append(share)
@@ -342,6 +358,32 @@ class ResidualModel:
         chosen = members[self.chosen_arm_]
         self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
         return self
+
+    def _n_jobs(self, n_folds: int) -> int:
+        """Worker processes for the folds: one per CPU when training on CPU, else 1."""
+        jobs = self.config.n_jobs
+        if jobs is None:
+            kw = self.trainer_kwargs
+            cpu = kw["accelerator"] == "cpu" or (
+                kw["accelerator"] == "auto" and not torch.cuda.is_available()
+                and not torch.backends.mps.is_available()
+            )
+            single = kw["strategy"] == "auto" and kw["devices"] in ("auto", 1)
+            jobs = _available_cpus() if cpu and single else 1
+        return max(1, min(int(jobs), n_folds))
+
+    def _fit_fold(self, stages, tensors, y_t, train_idx, val_idx, weights, quiet=False):
+        """Fit the stages on one split: ``[(arm, network, best epoch, source share), ...]``."""
+        if quiet:  # in a worker process: no interleaved progress bars
+            self.progress = False
+        fitted, out = {}, []
+        for arm in stages:
+            net, best_epoch, share = self._fit_stage(
+                arm, tensors, y_t, train_idx, val_idx, weights, fitted
+            )
+            fitted[arm] = net
+            out.append((arm, net, best_epoch, share))
+        return out
 
     def _fit_stage(self, arm, tensors, y_t, train_idx, val_idx, weights, fitted):
         """Fit one arm on one split; ``fitted`` holds this split's earlier stages."""
