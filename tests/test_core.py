@@ -116,6 +116,32 @@ def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp
     np.testing.assert_allclose(again.predict_proba(views), model.predict_proba(views), atol=1e-6)
 
 
+def test_registered_encoder_reaches_parallel_folds(toy_views):
+    from torch import nn
+
+    from scresidual.module import register_encoder
+
+    class Halves(nn.Module):  # defined here, as a user would in a notebook
+        def __init__(self, n_in, n_out=4):
+            super().__init__()
+            self.lin, self.n_out = nn.Linear(n_in, n_out), n_out
+
+        def forward(self, x):
+            return self.lin(x)
+
+    register_encoder("halves-test", Halves)
+    y_train, _ = _split(toy_views["y"], frac=0.05)
+    fast = {**FAST, "folds": 2, "n_jobs": 2, "max_epochs": 10}
+    views = {"feat": toy_views["feats"]}
+    model = ResidualModel(arm="scratch", residuals={"feat": ("halves-test", {})}, **fast)
+    model.fit(views, y_train)
+    assert model.guard_report_["scratch"]["n_members"] == 2
+    fast["n_jobs"] = 1
+    serial = ResidualModel(arm="scratch", residuals={"feat": ("halves-test", {})}, **fast)
+    np.testing.assert_allclose(serial.fit(views, y_train).predict_proba(views),
+                               model.predict_proba(views), atol=1e-6)
+
+
 def test_unlabelled_rows_are_not_trained_on(toy_views):
     y = toy_views["y"].astype(object).copy()
     y[:600] = None

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from .. import __version__
 from .._errors import ScResidualError
 from .._io import atomic_path
-from ..module import EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
+from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, train_network
 
 logger = logging.getLogger("scresidual")
@@ -313,7 +313,11 @@ class ResidualModel:
         if jobs > 1:  # folds are independent: fit them in worker processes, one CPU each
             from joblib import Parallel, delayed
 
-            fits = Parallel(n_jobs=jobs)(delayed(self._fit_fold)(*a, quiet=True) for a in args)
+            # Registered encoders travel along: a worker only knows the built-in ones.
+            kinds = {k: ENCODERS[k] for k, _ in cfg.residuals.values() if k in ENCODERS}
+            fits = Parallel(n_jobs=jobs)(
+                delayed(self._fit_fold)(*a, encoders=kinds) for a in args
+            )
         else:
             fits = [self._fit_fold(*a) for a in args]
         for (_, val_idx), fold_fits in zip(splits, fits, strict=True):
@@ -372,9 +376,14 @@ class ResidualModel:
             jobs = _available_cpus() if cpu and single else 1
         return max(1, min(int(jobs), n_folds))
 
-    def _fit_fold(self, stages, tensors, y_t, train_idx, val_idx, weights, quiet=False):
-        """Fit the stages on one split: ``[(arm, network, best epoch, source share), ...]``."""
-        if quiet:  # in a worker process: no interleaved progress bars
+    def _fit_fold(self, stages, tensors, y_t, train_idx, val_idx, weights, encoders=None):
+        """Fit the stages on one split: ``[(arm, network, best epoch, source share), ...]``.
+
+        ``encoders`` is given in a worker process: the registered encoders to know there;
+        progress bars are off there (they would interleave).
+        """
+        if encoders is not None:
+            ENCODERS.update(encoders)
             self.progress = False
         fitted, out = {}, []
         for arm in stages:
