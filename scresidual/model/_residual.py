@@ -23,6 +23,7 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from .. import __version__
 from .._errors import ScResidualError
@@ -315,9 +316,11 @@ class ResidualModel:
 
             # Registered encoders travel along: a worker only knows the built-in ones.
             kinds = {k: ENCODERS[k] for k, _ in cfg.residuals.values() if k in ENCODERS}
-            fits = Parallel(n_jobs=jobs)(
+            fits = Parallel(n_jobs=jobs, return_as="generator")(
                 delayed(self._fit_fold)(*a, encoders=kinds) for a in args
             )
+            bar = tqdm(fits, total=len(args), desc="cross-fitted folds", disable=not self.progress)
+            fits = list(bar)
         else:
             fits = [self._fit_fold(*a) for a in args]
         for (_, val_idx), fold_fits in zip(splits, fits, strict=True):
