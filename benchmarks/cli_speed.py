@@ -1,6 +1,6 @@
 """Benchmark: wall time of ``scresidual fit`` + ``scresidual predict`` on a ~5,000-spot slide.
 
-A generated lymph-node slide (``scresidual.datasets.lymph_node``, 1 slide, 71 spots a side,
+A generated lymph-node slide (``scresidual.datasets.lymph_node``, 1 slide, 80 spots a side,
 about 5,000 spots) with 10% of the regions labelled, so fitting takes the cross-fitted path
 (5 folds, below 1,000 labels), and an SCVI source pretrained beforehand on the dissociated
 reference (not timed: a lab downloads or pretrains its source once). Times the two commands
@@ -34,7 +34,7 @@ def main() -> None:
     import scresidual as sr
 
     work = Path(tempfile.mkdtemp())
-    slide = sr.datasets.lymph_node(n_slides=1, seed=0, spots_per_side=71)
+    slide = sr.datasets.lymph_node(n_slides=1, seed=0, spots_per_side=80)
     ref = sr.datasets.lymph_node_reference(n_cells=3000, seed=0)
     sr.sources.pretrain_scvi(ref, work / "scvi", max_epochs=30, progress=False)
     rows = []
