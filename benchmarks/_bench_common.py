@@ -69,6 +69,15 @@ def load(name: str, ddir: Path):
     return a
 
 
+def apply_quick(args, argv, dataset: str) -> None:
+    """``--quick``: ``dataset`` only (unless ``--datasets`` is given), seed one, 60 epochs."""
+    if not args.quick:
+        return
+    if "--datasets" not in (argv or sys.argv):
+        args.datasets = [dataset]
+    args.seeds, args.max_epochs = args.seeds[:1], 60
+
+
 def _cached(path: Path, make):
     if path.is_file():
         return np.load(path)

@@ -112,10 +112,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ddir = bc.data_dir(args.data_dir)
     bc.quiet()
-    if args.quick:
-        if "--datasets" not in (argv or sys.argv):
-            args.datasets = ["lymph_node"]
-        args.seeds, args.max_epochs = args.seeds[:1], 60
+    bc.apply_quick(args, argv, "lymph_node")
     train_kw = {"max_epochs": args.max_epochs}
     t0 = time.time()
     rows = []

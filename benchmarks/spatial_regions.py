@@ -127,10 +127,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ddir = bc.data_dir(args.data_dir)
     bc.quiet()
-    if args.quick:
-        if "--datasets" not in (argv or sys.argv):
-            args.datasets = ["starmap"]
-        args.seeds, args.max_epochs = args.seeds[:1], 60
+    bc.apply_quick(args, argv, "starmap")
     train_kw = {"max_epochs": args.max_epochs}
     for kv in args.option:
         k, _, v = kv.partition("=")
