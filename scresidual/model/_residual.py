@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
@@ -29,7 +29,10 @@ from .. import __version__
 from .._errors import ScResidualError
 from .._io import atomic_path
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
-from ..train import ViewsDataset, as_tensor, batch_loader, train_network
+
+# Only the data helpers at import time: Lightning (seconds to import) loads when fitting, so
+# loading a model and predicting do without it.
+from ..train._data import ViewsDataset, as_tensor, batch_loader, seed_all
 
 logger = logging.getLogger("scresidual")
 
@@ -52,6 +55,7 @@ class ResidualConfig:
     guard: bool = True
     source_dropout: float = 0.1
     lr: float = 1e-3
+    probe_lr: float = 1e-2
     weight_decay: float = 1e-4
     source_weight_decay: float = 1e-2
     max_epochs: int = 200
@@ -61,7 +65,7 @@ class ResidualConfig:
     guard_z: float = 1.0
     validation_size: float = 0.2
     folds: int | None = None
-    source_shares: tuple[float, ...] = (0.25, 0.5, 0.75)
+    source_shares: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     n_jobs: int | None = None
     class_weight: str | None = "balanced"
     seed: int = 0
@@ -83,6 +87,16 @@ def labelled_mask(y) -> np.ndarray:
     """True where a label is present (not NaN/None/empty string)."""
     s = pd.Series(np.asarray(y, dtype=object))
     return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy()
+
+
+_FORKED_FOLDS: tuple | None = None
+"""``(model, fold arguments)`` while folds are fitted in forked workers, which inherit it."""
+
+
+def _fit_forked_fold(i: int) -> list:
+    """Fit fold ``i`` in a forked worker (see ``ResidualModel._fit_folds_in_workers``)."""
+    model, args = _FORKED_FOLDS
+    return model._fit_fold_in_worker(*args[i])
 
 
 class ResidualModel:
@@ -108,9 +122,14 @@ class ResidualModel:
         REFINE's by more than ``guard_z`` standard errors (a paired comparison), so the
         fitted model is not worse than ignoring the source beyond validation noise. What was
         chosen and why is in :attr:`chosen_arm_` and :attr:`guard_report_`.
+    probe_lr
+        (in ``config``) Learning rate of the linear probe (the arm, and REFINE's starting
+        point): a convex fit on standardised features converges in tens of epochs at 1e-2,
+        where ``lr`` (1e-3) had often not converged after 200.
     source_shares
         (in ``config``) REFINE starts from ``s * probe logits + (1 - s) * scratch logits``
         with the share ``s`` of these that has the lowest validation loss, then trains jointly.
+        The grid includes both ends, so REFINE can start exactly at either fallback.
     folds
         (in ``config``) Cross-fitting: with ``k`` folds every arm is fitted ``k`` times, each
         early-stopped on one fold of the labelled cells and trained on the rest; the guard
@@ -312,15 +331,7 @@ class ResidualModel:
             logger.info("cross-fitting %d folds (%d in parallel)", len(splits), jobs)
         args = [(stages, tensors, y_t, tr, va, weights) for tr, va in splits]
         if jobs > 1:  # folds are independent: fit them in worker processes, one CPU each
-            from joblib import Parallel, delayed
-
-            # Registered encoders travel along: a worker only knows the built-in ones.
-            kinds = {k: ENCODERS[k] for k, _ in cfg.residuals.values() if k in ENCODERS}
-            fits = Parallel(n_jobs=jobs, return_as="generator")(
-                delayed(self._fit_fold)(*a, encoders=kinds) for a in args
-            )
-            bar = tqdm(fits, total=len(args), desc="cross-fitted folds", disable=not self.progress)
-            fits = list(bar)
+            fits = self._fit_folds_in_workers(args, jobs)
         else:
             fits = [self._fit_fold(*a) for a in args]
         for (_, val_idx), fold_fits in zip(splits, fits, strict=True):
@@ -379,15 +390,55 @@ class ResidualModel:
             jobs = _available_cpus() if cpu and single else 1
         return max(1, min(int(jobs), n_folds))
 
-    def _fit_fold(self, stages, tensors, y_t, train_idx, val_idx, weights, encoders=None):
-        """Fit the stages on one split: ``[(arm, network, best epoch, source share), ...]``.
+    def _fit_folds_in_workers(self, args: list[tuple], jobs: int) -> list:
+        """``_fit_fold`` over ``args`` in ``jobs`` processes, in order.
 
-        ``encoders`` is given in a worker process: the registered encoders to know there;
-        progress bars are off there (they would interleave).
+        On Linux the workers are forked: they inherit the imported modules (Lightning takes
+        seconds to import), the data and any registered encoders, so they start at once.
+        Elsewhere (fork is unsafe on macOS) joblib's loky workers start fresh and are sent
+        the registered encoders. Workers send back weights, rebuilt into networks here.
         """
-        if encoders is not None:
-            ENCODERS.update(encoders)
-            self.progress = False
+        global _FORKED_FOLDS
+        bar = {"total": len(args), "desc": "cross-fitted folds", "disable": not self.progress}
+        if sys.platform.startswith("linux"):
+            import multiprocessing
+
+            _FORKED_FOLDS = (self, args)
+            try:
+                with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                    fits = list(tqdm(pool.imap(_fit_forked_fold, range(len(args))), **bar))
+            finally:
+                _FORKED_FOLDS = None
+        else:
+            from joblib import Parallel, delayed
+
+            kinds = {k: ENCODERS[k] for k, _ in self.config.residuals.values() if k in ENCODERS}
+            fits = list(tqdm(Parallel(n_jobs=jobs, return_as="generator")(
+                delayed(self._fit_fold_in_worker)(*a, encoders=kinds) for a in args
+            ), **bar))
+        return [[(arm, self._rebuild(arm, state), *rest) for arm, state, *rest in fold]
+                for fold in fits]
+
+    def _fit_fold_in_worker(self, *args, encoders: Mapping | None = None) -> list:
+        """``_fit_fold`` in a worker process, returning state dicts instead of networks.
+
+        A network may not pickle (an encoder class defined in a notebook cell), its weights
+        always do. ``encoders``: the registered encoders, for a fresh (not forked) worker.
+        """
+        # First, before any torch operation: a forked child must not enter the OpenMP pool
+        # it inherited from its parent (the pattern of torch's own data-loader workers).
+        torch.set_num_threads(1)
+        self.progress = False  # bars from several processes would interleave
+        ENCODERS.update(encoders or {})
+        return [(arm, net.state_dict(), *rest) for arm, net, *rest in self._fit_fold(*args)]
+
+    def _rebuild(self, arm: str, state: dict) -> ResidualNetwork:
+        net = self._build(arm)
+        net.load_state_dict(state)
+        return net
+
+    def _fit_fold(self, stages, tensors, y_t, train_idx, val_idx, weights):
+        """Fit the stages on one split: ``[(arm, network, best epoch, source share), ...]``."""
         fitted, out = {}, []
         for arm in stages:
             net, best_epoch, share = self._fit_stage(
@@ -399,8 +450,10 @@ class ResidualModel:
 
     def _fit_stage(self, arm, tensors, y_t, train_idx, val_idx, weights, fitted):
         """Fit one arm on one split; ``fitted`` holds this split's earlier stages."""
+        from ..train import train_network
+
         cfg = self.config
-        pl.seed_everything(cfg.seed, verbose=False)
+        seed_all(cfg.seed)
         net = self._build(arm)
         net.fit_normalisation(tensors)
         started = arm == "refine" and len(fitted) == 2 and net.start_from(
@@ -421,7 +474,8 @@ class ResidualModel:
             net.start_from(fitted["linear-probe"], fitted["scratch"], share)
         result = train_network(
             net, tensors, y_t, train_idx, val_idx,
-            max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
+            lr=cfg.probe_lr if arm == "linear-probe" else cfg.lr,
             weight_decay=cfg.weight_decay, source_weight_decay=cfg.source_weight_decay,
             patience=cfg.patience, min_steps_per_epoch=cfg.min_steps_per_epoch,
             keep_start=started, class_weights=weights, seed=cfg.seed, progress=self.progress,

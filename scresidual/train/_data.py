@@ -7,6 +7,7 @@ parallelism each process simply draws its own shard of the rows.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +20,13 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
 )
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (what Lightning's seeding does)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def as_tensor(x) -> torch.Tensor:
