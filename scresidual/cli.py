@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from ._errors import ScResidualError
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     args = _parser().parse_args(argv)
+    # docrep (used by squidpy) warns about its own docstrings at import; nothing to act on.
+    warnings.filterwarnings("ignore", ".*is not a valid key", SyntaxWarning)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet = getattr(args, "quiet", False)
     logging.getLogger("scresidual").setLevel(logging.WARNING if quiet else logging.INFO)

@@ -52,6 +52,15 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
     assert (pred.obs["label_pred"].astype(str) == pred.obs["region"].astype(str)).mean() > 0.5
     fitted = ad.read_h5ad(tmp_path / "f.h5ad")
     assert fitted.obs["label_pred"].notna().all()
+    # Predicting needs no training machinery: Lightning (seconds to import) stays unloaded.
+    script = (
+        "import sys; from scresidual.cli import main; "
+        f"code = main(['predict', {str(tmp_path / 'm')!r}, {str(tmp_path / 'other.h5ad')!r}, "
+        f"'--output', {str(tmp_path / 'pred2.h5ad')!r}, '--quiet']); "
+        "print(code, 'lightning' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.stdout.splitlines()[-1].split() == ["0", "False"], run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(

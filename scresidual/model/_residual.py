@@ -29,10 +29,7 @@ from .. import __version__
 from .._errors import ScResidualError
 from .._io import atomic_path
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
-
-# Only the data helpers at import time: Lightning (seconds to import) loads when fitting, so
-# loading a model and predicting do without it.
-from ..train._data import ViewsDataset, as_tensor, batch_loader, seed_all
+from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
 
 logger = logging.getLogger("scresidual")
 
@@ -405,8 +402,12 @@ class ResidualModel:
 
             _FORKED_FOLDS = (self, args)
             try:
-                with multiprocessing.get_context("fork").Pool(jobs) as pool:
-                    fits = list(tqdm(pool.imap(_fit_forked_fold, range(len(args))), **bar))
+                with warnings.catch_warnings():
+                    # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
+                    # the workers leave that pool alone (see _fit_fold_in_worker).
+                    warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
+                    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                        fits = list(tqdm(pool.imap(_fit_forked_fold, range(len(args))), **bar))
             finally:
                 _FORKED_FOLDS = None
         else:
@@ -450,7 +451,7 @@ class ResidualModel:
 
     def _fit_stage(self, arm, tensors, y_t, train_idx, val_idx, weights, fitted):
         """Fit one arm on one split; ``fitted`` holds this split's earlier stages."""
-        from ..train import train_network
+        from ..train import train_network  # imports Lightning: only when fitting
 
         cfg = self.config
         seed_all(cfg.seed)

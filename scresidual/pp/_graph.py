@@ -92,7 +92,8 @@ def spatial_graph_matrix(
     else:
         kwargs["delaunay"] = True
     try:
-        with warnings.catch_warnings(), quiet_loggers("spatialdata", "squidpy"):
+        loggers = ("spatialdata", "spatialdata._logging", "squidpy")  # the 2nd has its own level
+        with warnings.catch_warnings(), quiet_loggers(*loggers):
             warnings.simplefilter("ignore", FutureWarning)  # renamed in squidpy 1.9
             sq.gr.spatial_neighbors(shell, **kwargs)
     except Exception as err:  # qhull/sklearn errors on degenerate layouts

@@ -1,18 +1,27 @@
-"""Training on PyTorch Lightning: data loading, the training plan and the fit loop."""
+"""Training on PyTorch Lightning: data loading, the training plan and the fit loop.
 
-from ._data import ViewsDataset, as_tensor, batch_loader
-from ._plan import ClassifierPlan, count_parameters, distillation_loss
-from ._trainer import KeepBestWeights, TrainResult, quiet_lightning, train_network
+The Lightning parts load on first use (Lightning takes seconds to import), so loading a
+fitted model and predicting never import it.
+"""
 
-__all__ = [
-    "ClassifierPlan",
-    "KeepBestWeights",
-    "TrainResult",
-    "ViewsDataset",
-    "as_tensor",
-    "batch_loader",
-    "count_parameters",
-    "distillation_loss",
-    "quiet_lightning",
-    "train_network",
-]
+from importlib import import_module
+
+from ._data import ViewsDataset, as_tensor, batch_loader, seed_all
+
+_LAZY = {
+    "ClassifierPlan": "._plan",
+    "count_parameters": "._plan",
+    "distillation_loss": "._plan",
+    "KeepBestWeights": "._trainer",
+    "TrainResult": "._trainer",
+    "quiet_lightning": "._trainer",
+    "train_network": "._trainer",
+}
+
+__all__ = ["ViewsDataset", "as_tensor", "batch_loader", "seed_all", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
