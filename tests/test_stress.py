@@ -258,6 +258,27 @@ def test_quick_tabular_command(tabular_dir, tmp_path):
     assert main_stress_test(argv[:-1] + ["nope"]) == 2
 
 
+def test_resume_keeps_finished_runs(tabular_dir, tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["tabular", "--data-dir", str(tabular_dir), "--out", str(out), "--quick",
+            "--settings", "noise-0.4", "--arms", "scratch"]
+    assert main_stress_test(argv) == 0
+    first = json.loads(out.read_text())
+    assert {r["seed"] for r in first} == {0}
+    for r in first:
+        r["value"] = 0.123  # a mark: a resumed run must keep these records, not redo them
+    out.write_text(json.dumps(first[:1] + [{**first[1], "arm": "lora"}]))  # adult done only
+    assert main_stress_test([*argv, "--seeds", "2", "--resume"]) == 0
+    records = json.loads(out.read_text())
+    runs = {(r["dataset"], r["seed"]): r["value"] for r in records}
+    assert sorted(runs) == [("adult", 0), ("adult", 1), ("german_credit", 0), ("german_credit", 1)]
+    assert runs[("adult", 0)] == 0.123  # kept
+    assert runs[("german_credit", 0)] != 0.123  # its 'scratch' record was missing: rerun
+    out.write_text("not json")
+    assert main_stress_test([*argv, "--resume"]) == 2
+    assert out.read_text() == "not json"  # a bad file is reported, not overwritten
+
+
 def test_text_pipeline_with_stand_in_encoder(tmp_path):
     rng = np.random.default_rng(0)
     words = {"fresh": "great superb moving", "rotten": "dull awful boring"}

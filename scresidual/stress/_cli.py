@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,8 @@ from .._errors import ScResidualError
 from .._io import atomic_path
 from ..module import ARMS
 from ._protocol import SETTINGS, results_table, run_task
+
+logger = logging.getLogger("scresidual")
 
 MODALITIES = ("image", "text", "tabular")
 QUICK_SETTINGS = ("noise-0", "noise-0.8")
@@ -43,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
     p.add_argument("--settings", default=None, help=f"comma list from {','.join(SETTINGS)}")
     p.add_argument("--arms", default=",".join(ARMS), help="comma list of arms")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished (setting, seed) runs already in --out, run the rest")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: these small models gain little from more)")
     return p
@@ -50,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(modality: str, data_dir: str, *, quick: bool = False, seeds: int | None = None,
         settings: Sequence[str] | None = None, arms: Sequence[str] = ARMS,
-        out: str | None = None) -> list[dict]:
+        out: str | None = None, resume: bool = False) -> list[dict]:
     """Run the stress test of one modality; write the records to ``out`` after each arm.
 
     Parameters
@@ -68,6 +73,10 @@ def run(modality: str, data_dir: str, *, quick: bool = False, seeds: int | None 
         Subsets to run (default: all; quick: :data:`QUICK_SETTINGS`).
     out
         JSON file written atomically with every record so far.
+    resume
+        Keep the records already in ``out`` and skip each (data set, setting, seed) they
+        cover for every arm in ``arms``; the rest is run and added. For long runs that were
+        interrupted: the kept records must come from the same code and options.
 
     Returns
     -------
@@ -83,7 +92,10 @@ def run(modality: str, data_dir: str, *, quick: bool = False, seeds: int | None 
         raise ScResidualError(f"--seeds must be at least 1, got {n_seeds}.")
     settings = list(settings or (QUICK_SETTINGS if quick else SETTINGS))
     pipeline = importlib.import_module(f"scresidual.{modality}._pipeline")
-    records: list[dict] = []
+    records = _finished_records(out, arms) if resume and out is not None else []
+    done = {(r["dataset"], r["setting"], r["seed"]) for r in records}
+    if done:
+        logger.info("resuming: %d (data set, setting, seed) already in %s", len(done), out)
 
     def save(rec: dict) -> None:
         records.append(rec)
@@ -92,8 +104,30 @@ def run(modality: str, data_dir: str, *, quick: bool = False, seeds: int | None 
                 tmp.write_text(json.dumps(records, indent=1))
 
     for task in pipeline.stress_tasks(data_dir, quick=quick):
-        run_task(task, settings=settings, arms=arms, seeds=range(n_seeds), on_record=save)
+        run_task(task, settings=settings, arms=arms, seeds=range(n_seeds), on_record=save,
+                 done=done)
     return records
+
+
+def _finished_records(out: str, arms: Sequence[str]) -> list[dict]:
+    """Records of ``out`` whose (data set, setting, seed) has every arm of ``arms``."""
+    path = Path(out)
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+        keys = [(r["dataset"], r["setting"], int(r["seed"]), r["arm"]) for r in records]
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as err:
+        raise ScResidualError(
+            f"cannot resume from {out}: not a stress-test result file ({err}); "
+            "pass another --out or drop --resume."
+        ) from err
+    arms_of: dict[tuple, set] = {}
+    for *key, arm in keys:
+        arms_of.setdefault(tuple(key), set()).add(arm)
+    complete = {k for k, have in arms_of.items() if set(arms) <= have}
+    return [r for r, k in zip(records, keys, strict=True)
+            if k[:3] in complete and k[3] in arms]
 
 
 def main_stress_test(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +140,7 @@ def main_stress_test(argv: Sequence[str] | None = None) -> int:
         records = run(
             args.modality, args.data_dir, quick=args.quick, seeds=args.seeds,
             settings=settings, arms=_names(args.arms, ARMS, "arm"), out=args.out,
+            resume=args.resume,
         )
     except ScResidualError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,14 +154,20 @@ def run_task(
     arms: Sequence[str] = ARMS,
     seeds: Sequence[int] = (0,),
     on_record: Callable[[dict], None] | None = None,
+    done: Container[tuple[str, str, int]] = (),
 ) -> list[dict]:
-    """Run every (setting, seed, arm) of one task; return the result records."""
+    """Run every (setting, seed, arm) of one task; return the result records.
+
+    ``done`` holds ``(dataset, setting, seed)`` triples already measured: they are skipped.
+    """
     records = []
     for setting in settings:
         if setting == "mismatch" and task.other is None:
             logger.warning("%s: no second data set, skipping 'mismatch'.", task.dataset)
             continue
         for seed in seeds:
+            if (task.dataset, setting, int(seed)) in done:
+                continue
             start = time.perf_counter()
             source = task.pretrain(*corrupt_source(task, setting, seed), seed)
             feats, logits = source_outputs(source, task.target_x)
