@@ -247,11 +247,17 @@ def test_quick_image_command(image_dir, tmp_path, capsys):
     assert "lora" in capsys.readouterr().out
 
 
+def _quick_tabular(tabular_dir, out, setting: str, arms: str) -> list[str]:
+    """Run a quick tabular stress test into ``out``; return its argv for reruns."""
+    argv = ["tabular", "--data-dir", str(tabular_dir), "--out", str(out), "--quick",
+            "--settings", setting, "--arms", arms]
+    assert main_stress_test(argv) == 0
+    return argv
+
+
 def test_quick_tabular_command(tabular_dir, tmp_path):
     out = tmp_path / "r.json"
-    argv = ["tabular", "--data-dir", str(tabular_dir), "--out", str(out), "--quick",
-            "--settings", "imbalance", "--arms", "refine,lora"]
-    assert main_stress_test(argv) == 0
+    argv = _quick_tabular(tabular_dir, out, "imbalance", "refine,lora")
     records = json.loads(out.read_text())
     assert {(r["dataset"], r["metric"]) for r in records} == {
         ("adult", "accuracy"), ("german_credit", "roc_auc")}
@@ -260,9 +266,7 @@ def test_quick_tabular_command(tabular_dir, tmp_path):
 
 def test_resume_keeps_finished_runs(tabular_dir, tmp_path):
     out = tmp_path / "r.json"
-    argv = ["tabular", "--data-dir", str(tabular_dir), "--out", str(out), "--quick",
-            "--settings", "noise-0.4", "--arms", "scratch"]
-    assert main_stress_test(argv) == 0
+    argv = _quick_tabular(tabular_dir, out, "noise-0.4", "scratch")
     first = json.loads(out.read_text())
     assert {r["seed"] for r in first} == {0}
     for r in first:
