@@ -29,7 +29,12 @@ from scresidual.stress import (
 )
 from scresidual.stress._protocol import split_indices
 from scresidual.tabular import TabularEncoder, load_adult, load_german
-from scresidual.text import HashedTfidf, load_text_csv, rotten_tomatoes_task
+from scresidual.text import (
+    HashedTfidf,
+    StaticTokenEmbedding,
+    load_text_csv,
+    rotten_tomatoes_task,
+)
 from scresidual.train import distillation_loss
 
 FAST = {"max_epochs": 2, "patience": 1}
@@ -213,6 +218,33 @@ def test_loaders(image_dir, tabular_dir, tmp_path):
     assert HashedTfidf(64).fit(texts).transform(texts).shape == (2, 64)
 
 
+def test_hashed_tfidf_ignores_ngrams_unseen_in_fit():
+    tfidf = HashedTfidf(2**10).fit(["good film", "bad film"])
+    seen, unseen = tfidf.transform(["good film"]), tfidf.transform(["good film zzz qqq www"])
+    # The unseen words carry no weight, so the known ones keep the whole (normalised) row.
+    np.testing.assert_allclose(unseen, seen, rtol=1e-6)
+    assert np.linalg.norm(seen) == pytest.approx(1.0)
+
+
+def test_static_token_embedding_averages_input_vectors(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film", "bad"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=16)
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    features = StaticTokenEmbedding(tmp_path).fit(["unused"])
+    table = features.table
+    out = features.transform(["good film", "bad", ""])
+    assert out.shape == (3, 8) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], table[[5, 6]].mean(0), rtol=1e-6)  # no [CLS]/[SEP]
+    np.testing.assert_allclose(out[1], table[7], rtol=1e-6)
+    assert not out[2].any()  # no tokens: zeros
+    with pytest.raises(ScResidualError, match="not a Hugging Face model folder"):
+        StaticTokenEmbedding(tmp_path / "missing")
+
+
 def test_bad_input_errors(tmp_path):
     with pytest.raises(ScResidualError, match="channels"):
         as_images(np.zeros((2, 3, 8, 8)), channels=1)
@@ -294,7 +326,8 @@ def test_text_pipeline_with_stand_in_encoder(tmp_path):
     def encode(batch):  # stand-in for the sentence encoder: word presence
         return np.array([[w in t for w in ("great", "dull", "story")] for t in batch], np.float32)
 
-    task = rotten_tomatoes_task(tmp_path, quick=True, encoder=encode)
+    task = rotten_tomatoes_task(tmp_path, quick=True, encoder=encode,
+                                residual_features=HashedTfidf(64))
     records = run_task(task, settings=["mismatch"], arms=["refine", "kd"])
     assert [r["metric"] for r in records] == ["macro_f1"] * 2
     assert "refine" in results_table(records)

