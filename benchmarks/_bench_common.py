@@ -129,45 +129,29 @@ def harmful_source(a, name: str, *, flip: float = 0.8, epochs: int = 300,
                    seed: int = 0) -> np.ndarray:
     """Hidden features of an MLP trained (to memorisation) on labels with ``flip`` flipped.
 
-    Each flipped label goes to a uniformly drawn *wrong* class. The MLP reads the PCA of the
-    slide's own values; its last hidden layer is wrapped as a frozen :class:`TorchSource`.
+    The stress tests' own corruption and source (:func:`scresidual.stress.flip_labels`, each
+    flipped label to a uniformly drawn *wrong* class; an MLP backbone + linear head) read the
+    PCA of the slide's own values; the frozen backbone's features are the source.
     """
-    import anndata as ad
-    import torch
-    from torch import nn
-
     from scresidual.pp import PCAFeatures
-    from scresidual.sources import TorchSource
+    from scresidual.sources._pretrain import pretrain_mlp_source, source_outputs
+    from scresidual.stress import flip_labels
 
     def make():
-        rng = np.random.default_rng(seed + 1000)
         classes, y = np.unique(a.obs["truth"].to_numpy(), return_inverse=True)
-        k = len(classes)
-        flipped = rng.random(len(y)) < flip
-        wrong = (y + rng.integers(1, k, len(y))) % k
-        noisy = np.where(flipped, wrong, y)
+        noisy = flip_labels(y, flip, n_classes=len(classes), seed=seed + 1000)
         X = PCAFeatures.fit(a, n_comps=30, seed=seed).transform(a)
-        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
-        torch.manual_seed(seed)
-        body = nn.Sequential(nn.Linear(X.shape[1], 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU())
-        head = nn.Linear(64, k)
-        opt = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=3e-3)
-        xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(noisy)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(yt)).split(256):
-                opt.zero_grad()
-                nn.functional.cross_entropy(head(body(xt[idx])), yt[idx]).backward()
-                opt.step()
-        with torch.no_grad():
-            fit_acc = float((head(body(xt)).argmax(1) == yt).float().mean())
-            true_acc = float((head(body(xt)).argmax(1).numpy() == y).mean())
-        print(f"  [{name}] harmful MLP: accuracy on its noisy labels {fit_acc:.2f}, on the true "
-              f"labels {true_acc:.2f} ({flip:.0%} flipped)")
-        return TorchSource(body, n_latent=64, name="harmful MLP").embed(
-            ad.AnnData(X=X.astype(np.float32)), progress=False
-        )
+        X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).astype(np.float32)
+        model = pretrain_mlp_source(X, noisy, n_classes=len(classes), n_hidden=256, n_out=64,
+                                    epochs=epochs, seed=seed)
+        feats, logits = source_outputs(model, X)
+        print(f"  [{name}] harmful MLP: accuracy on its noisy labels "
+              f"{(logits.argmax(1) == noisy).mean():.2f}, on the true labels "
+              f"{(logits.argmax(1) == y).mean():.2f} ({flip:.0%} flipped)")
+        return feats
 
-    return _cached(CACHE / f"{name}_harmful_f{int(flip * 100)}_e{epochs}_s{seed}.npy", make)
+    path = CACHE / f"{name}_harmful_stress_f{int(flip * 100)}_e{epochs}_s{seed}.npy"
+    return _cached(path, make)
 
 
 def split_random(a, frac: float, seed: int) -> np.ndarray:
