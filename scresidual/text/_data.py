@@ -72,6 +72,11 @@ def load_rotten_tomatoes(root: str | Path) -> tuple[list[str], np.ndarray, list[
     return texts, y, classes, plot
 
 
+def _require_texts(texts: Sequence[str]) -> None:
+    if not len(texts):
+        raise ScResidualError("the text split is empty; give at least one text.")
+
+
 class HashedTfidf:
     """Bag of hashed word 1–2-grams with TF-IDF weights: a light residual input for text.
 
@@ -100,8 +105,7 @@ class HashedTfidf:
 
     def fit(self, texts: Sequence[str]) -> HashedTfidf:
         """Learn the IDF weights (smoothed, 0 for buckets absent from ``texts``)."""
-        if not len(texts):
-            raise ScResidualError("the text split is empty; give at least one text.")
+        _require_texts(texts)
         counts = self.hasher.transform(texts)
         df = np.bincount(counts.indices, minlength=counts.shape[1])
         idf = np.log((1 + len(texts)) / (1 + df)) + 1
@@ -170,8 +174,7 @@ class StaticTokenEmbedding:
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """Float32 ``(n, d)``; a text without known tokens gets zeros."""
-        if not len(texts):
-            raise ScResidualError("the text split is empty; give at least one text.")
+        _require_texts(texts)
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         out = np.zeros((len(ids), self.table.shape[1]), dtype=np.float32)
         for row, tokens in enumerate(ids):
@@ -206,8 +209,7 @@ class SentenceEncoder:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts once (eval mode, no gradients); float32 ``(n, 384)``."""
-        if not len(texts):
-            raise ScResidualError("the text split is empty; give at least one text.")
+        _require_texts(texts)
         return self.model.encode(
             list(texts), batch_size=self.batch_size, convert_to_numpy=True,
             normalize_embeddings=True, show_progress_bar=False,
