@@ -16,6 +16,7 @@ from .._errors import ScResidualError
 from .._io import atomic_path
 from .._validate import check_finite, check_obs_key, check_obsm_key, check_unique_obs_names
 from ..pp import PCAFeatures, neighbourhood_hops, parse_graph, spatial_graph_matrix
+from ..sources._genes import MIN_GENE_OVERLAP
 from ._residual import ResidualModel, labelled_mask
 
 SETUP_FILE = "spatial_setup.json"
@@ -86,6 +87,9 @@ class SpatialRegionClassifier:
         Layer with counts (for ``'pca'`` and ``'scvi:'``); default ``X``.
     n_comps
         Number of PCA components.
+    min_gene_overlap
+        Smallest fraction of the genes of the PCA features and of ``'scvi:'`` sources that a
+        slide must have (the rest are zero-filled).
     arm
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     seed
@@ -108,11 +112,14 @@ class SpatialRegionClassifier:
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
         n_comps: int = 30,
+        min_gene_overlap: float = MIN_GENE_OVERLAP,
         arm: str = "refine",
         seed: int = 0,
         **kwargs,
     ):
         check_obs_key(adata, labels_key)
+        if library_key is not None:
+            check_obs_key(adata, library_key)
         check_unique_obs_names(adata)
         sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
         features = [features] if isinstance(features, str) else list(features)
@@ -125,6 +132,7 @@ class SpatialRegionClassifier:
             "labels_key": labels_key, "sources": list(sources), "features": features,
             "graph": graph, "n_hops": int(n_hops), "library_key": library_key,
             "spatial_key": spatial_key, "layer": layer, "n_comps": int(n_comps),
+            "min_gene_overlap": float(min_gene_overlap),
         }
         self.adata = adata
         self._pca: dict[int, PCAFeatures] = {}
@@ -152,7 +160,9 @@ class SpatialRegionClassifier:
                 path = Path(value)
                 if not path.is_absolute() and getattr(self, "_model_dir", None):
                     path = self._model_dir / path
-                self._frozen[i] = ScviSource.load(path, layer=self.setup["layer"])
+                self._frozen[i] = ScviSource.load(
+                    path, layer=self.setup["layer"], min_overlap=self._min_gene_overlap
+                )
             Z = _embed_in_chunks(self._frozen[i], adata, progress=self.model.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
         return Z.reshape(adata.n_obs, -1)
@@ -169,7 +179,14 @@ class SpatialRegionClassifier:
                 adata, n_comps=self.setup["n_comps"], layer=self.setup["layer"],
                 seed=self.model.config.seed,
             )
-        return self._pca[j].transform(adata, layer=self.setup["layer"])
+        return self._pca[j].transform(
+            adata, layer=self.setup["layer"], min_overlap=self._min_gene_overlap
+        )
+
+    @property
+    def _min_gene_overlap(self) -> float:
+        # Models saved before the option existed used the default.
+        return self.setup.get("min_gene_overlap", MIN_GENE_OVERLAP)
 
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and (graph-averaged) features."""

@@ -1,5 +1,5 @@
 """Plotting: region maps, confusion matrices, arm comparisons."""
 
-from ._plots import arms, confusion, regions
+from ._plots import arms, class_order, confusion, regions
 
-__all__ = ["arms", "confusion", "regions"]
+__all__ = ["arms", "class_order", "confusion", "regions"]

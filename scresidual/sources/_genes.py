@@ -10,12 +10,14 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
 
 logger = logging.getLogger("scresidual")
 
-MIN_GENE_OVERLAP = 0.1
-"""Default smallest fraction of the model's genes that must be present in the query."""
+MIN_VOCAB_OVERLAP = 0.1
+"""Default smallest fraction of the query's genes found in a foundation model's vocabulary
+(scGPT, Geneformer): a different quantity, as their vocabularies dwarf any one data set."""
 
 
 def gene_overlap(query_genes: Sequence[str], model_genes: Sequence[str]) -> float:
@@ -33,18 +35,19 @@ def _match(adata, model_genes, min_overlap, model_name):
     position = pd.Index(adata.var_names).get_indexer(model)
     present = position >= 0
     frac = float(present.mean()) if len(model) else 0.0
+    if frac < min_overlap or not present.any():
+        example = ", ".join(map(str, model[:3]))
+        raise ScResidualError(
+            f"only {present.sum()} of {len(model)} genes of the {model_name} are in "
+            f"adata.var_names ({100 * frac:.1f}% < {100 * min_overlap:.0f}%); use the same gene "
+            f"identifiers as the model (e.g. {example}) or lower min_overlap=."
+        )
+    # Logged only once the overlap is known to be usable (never "zero-filled", then an error).
     logger.log(
         logging.INFO if frac < 1 else logging.DEBUG,
         "%s: %d of %d model genes found in the query (%.1f%%); missing genes are zero-filled.",
         model_name, int(present.sum()), len(model), 100 * frac,
     )
-    if frac < min_overlap:
-        example = ", ".join(map(str, model[:3]))
-        raise ScResidualError(
-            f"only {present.sum()} of {len(model)} genes of the {model_name} are in "
-            f"adata.var_names ({100 * frac:.1f}% < {100 * min_overlap:.0f}%); use the same gene "
-            f"identifiers as the model (e.g. {example}) or lower min_overlap."
-        )
     return position, present
 
 

@@ -144,7 +144,7 @@ class ScviSource(FrozenSource):
 
         q = self._query(adata)
         # scvi-tools logs "File … already downloaded" for every local load: not news here.
-        with quiet_lightning(True), quiet_loggers("scvi"):
+        with quiet_lightning(), quiet_loggers("scvi"):
             model = self.model_cls.load(str(self.model_dir), adata=q, accelerator="cpu")
             model.module.eval()
             for p in model.module.parameters():
@@ -182,8 +182,8 @@ def pretrain_scvi(
         obs=adata.obs[[batch_key]] if batch_key else None,
     )
     ref.obs_names, ref.var_names = adata.obs_names, adata.var_names
-    scvi.settings.seed = seed
-    with quiet_lightning(not progress):
+    with quiet_lightning():
+        scvi.settings.seed = seed  # Lightning's seed_everything, which logs "Seed set to …"
         scvi.model.SCVI.setup_anndata(ref, batch_key=batch_key)
         model = scvi.model.SCVI(ref, n_latent=n_latent)
         model.train(
