@@ -257,6 +257,21 @@ def _check_source(spec: str, adata, args) -> None:
         )
 
 
+def _check_labels(adata, labels_key: str) -> None:
+    from ._validate import check_obs_key
+    from .model import labelled_mask
+
+    check_obs_key(adata, labels_key)
+    y = adata.obs[labels_key].to_numpy()
+    mask = labelled_mask(y)
+    n_classes = len({str(v) for v in y[mask]})
+    if n_classes < 2:
+        raise ScResidualError(
+            f"obs[{labels_key!r}] has {n_classes} class(es) among {int(mask.sum())} labelled "
+            "spots; training needs labels of at least 2 classes: label more spots."
+        )
+
+
 def _check_fit_args(args, adata) -> None:
     """Check every ``fit`` argument against the slide before any training.
 
@@ -276,7 +291,7 @@ def _check_fit_args(args, adata) -> None:
             f"--model-dir: {args.model_dir} exists; pass --overwrite or another --model-dir."
         )
     with _flag("--labels-key"):
-        check_obs_key(adata, args.labels_key)
+        _check_labels(adata, args.labels_key)
     if args.library_key is not None:
         with _flag("--library-key"):
             check_obs_key(adata, args.library_key)

@@ -55,10 +55,16 @@ def class_order(
     return [c for c in order if c in present] + sorted(present - set(order))
 
 
-def _figsize(xy: np.ndarray, n_panels: int, height: float = 5.0) -> tuple[float, float]:
-    """Panels as wide as the slide's aspect ratio at ``height`` inches, plus a legend column."""
+def _figsize(
+    xy: np.ndarray, n_panels: int, height: float = 5.0, max_width: float = 14.0
+) -> tuple[float, float]:
+    """Panels shaped like the slide (width / height of its extent), plus a legend column.
+
+    ``height`` inches, lowered for wide slides so that the panels fit in ``max_width``.
+    """
     extent = np.ptp(xy[:, :2], axis=0) if len(xy) else np.ones(2)
-    aspect = float(np.clip(extent[0] / max(extent[1], 1e-9), 0.25, 4.0))
+    aspect = float(np.clip(extent[0] / max(extent[1], 1e-9), 0.1, 10.0))
+    height = min(height, max_width / (n_panels * aspect))
     return n_panels * height * aspect + 2.5, height
 
 
