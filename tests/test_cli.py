@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -210,3 +211,22 @@ def test_pretrain_scvi_then_fit_with_it(slide_file, tmp_path, capsys):
     )
     assert code == 2 and err.startswith("error: --source: only 0.0%")
     assert "--min-gene-overlap" in err and not (tmp_path / "m2").exists()
+
+
+@pytest.mark.slow
+def test_demo_prints_each_line_once_and_no_third_party_warnings(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "scresidual.cli", "demo", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [
+        line.strip() for text in (run.stdout, run.stderr) for line in re.split(r"[\r\n]", text)
+        if line.strip() and "%|" not in line  # progress bars redraw their line by design
+    ]
+    repeated = {line for line in lines if lines.count(line) > 1}
+    assert not repeated, repeated
+    assert not [line for line in lines if re.search(r"warn|seed set|tip:", line, re.I)], lines
+    assert "[4/4]" in run.stdout and (tmp_path / "regions_held_out.png").is_file()
+    pred = ad.read_h5ad(tmp_path / "predictions.h5ad")
+    assert pred.obs["region_train"].dtype == bool and 0 < pred.obs["region_train"].mean() < 0.2

@@ -85,9 +85,9 @@ def regions(
 ) -> Figure | None:
     """True and predicted regions side by side on the slide.
 
-    Spots without a true label are grey (legend: ``'unlabelled'``); spots whose labels were
-    trained on are outlined (legend: ``'training spot'``). The figure's width follows the
-    slide's aspect ratio.
+    Spots without a true label are grey (legend: ``'unlabelled'``, if there are any); spots
+    whose labels were trained on are outlined (legend: ``'training spot'``). The figure's
+    width follows the slide's aspect ratio.
 
     Parameters
     ----------
@@ -125,7 +125,8 @@ def regions(
     if library_key is not None and slide is not None:
         check_obs_key(adata, library_key)
         mask = (adata.obs[library_key].astype(str) == str(slide)).to_numpy()
-    truth = adata.obs[labels_key].astype(object).where(adata.obs[labels_key].notna()).to_numpy()
+    unlabelled = adata.obs[labels_key].isna().to_numpy()
+    truth = np.where(unlabelled, UNLABELLED, adata.obs[labels_key].astype(str).to_numpy())
     pred = adata.obs[pk].astype(str).to_numpy()
     trained = adata.obs[tk].to_numpy(bool) if tk in adata.obs else np.zeros(adata.n_obs, bool)
     cats = class_order(adata, labels_key, pk, order)
@@ -135,8 +136,7 @@ def regions(
         1, 2, figsize=_figsize(xy[mask], 2), sharex=True, sharey=True, layout="constrained"
     )
     for ax, values, name in zip(axes, (truth, pred), ("true", "predicted"), strict=True):
-        c = [colours[str(v)] if v is not None and str(v) in colours else _GREY
-             for v in values[mask]]
+        c = [colours.get(v, _GREY) for v in values[mask]]
         ax.scatter(xy[mask, 0], xy[mask, 1], c=c, s=size, linewidths=0)
         if name == "true" and trained[mask].any():
             t = mask & trained
@@ -148,7 +148,8 @@ def regions(
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [plt.Line2D([], [], ls="", marker="o", color=colours[c], label=c) for c in cats]
-    handles.append(plt.Line2D([], [], ls="", marker="o", color=_GREY, label=UNLABELLED))
+    if unlabelled[mask].any():
+        handles.append(plt.Line2D([], [], ls="", marker="o", color=_GREY, label=UNLABELLED))
     if trained[mask].any():
         handles.append(plt.Line2D([], [], ls="", marker="o", markerfacecolor="none",
                                   markeredgecolor="black", label="training spot"))
