@@ -241,20 +241,17 @@ def _check_numbers(args) -> None:
 def _check_source(spec: str, adata, args) -> None:
     from ._validate import check_obsm_key
     from .model._spatial import _parse_spec
-    from .sources import ScviSource, gene_overlap
+    from .sources import ScviSource
+    from .sources._genes import check_gene_overlap
 
     kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
     if kind == "obsm":
         check_obsm_key(adata, value)
         return
-    genes = ScviSource.load(value).genes
-    frac = gene_overlap(adata.var_names, genes)
-    if frac < args.min_gene_overlap:
-        raise ScResidualError(
-            f"only {100 * frac:.1f}% of the {len(genes)} genes of the scvi model in {value} are "
-            f"in the slide (< {100 * args.min_gene_overlap:.0f}%); use the model's gene "
-            "identifiers or lower --min-gene-overlap."
-        )
+    check_gene_overlap(
+        adata.var_names, ScviSource.load(value).genes, min_overlap=args.min_gene_overlap,
+        model_name=f"scvi model in {value}",
+    )
 
 
 def _check_labels(adata, labels_key: str) -> None:

@@ -209,7 +209,7 @@ def test_pretrain_scvi_then_fit_with_it(slide_file, tmp_path, capsys):
          "--model-dir", str(tmp_path / "m2"), "--source", f"scvi:{source}"],
         capsys,
     )
-    assert code == 2 and err.startswith("error: --source: only 0.0%")
+    assert code == 2 and err.startswith("error: --source: only 0 of")
     assert "--min-gene-overlap" in err and not (tmp_path / "m2").exists()
 
 

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._constants import SPATIAL_KEY, pred_key, proba_classes_key, proba_key
+from .._constants import MIN_GENE_OVERLAP, SPATIAL_KEY, pred_key, proba_classes_key, proba_key
 from .._errors import ScResidualError
 from .._io import atomic_path
 from .._validate import check_finite, check_obs_key, check_obsm_key, check_unique_obs_names
 from ..pp import PCAFeatures, neighbourhood_hops, parse_graph, spatial_graph_matrix
-from ..sources._genes import MIN_GENE_OVERLAP
 from ._residual import ResidualModel, labelled_mask
 
 SETUP_FILE = "spatial_setup.json"

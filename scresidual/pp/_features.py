@@ -8,9 +8,10 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
 from .._validate import check_finite
-from ..sources._genes import MIN_GENE_OVERLAP, iter_aligned_genes, iter_row_blocks
+from ..sources._genes import iter_aligned_genes, iter_row_blocks
 
 
 def _is_counts(X) -> bool:

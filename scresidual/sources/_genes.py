@@ -26,13 +26,19 @@ def gene_overlap(query_genes: Sequence[str], model_genes: Sequence[str]) -> floa
     return float(model.isin(pd.Index(query_genes)).mean()) if len(model) else 0.0
 
 
-def _match(adata, model_genes, min_overlap, model_name):
-    if adata.var_names.has_duplicates:
-        raise ScResidualError(
-            "adata.var_names has duplicate gene names; call adata.var_names_make_unique() first."
-        )
+def check_gene_overlap(
+    query_genes: Sequence[str],
+    model_genes: Sequence[str],
+    *,
+    min_overlap: float = MIN_GENE_OVERLAP,
+    model_name: str = "source model",
+) -> np.ndarray:
+    """Raise unless ``min_overlap`` of ``model_genes`` are in ``query_genes``.
+
+    Returns the position of each model gene in ``query_genes`` (-1 where missing).
+    """
     model = pd.Index(model_genes)
-    position = pd.Index(adata.var_names).get_indexer(model)
+    position = pd.Index(query_genes).get_indexer(model)
     present = position >= 0
     frac = float(present.mean()) if len(model) else 0.0
     if frac < min_overlap or not present.any():
@@ -42,11 +48,23 @@ def _match(adata, model_genes, min_overlap, model_name):
             f"adata.var_names ({100 * frac:.1f}% < {100 * min_overlap:.0f}%); use the same gene "
             f"identifiers as the model (e.g. {example}) or lower min_overlap=."
         )
+    return position
+
+
+def _match(adata, model_genes, min_overlap, model_name):
+    if adata.var_names.has_duplicates:
+        raise ScResidualError(
+            "adata.var_names has duplicate gene names; call adata.var_names_make_unique() first."
+        )
+    position = check_gene_overlap(
+        adata.var_names, model_genes, min_overlap=min_overlap, model_name=model_name
+    )
+    present = position >= 0
     # Logged only once the overlap is known to be usable (never "zero-filled", then an error).
     logger.log(
-        logging.INFO if frac < 1 else logging.DEBUG,
+        logging.DEBUG if present.all() else logging.INFO,
         "%s: %d of %d model genes found in the query (%.1f%%); missing genes are zero-filled.",
-        model_name, int(present.sum()), len(model), 100 * frac,
+        model_name, int(present.sum()), len(present), 100 * present.mean(),
     )
     return position, present
 
