@@ -225,17 +225,16 @@ def _check_h5ad_name(path: str) -> None:
         raise ScResidualError(f"output {path!r} must end in .h5ad.")
 
 
-def _check_numbers(args) -> None:
-    for flag, value, low in (
-        ("--n-hops", args.n_hops, 1), ("--max-epochs", args.max_epochs, 1),
-        ("--folds", args.folds, 1), ("--n-jobs", args.n_jobs, 1),
-    ):
-        if value is not None and value < low:
-            raise ScResidualError(f"{flag} must be at least {low}, got {value}.")
-    if not 0 <= args.min_gene_overlap <= 1:
-        raise ScResidualError(
-            f"--min-gene-overlap must be a fraction in [0, 1], got {args.min_gene_overlap}."
-        )
+def _check_positive(*flag_values: tuple[str, int | None]) -> None:
+    """Raise for a count below 1 (``None`` stands for an automatic default)."""
+    for flag, value in flag_values:
+        if value is not None and value < 1:
+            raise ScResidualError(f"{flag} must be at least 1, got {value}.")
+
+
+def _check_fraction(flag: str, value: float | None) -> None:
+    if value is not None and not 0 <= value <= 1:
+        raise ScResidualError(f"{flag} must be a fraction in [0, 1], got {value}.")
 
 
 def _check_source(spec: str, adata, args) -> None:
@@ -279,7 +278,11 @@ def _check_fit_args(args, adata) -> None:
     from .pp import parse_graph
     from .sources._genes import expression_matrix
 
-    _check_numbers(args)
+    _check_positive(
+        ("--n-hops", args.n_hops), ("--max-epochs", args.max_epochs), ("--folds", args.folds),
+        ("--n-jobs", args.n_jobs),
+    )
+    _check_fraction("--min-gene-overlap", args.min_gene_overlap)
     if args.output is not None:
         with _flag("--output"):
             _check_h5ad_name(args.output)
@@ -375,6 +378,7 @@ def _predict(args) -> None:
 
     with _flag("--output"):
         _check_h5ad_name(args.output)
+    _check_fraction("--min-gene-overlap", args.min_gene_overlap)
     model = SpatialRegionClassifier.load(args.model_dir, progress=not args.quiet)
     if args.min_gene_overlap is not None:
         model.setup["min_gene_overlap"] = args.min_gene_overlap
@@ -397,15 +401,13 @@ def _pretrain_scvi(args) -> None:
 
     if Path(args.out).exists() and not args.overwrite:
         raise ScResidualError(f"--out: {args.out} exists; pass --overwrite or another --out.")
+    _check_positive(("--n-latent", args.n_latent), ("--max-epochs", args.max_epochs))
     adata = read.h5ad(args.input, require_spatial=False)
     with _flag("--layer"):
         expression_matrix(adata, args.layer)
     if args.batch_key is not None:
         with _flag("--batch-key"):
             check_obs_key(adata, args.batch_key)
-    for flag, value in (("--n-latent", args.n_latent), ("--max-epochs", args.max_epochs)):
-        if value < 1:
-            raise ScResidualError(f"{flag} must be at least 1, got {value}.")
     pretrain_scvi(
         adata, args.out, layer=args.layer, batch_key=args.batch_key, n_latent=args.n_latent,
         max_epochs=args.max_epochs, seed=args.seed, progress=not args.quiet,
@@ -417,8 +419,7 @@ def _pretrain_scvi(args) -> None:
 def _demo(args) -> None:
     from ._demo import run_demo
 
-    if args.n_jobs is not None and args.n_jobs < 1:
-        raise ScResidualError(f"--n-jobs must be at least 1, got {args.n_jobs}.")
+    _check_positive(("--n-jobs", args.n_jobs))
     results = run_demo(
         args.out, seed=args.seed, n_jobs=args.n_jobs, quick=args.quick, progress=not args.quiet
     )
