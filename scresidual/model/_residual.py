@@ -30,6 +30,7 @@ from .._errors import ScResidualError
 from .._io import atomic_path
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
+from ._convex import fit_block, mixed_log_proba, scorable_rows, weighted_losses
 
 logger = logging.getLogger("scresidual")
 
@@ -49,6 +50,7 @@ class ResidualConfig:
     sources: list[str] = field(default_factory=list)
     residuals: dict[str, list] = field(default_factory=dict)  # name -> [encoder, kwargs]
     head: str = "linear"
+    solver: str = "adam"
     guard: bool = True
     source_dropout: float = 0.1
     lr: float = 1e-3
@@ -62,6 +64,7 @@ class ResidualConfig:
     guard_z: float = 1.0
     validation_size: float = 0.2
     folds: int | None = None
+    cv_repeats: int = 3
     source_shares: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     n_jobs: int | None = None
     class_weight: str | None = "balanced"
@@ -310,6 +313,8 @@ class ResidualModel:
         if cfg.class_weight == "balanced":
             counts = np.bincount(codes[labelled], minlength=len(self.classes_)).astype(float)
             weights = torch.tensor(counts.sum() / counts / len(counts), dtype=torch.float32)
+        if cfg.solver == "lbfgs":
+            return self._fit_convex(tensors, codes, labelled, weights)
         # REFINE starts from a fitted linear probe and scratch model (see
         # ResidualNetwork.start_from); with the guard they are also its fallbacks.
         stages = [cfg.arm]
@@ -346,32 +351,116 @@ class ResidualModel:
                     losses[arm][slot] = (per_cell / w[y_val].mean()).numpy()
                     preds[arm][slot] = logits.argmax(1).numpy()
         validated = ~np.isnan(losses[stages[0]])
-        val_losses, self.guard_report_ = {}, {}
+        reports = {}
         for arm in stages:
-            report = {"best_epochs": epochs[arm], "n_members": len(members[arm])}
+            reports[arm] = {"best_epochs": epochs[arm], "n_members": len(members[arm])}
             if any(x is not None for x in shares[arm]):
-                report["source_shares"] = shares[arm]
-            val_losses[arm] = losses[arm][validated] if validated.any() else None
-            if validated.any():
-                report["val_loss"] = float(val_losses[arm].mean())
-                report["val_macro_f1"] = float(f1_score(
-                    codes[labelled][validated], preds[arm][validated], average="macro",
-                    zero_division=0,
-                ))
-            else:
-                report["val_loss"] = float("nan")
-            self.guard_report_[arm] = report
-        fallbacks = [a for a in stages if a != cfg.arm] if cfg.guard else []
-        if not cfg.guard:  # the starting points were fitted, but only the arm is kept
-            self.guard_report_ = {cfg.arm: self.guard_report_[cfg.arm]}
-        self.chosen_arm_ = self._guard_choice(cfg.arm, fallbacks, val_losses)
+                reports[arm]["source_shares"] = shares[arm]
+        y_val = codes[labelled][validated]
+        val = {a: (losses[a][validated], preds[a][validated]) for a in stages}
+        val = val if validated.any() else None
+        chosen = members[self._choose(cfg.arm, stages, reports, val, y_val)]
+        self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
+        return self
+
+    def _choose(self, arm, stages, reports, val, y_val) -> str:
+        """Fill :attr:`guard_report_` and keep ``arm``, or the fallback the guard prefers.
+
+        ``val``: ``{arm: (per-cell validation losses, predicted codes)}``, or None without
+        validation cells.
+        """
+        val_losses = {}
+        for stage in stages:
+            val_losses[stage] = None if val is None else val[stage][0]
+            if val is None:
+                reports[stage]["val_loss"] = float("nan")
+                continue
+            reports[stage]["val_loss"] = float(val[stage][0].mean())
+            reports[stage]["val_macro_f1"] = float(
+                f1_score(y_val, val[stage][1], average="macro", zero_division=0)
+            )
+        self.guard_report_ = reports
+        fallbacks = [a for a in stages if a != arm] if self.config.guard else []
+        if not self.config.guard:  # the starting points were fitted, but only the arm is kept
+            self.guard_report_ = {arm: reports[arm]}
+        self.chosen_arm_ = self._guard_choice(arm, fallbacks, val_losses)
         if fallbacks:
             logger.info(
                 "guard: kept %r (validation loss %s)", self.chosen_arm_,
                 ", ".join(f"{a}={r['val_loss']:.4f}" for a, r in self.guard_report_.items()),
             )
-        chosen = members[self.chosen_arm_]
-        self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
+        return self.chosen_arm_
+
+    def _fit_convex(self, tensors, codes, labelled, weights) -> ResidualModel:
+        """Fit the linear arms exactly (``solver="lbfgs"``); see :mod:`._convex`.
+
+        The probe and scratch are logistic regressions on the standardised source features
+        and residual inputs, each with its penalty chosen on out-of-fold losses; REFINE is
+        the linear head on both, weighted by the source share whose out-of-fold mixture
+        validates best (the starting point of the ``adam`` solver, here exact). Validated by
+        ``cv_repeats`` (3) rounds of ``folds``-fold (5) cross-validation, whose out-of-fold
+        predictions are averaged (a few hundred labels make one round's choice noisy), then
+        refitted on every labelled cell.
+        """
+        cfg = self.config
+        if (cfg.arm not in ("refine", "scratch", "linear-probe") or cfg.head != "linear"
+                or any(kind != "linear" for kind, _ in cfg.residuals.values())):
+            raise ScResidualError(
+                "solver='lbfgs' fits linear models only (arm refine/scratch/linear-probe, "
+                "head 'linear', residual encoder 'linear'); use solver='adam' otherwise."
+            )
+        base = {"linear-probe": [], "scratch": []}
+        if cfg.arm != "refine":
+            base = {cfg.arm: []}
+        elif not cfg.sources or not cfg.residuals:  # refine without a branch is that branch
+            base = {"scratch" if cfg.residuals else "linear-probe": []}
+        y = codes[labelled]
+        folds = [
+            (np.searchsorted(labelled, tr), np.searchsorted(labelled, va))
+            for r in range(max(1, int(cfg.cv_repeats)))
+            for tr, va in self._splits(labelled, y, n_folds=int(cfg.folds or AUTO_FOLDS),
+                                       repeat=r)
+        ]
+        if not all(len(va) for _, va in folds):
+            folds = []  # too few labels to validate: default penalty, no guard
+        w = None if weights is None else weights.numpy().astype(np.float64)
+        rows = {name: t[labelled] for name, t in tensors.items()}
+        nets, fits = {}, {}
+        for arm in base:
+            net = self._build(arm)
+            net.fit_normalisation(tensors)
+            net.eval()
+            with torch.no_grad():
+                X = (net.source_features(rows) if arm == "linear-probe"
+                     else net.residual_features(rows)).double().numpy()
+            fits[arm] = fit_block(X, y, folds, n_classes=len(self.classes_), weights=w,
+                                  seed=cfg.seed)
+            head = net.head_source if arm == "linear-probe" else net.head_residual
+            with torch.no_grad():
+                head.weight.copy_(torch.from_numpy(fits[arm].coef))
+                head.bias.copy_(torch.from_numpy(fits[arm].intercept))
+            nets[arm] = net
+        oof = {arm: f.oof_log_proba for arm, f in fits.items()}
+        reports = {arm: {"C": f.C, "logit_scale": f.scale, "cv_loss": f.cv_loss, "n_members": 1}
+                   for arm, f in fits.items()}
+        stages = list(base)
+        rows = scorable_rows(y, folds) if folds else np.ones(len(y), dtype=bool)
+        if len(base) == 2:
+            scores = {s: float(weighted_losses(
+                mixed_log_proba(oof["linear-probe"][rows], oof["scratch"][rows], s), y[rows],
+                w).mean()) for s in cfg.source_shares} if folds else {0.5: float("nan")}
+            share = min(scores, key=scores.get)
+            net = self._build("refine")
+            net.start_from(nets["linear-probe"], nets["scratch"], share)
+            nets["refine"], stages = net, [*stages, "refine"]
+            oof["refine"] = mixed_log_proba(oof["linear-probe"], oof["scratch"], share)
+            reports["refine"] = {"source_share": share, "cv_loss_by_share": scores,
+                                 "n_members": 1}
+        val = {a: (weighted_losses(oof[a][rows], y[rows], w), oof[a][rows].argmax(1))
+               for a in stages}
+        arm = cfg.arm if cfg.arm in stages else stages[0]  # refine without a branch is it
+        val = val if folds else None
+        self.network = nets[self._choose(arm, stages, reports, val, y[rows])].eval()
         return self
 
     def _n_jobs(self, n_folds: int) -> int:
@@ -514,9 +603,13 @@ class ResidualModel:
             folds = AUTO_FOLDS if small else 1
         return int(folds) if n_labelled >= 2 * int(folds) else 1
 
-    def _splits(self, labelled: np.ndarray, codes: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    def _splits(
+        self, labelled: np.ndarray, codes: np.ndarray, n_folds: int | None = None,
+        repeat: int = 0,
+    ) -> list[tuple[np.ndarray, ...]]:
         """``(train, validation)`` index pairs: k folds, one split, or no validation."""
-        seed, k = self.config.seed, self.n_folds(len(labelled))
+        seed = self.config.seed + 7919 * repeat  # another shuffle for each repeat
+        k = self.n_folds(len(labelled)) if n_folds is None else min(n_folds, len(labelled) // 2)
         counts = np.bincount(codes)
         if k > 1:
             # Stratify when every class can appear in each fold's training part.

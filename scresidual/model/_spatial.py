@@ -15,10 +15,15 @@ from .._constants import SPATIAL_KEY, pred_key, proba_classes_key, proba_key
 from .._errors import ScResidualError
 from .._io import atomic_path
 from .._validate import check_finite, check_obs_key, check_obsm_key, check_unique_obs_names
-from ..pp import PCAFeatures, neighbourhood_hops, parse_graph, spatial_graph_matrix
+from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, spatial_graph_matrix
 from ._residual import ResidualModel, labelled_mask
 
 SETUP_FILE = "spatial_setup.json"
+SETUP_FORMAT = 2
+"""Format of ``spatial_setup.json``; 2 added neighbour rings, source rings and encoders."""
+
+ENCODER_SOLVERS = {"linear": "lbfgs", "hops": "adam"}
+"""Residual encoders of the spatial model and how each is fitted."""
 
 
 def _parse_spec(spec: str, kinds: Sequence[str], what: str) -> tuple[str, str | None]:
@@ -74,10 +79,18 @@ class SpatialRegionClassifier:
         Target-side inputs of the residual encoders, one encoder each: ``'pca'`` (PCA of
         log-normalised expression) or ``'obsm:KEY'`` (e.g. protein).
     graph
-        Spatial graph: ``'knn:K'``, ``'radius:R'``, ``'delaunay'`` or ``'none'`` (no spatial
-        residual; features enter an MLP).
+        Spatial graph: ``'delaunay'`` (default; edges longer than the 99th percentile
+        dropped), ``'knn:K'``, ``'radius:R'`` or ``'none'`` (no spatial residual).
     n_hops
-        Neighbourhood hops averaged by the graph encoder.
+        Neighbour rings read: a cell's own values and their means over the cells 1, 2, …
+        ``n_hops`` edges away (:func:`scresidual.pp.neighbourhood_rings`).
+    aggregate_sources
+        Also give the head each frozen source's ring means (parameter-free, so the source
+        stays frozen; a linear probe on them is CellCharter's neighbourhood aggregation).
+    encoder
+        Residual encoder: ``'linear'`` (default; the network is linear and fitted exactly,
+        each block's penalty by cross-validation) or ``'hops'`` (SIGN-style per-ring maps
+        and an MLP, trained with Adam and early stopping).
     library_key
         ``obs`` column naming each cell's slide: one graph per slide, no edges across.
     spatial_key
@@ -102,8 +115,10 @@ class SpatialRegionClassifier:
         labels_key: str,
         sources: Sequence[str] = (),
         features: Sequence[str] = ("pca",),
-        graph: str = "knn:6",
-        n_hops: int = 2,
+        graph: str = "delaunay",
+        n_hops: int = 3,
+        aggregate_sources: bool = True,
+        encoder: str = "linear",
         library_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
@@ -121,23 +136,37 @@ class SpatialRegionClassifier:
         for f in features:
             _parse_spec(f, ("pca", "obsm"), "features")
         parse_graph(graph)
+        if encoder not in ENCODER_SOLVERS:
+            raise ScResidualError(
+                f"unknown encoder {encoder!r}; use one of {', '.join(ENCODER_SOLVERS)}."
+            )
         self.setup = {
-            "labels_key": labels_key, "sources": list(sources), "features": features,
-            "graph": graph, "n_hops": int(n_hops), "library_key": library_key,
-            "spatial_key": spatial_key, "layer": layer, "n_comps": int(n_comps),
+            "format": SETUP_FORMAT, "labels_key": labels_key, "sources": list(sources),
+            "features": features, "graph": graph, "n_hops": int(n_hops),
+            "aggregate_sources": bool(aggregate_sources), "encoder": encoder,
+            "library_key": library_key, "spatial_key": spatial_key, "layer": layer,
+            "n_comps": int(n_comps),
         }
         self.adata = adata
         self._pca: dict[int, PCAFeatures] = {}
         self._frozen: dict[int, object] = {}
-        graph_on = parse_graph(graph)[0] != "none"
-        residuals = {
-            f"features_{j}": ("hops", {"n_hops": int(n_hops)}) if graph_on else ("mlp", {})
-            for j in range(len(features))
-        }
         self.model = ResidualModel(
-            arm=arm, sources=[f"source_{i}" for i in range(len(sources))], residuals=residuals,
-            seed=seed, **kwargs,
+            arm=arm, sources=[f"source_{i}" for i in range(len(sources))],
+            residuals=self._residuals(), seed=seed, solver=ENCODER_SOLVERS[encoder], **kwargs,
         )
+
+    def _residuals(self) -> dict[str, tuple[str, dict]]:
+        """One residual encoder per feature view."""
+        encoder, graph_on = self.setup["encoder"], self._graph_on
+        if encoder == "hops":
+            spec = ("hops", {"n_hops": self.setup["n_hops"]}) if graph_on else ("mlp", {})
+        else:
+            spec = (encoder, {})
+        return {f"features_{j}": spec for j in range(len(self.setup["features"]))}
+
+    @property
+    def _graph_on(self) -> bool:
+        return parse_graph(self.setup["graph"])[0] != "none"
 
     # ------------------------------------------------------------------ views
     def _source(self, i: int, adata: AnnData) -> np.ndarray:
@@ -165,19 +194,24 @@ class SpatialRegionClassifier:
             check_finite(X, f"adata.obsm[{value!r}]")
             return X
         if j not in self._pca:
-            self._pca[j] = PCAFeatures.fit(
-                adata, n_comps=self.setup["n_comps"], layer=self.setup["layer"],
-                seed=self.model.config.seed,
-            )
+            raise ScResidualError("the model is not trained yet; call train() first.")
         return self._pca[j].transform(adata, layer=self.setup["layer"])
 
+    def _fit_feature_maps(self) -> None:
+        """Fit the PCA of each ``'pca'`` feature view on the training slide(s), once."""
+        for j, spec in enumerate(self.setup["features"]):
+            if spec == "pca" and j not in self._pca:
+                self._pca[j] = PCAFeatures.fit(
+                    self.adata, n_comps=self.setup["n_comps"], layer=self.setup["layer"],
+                    seed=self.model.config.seed,
+                )
+
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
-        """The model's inputs for ``adata``: source embeddings and (graph-averaged) features."""
+        """The model's inputs for ``adata``: source embeddings and features, with ring means."""
         check_unique_obs_names(adata)
         out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}
-        graph_on = parse_graph(self.setup["graph"])[0] != "none"
         conn = None
-        if graph_on:
+        if self._graph_on:
             library_key = self.setup["library_key"]
             if library_key is not None and library_key not in adata.obs:
                 library_key = None  # a single new slide without the slide column
@@ -185,10 +219,14 @@ class SpatialRegionClassifier:
                 adata, self.setup["graph"], spatial_key=self.setup["spatial_key"],
                 library_key=library_key,
             )
+        rings = self.setup["n_hops"]
+        if conn is not None and self.setup["aggregate_sources"]:
+            for name, Z in out.items():
+                out[name] = neighbourhood_rings(Z, conn, rings).reshape(adata.n_obs, -1)
         for j in range(len(self.setup["features"])):
             X = self._features(j, adata)
             if conn is not None:
-                X = neighbourhood_hops(X, conn, self.setup["n_hops"]).reshape(adata.n_obs, -1)
+                X = neighbourhood_rings(X, conn, rings).reshape(adata.n_obs, -1)
             out[f"features_{j}"] = X
         return out
 
@@ -207,6 +245,7 @@ class SpatialRegionClassifier:
             raise ScResidualError(
                 f"obs[{self.setup['labels_key']!r}] has no labels; label some cells first."
             )
+        self._fit_feature_maps()
         self.model.fit(self.views(self.adata), y)
         return self
 
@@ -214,6 +253,16 @@ class SpatialRegionClassifier:
     def classes_(self) -> list[str]:
         """Region names, in the column order of the probabilities."""
         return self.model.classes_
+
+    @property
+    def chosen_arm_(self) -> str | None:
+        """The arm the guard kept (``refine`` unless a fallback validated better)."""
+        return self.model.chosen_arm_
+
+    @property
+    def guard_report_(self) -> dict[str, dict]:
+        """Per arm: validation loss and macro-F1, and what was chosen on validation."""
+        return self.model.guard_report_
 
     def predict_proba(self, adata: AnnData | None = None) -> pd.DataFrame:
         """Class probabilities per cell (a DataFrame; ``adata`` is not modified)."""
@@ -297,6 +346,13 @@ class SpatialRegionClassifier:
             setup = json.loads((path / SETUP_FILE).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ScResidualError(f"{path / SETUP_FILE} is corrupted; refit the model.") from err
+        if not isinstance(setup, dict) or setup.get("format") != SETUP_FORMAT:
+            found = setup.get("format", 1) if isinstance(setup, dict) else "unknown"
+            raise ScResidualError(
+                f"{path} holds a spatial model in format {found}; this version reads format "
+                f"{SETUP_FORMAT}: refit it with `scresidual fit` (or install the version that "
+                "wrote it)."
+            )
         self = cls.__new__(cls)
         self.setup, self.adata, self._frozen = setup, None, {}
         self._model_dir = path
