@@ -1,0 +1,186 @@
+"""Read files from untrusted folders without running code, and keep their paths inside them.
+
+Model folders travel by e-mail and shared drives: a pickle in them can run any code when it
+is loaded. Everything here reads data only: torch checkpoints with ``weights_only=True`` and
+an allow-list of plain data types, pickled dictionaries with an unpickler that builds only
+dicts, lists, strings and numbers, and paths that must stay inside the folder that names them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import re
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+from ._errors import ScResidualError
+
+TRUST_HINT = (
+    "pass trust_pickle=True (command line: --trust-pickle) only if you trust whoever made it"
+)
+
+
+def _plain_dict(default_factory=None) -> dict:
+    """Read a ``defaultdict`` as a plain dict (torch's weights-only loader fills only dicts)."""
+    return {}
+
+
+def _data_globals() -> list:
+    """Plain data types scvi-tools stores next to its weights (numpy arrays, pandas frames)."""
+    import numpy as np
+    import pandas as pd
+    from pandas._libs.internals import _unpickle_block
+    from pandas.core.indexes.base import _new_Index
+    from pandas.core.internals.managers import BlockManager
+
+    allowed: list = [
+        bytes, dict, slice, np.ndarray, np.dtype, (_plain_dict, "collections.defaultdict"),
+        pd.DataFrame, pd.Index, pd.RangeIndex, BlockManager, _unpickle_block, _new_Index,
+    ]
+    allowed += list({type(np.dtype(c)) for c in ["?", *"bhilqBHILQefdgFDGOUSV", "M8", "m8"]})
+    # numpy's array and scalar rebuilders; files from numpy 1.x name them numpy.core.*.
+    for fn in (np.zeros(1).__reduce__()[0], np.float32(0).__reduce__()[0]):
+        allowed += [(fn, f"numpy.core.multiarray.{fn.__name__}"),
+                    (fn, f"numpy._core.multiarray.{fn.__name__}")]
+    return allowed
+
+
+def _refused_detail(err: Exception) -> str:
+    """What a weights-only load refused, from torch's long message (one line)."""
+    text = str(err)
+    m = re.search(r"GLOBAL ([\w.]+)|but got (<class [^>]+>)", text)
+    if m:
+        return m.group(1) or m.group(2)
+    detail = text.partition("WeightsUnpickler error:")[2].strip() or text.strip()
+    return detail.splitlines()[0][:120] if detail else type(err).__name__
+
+
+def torch_load_data(path: Path, *, trust_pickle: bool = False, fix: str) -> object:
+    """``torch.load`` that builds tensors and plain data only, unless ``trust_pickle``.
+
+    Parameters
+    ----------
+    path
+        The checkpoint.
+    trust_pickle
+        Load with full pickle (may run code stored in the file); only for trusted files.
+    fix
+        What to do when the file is damaged, for the error message.
+
+    """
+    import torch
+
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ScResidualError(
+            f"{path} holds Python objects beyond plain data ({_refused_detail(err)}); loading "
+            f"them could run code, so it is refused: {TRUST_HINT}."
+        ) from err
+    except Exception as err:  # truncated or foreign files raise many types
+        raise ScResidualError(
+            f"cannot read {path} ({type(err).__name__}); the file is corrupted: {fix}."
+        ) from err
+
+
+class _TorchDataOnly(types.ModuleType):
+    """Stands in for ``torch`` in a library module: its ``load`` builds data only."""
+
+    def __init__(self, torch, *, trust_pickle: bool, fix: str):
+        super().__init__("torch")
+        self._torch, self._trust, self._fix = torch, trust_pickle, fix
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def load(self, f, *args, **kwargs):
+        return torch_load_data(Path(f), trust_pickle=self._trust, fix=self._fix)
+
+
+@contextlib.contextmanager
+def data_only_torch_load(module: types.ModuleType, *, trust_pickle: bool, fix: str) -> Iterator:
+    """Within the block, ``module``'s calls of ``torch.load`` build tensors and data only."""
+    original = module.torch
+    module.torch = _TorchDataOnly(original, trust_pickle=trust_pickle, fix=fix)
+    try:
+        yield
+    finally:
+        module.torch = original
+
+
+# ---------------------------------------------------------------------------- pickled dicts
+_PLAIN_GLOBALS = {
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+"""Numpy scalars (Geneformer's median dictionaries hold ``numpy.float32`` values) and the
+bytes rebuilder of protocol-2 pickles."""
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, strings, numbers and numpy scalars: nothing that runs code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PLAIN_GLOBALS:
+            import codecs
+
+            import numpy as np
+
+            return {"dtype": np.dtype, "encode": codecs.encode}.get(
+                name, np.float32(0).__reduce__()[0]
+            )
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent id")
+
+
+def read_plain_pickle(path: Path, *, what: str, fix: str) -> object:
+    """Unpickle ``path`` allowing only plain data (see :class:`_PlainUnpickler`)."""
+    try:
+        with open(path, "rb") as f:
+            return _PlainUnpickler(io.BytesIO(f.read())).load()
+    except pickle.UnpicklingError as err:
+        raise ScResidualError(
+            f"the {what} {path} holds a Python object ({err}) rather than plain data; refused "
+            f"because loading it could run code: {fix}."
+        ) from err
+    except OSError:
+        raise
+    except Exception as err:  # truncated pickles raise many types
+        raise ScResidualError(f"cannot read the {what} {path} ({type(err).__name__}); {fix}.") \
+            from err
+
+
+# ---------------------------------------------------------------------------- paths
+def path_inside(root: Path, relative: str, *, what: str) -> Path:
+    """``root / relative``, refusing absolute paths, ``..`` and symlinks that leave ``root``."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ScResidualError(
+            f"{what} names {relative!r}, a path outside its folder {root}; refused: a model "
+            "folder may only refer to files inside it (refit or re-save the model)."
+        )
+    full = root / rel
+    real_root = root.resolve()
+    if not full.resolve().is_relative_to(real_root):
+        raise ScResidualError(
+            f"{what} names {relative!r}, a link leading outside its folder {root}; refused: "
+            "replace the link with a copy of its target (or refit the model)."
+        )
+    return full
+
+
+def regular_folder(path: Path, what: str) -> None:
+    """Raise unless ``path`` is a real folder (not a file, not a symlink)."""
+    if os.path.islink(path):
+        raise ScResidualError(f"{what} {path} is a symbolic link; pass the folder it points to.")
+    if path.exists() and not path.is_dir():
+        raise ScResidualError(f"{what} {path} is a file, not a folder; pass a folder.")
