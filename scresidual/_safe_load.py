@@ -184,3 +184,66 @@ def regular_folder(path: Path, what: str) -> None:
         raise ScResidualError(f"{what} {path} is a symbolic link; pass the folder it points to.")
     if path.exists() and not path.is_dir():
         raise ScResidualError(f"{what} {path} is a file, not a folder; pass a folder.")
+
+
+# ---------------------------------------------------------------------------- sizes
+def count_members(state: dict, prefix: str = "members.") -> int:
+    """Members of an ensemble's state dict (``members.<i>.…`` keys), 1 for a single network."""
+    ids = {k[len(prefix):].partition(".")[0] for k in state if k.startswith(prefix)}
+    return len(ids) or 1
+
+
+def check_state_fits(build, state: dict, where: Path) -> None:
+    """Raise unless ``state`` has exactly the tensors of ``build()``.
+
+    ``build()`` runs on torch's meta device (no memory), so sizes read from metadata never
+    allocate more than the weights file holds.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except (TypeError, ValueError, KeyError, RuntimeError, IndexError) as err:
+        raise ScResidualError(
+            f"the metadata in {where} is corrupted ({type(err).__name__}); refit and save again."
+        ) from err
+    got = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    if expected != got:
+        bad = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        raise ScResidualError(
+            f"the weights in {where} do not match its metadata (e.g. {bad[0]}); the folder is "
+            "corrupted or was edited: refit and save again."
+        )
+
+
+# ---------------------------------------------------------------------------- spatial setup
+_SETUP_TYPES = {
+    "labels_key": str, "sources": list, "features": list, "graph": str, "n_hops": int,
+    "library_key": (str, type(None)), "spatial_key": str, "layer": (str, type(None)),
+    "n_comps": int,
+}
+
+
+def check_spatial_setup(setup, file: Path, *, n_sources: int, n_features: int) -> dict:
+    """Raise unless ``setup`` (read from ``file``) is complete and fits the saved network.
+
+    Every key must be there with the right type, with as many sources and features as the
+    network reads.
+    """
+    if not isinstance(setup, dict):
+        raise ScResidualError(f"{file} is corrupted (not a JSON object); refit the model.")
+    missing = [k for k in _SETUP_TYPES if k not in setup]
+    wrong = [k for k, t in _SETUP_TYPES.items() if k in setup and not isinstance(setup[k], t)]
+    if missing or wrong:
+        what = f"lacks {', '.join(missing)}" if missing else f"has a bad {', '.join(wrong)}"
+        raise ScResidualError(f"{file} {what}; the model folder is damaged: refit the model.")
+    specs = [*setup["sources"], *setup["features"]]
+    if not all(isinstance(s, str) for s in specs) or (
+        len(setup["sources"]), len(setup["features"])
+    ) != (n_sources, n_features):
+        raise ScResidualError(
+            f"the sources/features in {file} do not match the saved network; the model folder "
+            "is damaged: refit the model."
+        )
+    return setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -149,3 +150,19 @@ def pca_features(
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = Z
     return adata if copy else None
+
+
+def read_pca(file: Path) -> PCAFeatures:
+    """A :class:`PCAFeatures` saved with ``np.savez(file, **pca.to_dict())`` (no pickle)."""
+    if not file.is_file():
+        raise ScResidualError(f"{file} is missing; the model directory is incomplete: refit it.")
+    try:
+        with np.load(file, allow_pickle=False) as d:
+            pca = PCAFeatures.from_dict(d)
+    except Exception as err:  # truncated zips and missing arrays raise many types
+        raise ScResidualError(
+            f"cannot read {file} ({type(err).__name__}); the file is corrupted: refit the model."
+        ) from err
+    if pca.components.ndim != 2 or pca.components.shape[1] != len(pca.genes) != len(pca.mean):
+        raise ScResidualError(f"{file} holds arrays of mismatched sizes; refit the model.")
+    return pca

@@ -216,6 +216,7 @@ def pretrain_scvi(
             max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=progress,
             early_stopping=True, batch_size=256,
         )
-    with atomic_path(model_dir) as tmp:
+    # Replaces an earlier scvi model folder (model.pt), never any other folder.
+    with atomic_path(model_dir, replace_dir=lambda p: (p / "model.pt").is_file()) as tmp:
         model.save(str(tmp), overwrite=True)
     return ScviSource.load(model_dir)
