@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -19,17 +21,35 @@ def sha256sum(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fetch(url: str, dest: str | Path, sha256: str) -> Path:
-    """Download ``url`` to ``dest`` unless a file with the right checksum is already there.
+TIMEOUT_S = 60
+"""Seconds a download may wait for the server (connecting, or between chunks)."""
+
+
+def check_sha256(path: Path, sha256: str) -> Path:
+    """Return ``path`` if its sha256 is ``sha256``; else raise (the file is left as it is)."""
+    got = sha256sum(path)
+    if got != sha256:
+        raise ScResidualError(
+            f"{path} has sha256 {got[:12]}…, expected {sha256[:12]}…: the file is damaged or "
+            "not the expected one; delete it and download it again."
+        )
+    return path
+
+
+def fetch(url: str, dest: str | Path, sha256: str, *, timeout: float = TIMEOUT_S) -> Path:
+    """Download ``url`` to ``dest`` unless a file is already there; verify it either way.
 
     Parameters
     ----------
     url
-        Address of the file.
+        Address of the file; only ``https://`` is accepted.
     dest
-        Where to store it.
+        Where to store it. A file already there is used only if its checksum matches (it is
+        never replaced).
     sha256
-        Expected hex digest; a mismatch removes the download and raises.
+        Expected hex digest; a mismatching download is discarded.
+    timeout
+        Seconds to wait for the server.
 
     Returns
     -------
@@ -37,12 +57,18 @@ def fetch(url: str, dest: str | Path, sha256: str) -> Path:
 
     """
     dest = Path(dest)
-    if dest.is_file() and sha256sum(dest) == sha256:
-        return dest
+    if dest.is_file():
+        return check_sha256(dest, sha256)
+    if urllib.parse.urlsplit(url).scheme != "https":
+        raise ScResidualError(
+            f"refusing to download {url}: only https:// addresses are used; place the file at "
+            f"{dest} yourself."
+        )
     with atomic_path(dest) as tmp:
         try:
-            urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed https URLs)
-        except OSError as err:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:  # noqa: S310 (https only, checked above)
+                shutil.copyfileobj(response, f, 1 << 20)
+        except OSError as err:  # URLError, timeouts and refused connections are OSErrors
             raise ScResidualError(
                 f"cannot download {url} ({err}); place the file at {dest} yourself."
             ) from err
@@ -56,7 +82,7 @@ def fetch(url: str, dest: str | Path, sha256: str) -> Path:
 
 
 def locate(root: str | Path, names: tuple[str, ...], subdirs: tuple[str, ...] = ()) -> Path | None:
-    """First existing ``root/[subdir/]name``, or None."""
+    """First existing ``root/[subdir/]name``, or None (callers with a checksum: check_sha256)."""
     root = Path(root)
     for d in ("", *subdirs):
         for name in names:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._download import fetch, locate
+from .._download import check_sha256, fetch, locate
 from .._errors import ScResidualError
 
 FASHION_MNIST_URL = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -83,6 +83,8 @@ def load_fashion_mnist(
     for kind in ("images-idx3", "labels-idx1"):
         name = f"{prefix}-{kind}-ubyte"
         path = locate(root, (f"{name}.gz", name), subdirs)
+        if path is not None and path.name in FASHION_MNIST_FILES:  # verified like a download
+            check_sha256(path, FASHION_MNIST_FILES[path.name])
         if path is None and download is not None:
             path = fetch(FASHION_MNIST_URL + f"{name}.gz", Path(download) / f"{name}.gz",
                          FASHION_MNIST_FILES[f"{name}.gz"])

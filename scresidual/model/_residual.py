@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
+from .._process import die_with_parent
 from .._safe_load import check_state_fits, count_members
+from .._validate import placeholder_labels, warn_placeholder_labels
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
 
@@ -82,9 +84,9 @@ def _available_cpus() -> int:
 
 
 def labelled_mask(y) -> np.ndarray:
-    """True where a label is present (not NaN/None/empty string)."""
+    """True where a label is present (not NaN/None/empty string, nor text such as "nan")."""
     s = pd.Series(np.asarray(y, dtype=object))
-    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy()
+    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy() & ~placeholder_labels(y)
 
 
 _FORKED_FOLDS: tuple | None = None
@@ -291,6 +293,7 @@ class ResidualModel:
         extra = [cfg.teacher] if cfg.arm == "kd" else []
         tensors = self._tensors(views, n=len(y), extra=extra)
         self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items() if k not in extra}
+        warn_placeholder_labels(y)
         mask = labelled_mask(y)
         labels = np.array([str(v) for v in y[mask]], dtype=object)
         self.classes_ = sorted(set(labels))
@@ -407,7 +410,11 @@ class ResidualModel:
                     # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
                     # the workers leave that pool alone (see _fit_fold_in_worker).
                     warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
-                    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                    # Workers die with this process (a killed fit leaves no orphans).
+                    pool = multiprocessing.get_context("fork").Pool(
+                        jobs, initializer=die_with_parent, initargs=(os.getpid(),)
+                    )
+                    with pool:
                         fits = list(tqdm(pool.imap(_fit_forked_fold, range(len(args))), **bar))
             finally:
                 _FORKED_FOLDS = None

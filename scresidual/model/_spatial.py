@@ -15,7 +15,13 @@ from .._constants import SPATIAL_KEY, pred_key, proba_classes_key, proba_key
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
 from .._safe_load import check_spatial_setup, path_inside
-from .._validate import check_finite, check_obs_key, check_obsm_key, check_unique_obs_names
+from .._validate import (
+    check_cells,
+    check_finite,
+    check_obs_key,
+    check_obsm_key,
+    check_unique_obs_names,
+)
 from ..pp import PCAFeatures, neighbourhood_hops, parse_graph, spatial_graph_matrix
 from ..pp._features import read_pca
 from ._residual import ResidualModel, labelled_mask
@@ -120,6 +126,7 @@ class SpatialRegionClassifier:
         **kwargs,
     ):
         check_obs_key(adata, labels_key)
+        check_cells(adata, 2, "training")
         check_unique_obs_names(adata)
         sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
         features = [features] if isinstance(features, str) else list(features)
@@ -182,6 +189,7 @@ class SpatialRegionClassifier:
 
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and (graph-averaged) features."""
+        check_cells(adata, 1, "labelling")
         check_unique_obs_names(adata)
         out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}
         graph_on = parse_graph(self.setup["graph"])[0] != "none"
