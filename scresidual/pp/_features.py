@@ -37,7 +37,7 @@ def _refuse_negative_counts(n_neg: int, what: str) -> None:
 
 def _lognorm(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
     # Totals in float64: float32 row sums of very large counts overflow to inf.
-    totals = np.asarray(X.sum(1, dtype=np.float64)).ravel()
+    totals = np.asarray(X.astype(np.float64).sum(1)).ravel()
     totals[totals == 0] = 1.0
     Y = sp.diags((target_sum / totals).astype(np.float32)).dot(X).tocsr()
     Y.data = np.log1p(Y.data)
