@@ -192,9 +192,14 @@ def check_model_dir(
 
 
 def check_output_file(
-    path: str | os.PathLike, *, inputs: Iterable = (), suffix: str = ".h5ad", flag: str = "--output"
+    path: str | os.PathLike, *, inputs: Iterable = (), model_dirs: Iterable = (),
+    suffix: str = ".h5ad", flag: str = "--output",
 ) -> None:
-    """Raise unless ``path`` may take a new output file: right suffix, no folder, no input."""
+    """Raise unless ``path`` may take a new output file.
+
+    It needs the right suffix, and must be no folder, none of ``inputs`` and not inside any
+    of ``model_dirs``.
+    """
     if not str(path).endswith(suffix):
         raise ScResidualError(f"{flag} {str(path)!r} must end in {suffix}.")
     path = Path(path)
@@ -210,6 +215,12 @@ def check_output_file(
                 f"{flag} {path} is the input {inp}; pass another {flag} (inputs are never "
                 "changed)."
             )
+    for folder in model_dirs:
+        if path.resolve().is_relative_to(Path(folder).resolve()):
+            raise ScResidualError(
+                f"{flag} {path} lies inside the model folder {folder}, which a later "
+                f"--overwrite replaces; write {flag} elsewhere."
+            )
     _writable(path.parent, flag)
 
 
@@ -217,7 +228,7 @@ def check_fit_paths(input_path, model_dir, output, *, overwrite: bool) -> None:
     """The checks of ``scresidual fit``'s paths, run before training (and again before saving)."""
     check_model_dir(model_dir, overwrite=overwrite, flag="--overwrite", inputs=[input_path])
     if output is not None:
-        check_output_file(output, inputs=[input_path, model_dir])
+        check_output_file(output, inputs=[input_path], model_dirs=[model_dir])
 
 
 def os_error_message(err: OSError) -> str:

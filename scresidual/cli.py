@@ -79,10 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_h5ad(adata, path: str, inputs: list) -> None:
+def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
     from ._io import atomic_path, check_output_file
 
-    check_output_file(path, inputs=inputs)
+    check_output_file(path, inputs=inputs, model_dirs=model_dirs)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
 
@@ -117,7 +117,7 @@ def _fit(args) -> None:
     print(f"model saved to {args.model_dir}")
     if args.output:
         model.predict(adata)
-        _write_h5ad(adata, args.output, [args.input])
+        _write_h5ad(adata, args.output, [args.input], [args.model_dir])
         print(f"predictions written to {args.output}")
 
 
@@ -128,7 +128,7 @@ def _predict(args) -> None:
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
-    check_output_file(args.output, inputs=[args.input, args.model_dir])
+    check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
     model = SpatialRegionClassifier.load(
         args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
     )
@@ -137,7 +137,7 @@ def _predict(args) -> None:
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     model.predict(adata)
-    _write_h5ad(adata, args.output, [args.input, args.model_dir])
+    _write_h5ad(adata, args.output, [args.input], [args.model_dir])
     counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
     print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"predictions written to {args.output}")

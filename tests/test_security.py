@@ -294,6 +294,7 @@ def test_output_that_is_a_folder_or_the_input(work, tmp_path, capsys):
     cases = [
         (["predict", model, slide, "--output", folder], "is a folder"),
         (["predict", model, slide, "--output", slide], "is the input"),
+        (["predict", model, slide, "--output", model / "o.h5ad"], "inside the model folder"),
         (["fit", slide, "--model-dir", tmp_path / "new", "--output", slide, *FIT], "is the input"),
         (["fit", slide, "--model-dir", tmp_path / "new", "--output", folder, *FIT], "is a folder"),
     ]

@@ -163,15 +163,19 @@ class SpatialRegionClassifier:
             if i not in self._frozen:
                 from ..sources._scvi import ScviSource
 
-                path = Path(value)
-                if getattr(self, "_model_dir", None):  # loaded: sources live inside the folder
-                    path = path_inside(self._model_dir, value, what=SETUP_FILE)
                 self._frozen[i] = ScviSource.load(
-                    path, layer=self.setup["layer"], trust_pickle=self.trust_pickle
+                    self._scvi_dir(value), layer=self.setup["layer"],
+                    trust_pickle=self.trust_pickle,
                 )
             Z = _embed_in_chunks(self._frozen[i], adata, progress=self.model.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
         return Z.reshape(adata.n_obs, -1)
+
+    def _scvi_dir(self, value: str) -> Path:
+        """The folder of an ``'scvi:'`` source; a loaded model's must lie inside its folder."""
+        if getattr(self, "_model_dir", None):
+            return path_inside(self._model_dir, value, what=SETUP_FILE)
+        return Path(value)
 
     def _features(self, j: int, adata: AnnData) -> np.ndarray:
         kind, value = _parse_spec(self.setup["features"][j], ("pca", "obsm"), "features")
@@ -292,7 +296,7 @@ class SpatialRegionClassifier:
             for i, spec in enumerate(self.setup["sources"]):
                 kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
                 if kind == "scvi":
-                    src = self._frozen[i].model_dir if i in self._frozen else Path(value)
+                    src = self._frozen[i].model_dir if i in self._frozen else self._scvi_dir(value)
                     shutil.copytree(src, tmp / "sources" / f"source_{i}")
                     spec = f"scvi:sources/source_{i}"
                 setup["sources"].append(spec)
