@@ -128,10 +128,10 @@ def _predict(args) -> None:
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
-    check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
     model = SpatialRegionClassifier.load(
         args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
     )
+    check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
     adata = read.h5ad(
         args.input, spatial_key=model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
