@@ -88,14 +88,17 @@ def recover(path: str | os.PathLike) -> None:
     """
     path = Path(path)
     for tmp in _leftovers(path):
-        with _lock(tmp, wait=False) as free:
-            if not free:
-                continue  # a save in progress
-            backup = tmp / _BACKUP
-            if backup.is_dir() and not os.path.lexists(path):
-                os.replace(backup, path)
-                logger.warning("restored %s, left aside by an interrupted save", path)
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with _lock(tmp, wait=False) as free:
+                if not free:
+                    continue  # a save in progress
+                backup = tmp / _BACKUP
+                if backup.is_dir() and not os.path.lexists(path):
+                    os.replace(backup, path)
+                    logger.warning("restored %s, left aside by an interrupted save", path)
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as err:  # e.g. a read-only shared folder: loading must still work
+            logger.warning("could not clean up %s (%s); remove it yourself", tmp, err.strerror)
 
 
 @contextmanager

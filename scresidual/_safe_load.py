@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pickle
 import re
 import types
@@ -152,7 +151,7 @@ def read_plain_pickle(path: Path, *, what: str, fix: str) -> object:
             f"the {what} {path} holds a Python object ({err}) rather than plain data; refused "
             f"because loading it could run code: {fix}."
         ) from err
-    except OSError:
+    except OSError:  # unreadable, not damaged: the operating system's message says why
         raise
     except Exception as err:  # truncated pickles raise many types
         raise ScResidualError(f"cannot read the {what} {path} ({type(err).__name__}); {fix}.") \
@@ -176,14 +175,6 @@ def path_inside(root: Path, relative: str, *, what: str) -> Path:
             "replace the link with a copy of its target (or refit the model)."
         )
     return full
-
-
-def regular_folder(path: Path, what: str) -> None:
-    """Raise unless ``path`` is a real folder (not a file, not a symlink)."""
-    if os.path.islink(path):
-        raise ScResidualError(f"{what} {path} is a symbolic link; pass the folder it points to.")
-    if path.exists() and not path.is_dir():
-        raise ScResidualError(f"{what} {path} is a file, not a folder; pass a folder.")
 
 
 # ---------------------------------------------------------------------------- sizes

@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         except ScResidualError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:
+            from ._io import os_error_message
+
+            print(f"error: {os_error_message(err)}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     # docrep (used by squidpy) warns about its own docstrings at import; nothing to act on.
     warnings.filterwarnings("ignore", ".*is not a valid key", SyntaxWarning)

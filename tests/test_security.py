@@ -144,6 +144,22 @@ def test_crafted_scvi_source_in_a_model_runs_nothing(work, tmp_path, capsys, kin
     assert _snapshot(tmp_path) == before and not (tmp_path / "o.h5ad").exists()
 
 
+def test_crafted_scvi_source_real_command(work, tmp_path):
+    """The same attack through the installed entry point, in a process of its own."""
+    slide, model = work
+    marker = tmp_path / "pwned"
+    _evil_scvi_dir(model / "sources" / "source_0", marker, "os.system")
+    _set_scvi_source(model, "scvi:sources/source_0")
+    before = _snapshot(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "scresidual.cli", "predict", str(model), str(slide),
+         "--output", str(tmp_path / "o.h5ad"), "--quiet"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    _one_line_error(run.returncode, run.stderr, "--trust-pickle")
+    assert not marker.exists() and _snapshot(tmp_path) == before
+
+
 def test_scvi_source_load_runs_nothing_unless_trusted(tmp_path):
     marker = tmp_path / "pwned"
     folder = _evil_scvi_dir(tmp_path / "scvi", marker)
@@ -207,9 +223,10 @@ def test_setup_paths_stay_inside_the_model_folder(work, tmp_path, capsys, escape
         (model / "sources").mkdir()
         (model / "sources" / "source_0").symlink_to(outside)
     _set_scvi_source(model, spec)
+    before = _snapshot(tmp_path)
     code, _, err = _run(["predict", model, slide, "--output", tmp_path / "o.h5ad"], capsys)
     _one_line_error(code, err, "outside")
-    assert not marker.exists()
+    assert not marker.exists() and _snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("edit", ["members", "shape", "classes"])
@@ -223,8 +240,10 @@ def test_sizes_in_metadata_are_bounded_by_the_weights(work, tmp_path, capsys, ed
     else:
         meta["classes"] = [str(i) for i in range(10**5)]
     (model / "residual_model.json").write_text(json.dumps(meta))
+    before = _snapshot(tmp_path)
     code, _, err = _run(["predict", model, slide, "--output", tmp_path / "o.h5ad"], capsys)
     _one_line_error(code, err, "refit")
+    assert _snapshot(tmp_path) == before
 
 
 # ============================================================================ data loss
@@ -365,6 +384,7 @@ def test_read_only_output_folder(work, tmp_path, capsys, monkeypatch):
     slide, model = work
     ro = tmp_path / "ro"
     ro.mkdir()
+    digest = file_hash(slide)
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, m: Path(p) != ro and real_access(p, m))
     code, _, err = _run(
@@ -372,6 +392,7 @@ def test_read_only_output_folder(work, tmp_path, capsys, monkeypatch):
     )
     _one_line_error(code, err, "read-only")
     assert not (tmp_path / "new").exists()  # refused before training
+    assert file_hash(slide) == digest
 
 
 def test_os_errors_while_writing_are_one_line(work, tmp_path, capsys, monkeypatch):
@@ -461,9 +482,10 @@ def test_bad_slides_at_predict(work, tmp_path, capsys, edit, words):
     else:
         a = a[:0].copy()
     slide = _write(a, tmp_path / "new.h5ad")
+    before = _snapshot(tmp_path)
     code, _, err = _run(["predict", model, slide, "--output", tmp_path / "o.h5ad"], capsys)
     _one_line_error(code, err, *words)
-    assert not (tmp_path / "o.h5ad").exists()
+    assert _snapshot(tmp_path) == before
 
 
 def test_non_utf8_obs(work, tmp_path, capsys):

@@ -21,9 +21,8 @@ FIX = "re-save the model with scvi-tools >= 1.0 or download it again"
 
 def _read_attributes(model_dir: Path, trust_pickle: bool) -> dict:
     """The ``attr_dict`` of ``model.pt``, read as data (nothing in the file is run)."""
-    from .._safe_load import regular_folder, torch_load_data
+    from .._safe_load import torch_load_data
 
-    regular_folder(model_dir, "scvi model folder")
     path = model_dir / "model.pt"
     if not path.is_file():
         raise ScResidualError(
