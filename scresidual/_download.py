@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import urllib.parse
 import urllib.request
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from ._errors import ScResidualError
 from ._io import atomic_path
+
+logger = logging.getLogger("scresidual")
 
 
 def sha256sum(path: str | Path) -> str:
@@ -81,8 +84,22 @@ def fetch(url: str, dest: str | Path, sha256: str, *, timeout: float = TIMEOUT_S
     return dest
 
 
+def warn_if_modified(path: Path, sha256: str) -> Path:
+    """Warn if a data file the user provided differs from the official one; return it.
+
+    A local copy may be the user's own variant, so it is used, but never silently.
+    """
+    got = sha256sum(path)
+    if got != sha256:
+        logger.warning(
+            "%s differs from the official file (sha256 %s…, expected %s…); results will not "
+            "match published ones.", path, got[:12], sha256[:12],
+        )
+    return path
+
+
 def locate(root: str | Path, names: tuple[str, ...], subdirs: tuple[str, ...] = ()) -> Path | None:
-    """First existing ``root/[subdir/]name``, or None (callers with a checksum: check_sha256)."""
+    """First existing ``root/[subdir/]name``, or None."""
     root = Path(root)
     for d in ("", *subdirs):
         for name in names:

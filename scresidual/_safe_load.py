@@ -115,37 +115,48 @@ def data_only_torch_load(module: types.ModuleType, *, trust_pickle: bool, fix: s
 
 
 # ---------------------------------------------------------------------------- pickled dicts
-_PLAIN_GLOBALS = {
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
-"""Numpy scalars (Geneformer's median dictionaries hold ``numpy.float32`` values) and the
-bytes rebuilder of protocol-2 pickles."""
+def _plain_globals() -> dict:
+    """The only globals a plain-data pickle may name; none can build any other type.
+
+    Numpy scalars and arrays (Geneformer's median dictionaries hold ``numpy.float32``
+    values, CIFAR batches arrays) and the bytes rebuilder of protocol-2 pickles.
+    """
+    import codecs
+
+    import numpy as np
+
+    scalar, reconstruct = np.float32(0).__reduce__()[0], np.zeros(1).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 arrays
+    allowed = {("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray,
+               ("_codecs", "encode"): codecs.encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[f"{core}.multiarray", "scalar"] = scalar
+        allowed[f"{core}.multiarray", "_reconstruct"] = reconstruct
+        allowed[f"{core}.numeric", "_frombuffer"] = frombuffer
+    return allowed
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, tuples, strings, numbers and numpy scalars: nothing that runs code."""
+    """Builds dicts, lists, tuples, strings, numbers and numpy values: nothing that runs code."""
 
     def find_class(self, module: str, name: str):
-        if (module, name) in _PLAIN_GLOBALS:
-            import codecs
-
-            import numpy as np
-
-            return {"dtype": np.dtype, "encode": codecs.encode}.get(
-                name, np.float32(0).__reduce__()[0]
-            )
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        found = _plain_globals().get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return found
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("persistent id")
 
 
-def read_plain_pickle(path: Path, *, what: str, fix: str) -> object:
-    """Unpickle ``path`` allowing only plain data (see :class:`_PlainUnpickler`)."""
+def read_plain_pickle(path: Path, *, what: str, fix: str, encoding: str = "ASCII") -> object:
+    """Unpickle ``path`` allowing only plain data (see :class:`_PlainUnpickler`).
+
+    ``encoding`` decodes Python 2 strings, as in :func:`pickle.load`.
+    """
     try:
         with open(path, "rb") as f:
-            return _PlainUnpickler(io.BytesIO(f.read())).load()
+            return _PlainUnpickler(io.BytesIO(f.read()), encoding=encoding).load()
     except pickle.UnpicklingError as err:
         raise ScResidualError(
             f"the {what} {path} holds a Python object ({err}) rather than plain data; refused "

@@ -208,8 +208,23 @@ def test_plain_pickles_with_numpy_values_still_load(tmp_path):
     data = {"ENSG1": np.float32(1.5), "<pad>": 0, "x": [1, "a", (2.0, None, b"b")]}
     for protocol in (2, pickle.HIGHEST_PROTOCOL):
         path = tmp_path / f"d{protocol}.pkl"
-        path.write_bytes(pickle.dumps(data, protocol=protocol))
-        assert read_plain_pickle(path, what="d", fix="f") == data
+        path.write_bytes(pickle.dumps({**data, "a": np.arange(3)}, protocol=protocol))
+        got = read_plain_pickle(path, what="d", fix="f")
+        assert got.pop("a").tolist() == [0, 1, 2] and got == data
+
+
+def test_crafted_cifar_batches_run_nothing(tmp_path):
+    from scresidual.image import load_cifar
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps(
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": PAYLOADS["os.system"](marker)}
+    ))
+    with pytest.raises(ScResidualError, match="refused"):
+        load_cifar(tmp_path)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("escape", ["dotdot", "absolute", "symlink"])
@@ -581,6 +596,14 @@ def _alive(pid: int) -> bool:
 
 
 # ============================================================================ downloads
+def test_local_data_files_that_differ_from_the_official_ones_are_flagged(tmp_path, caplog):
+    local = tmp_path / "adult.data"
+    local.write_bytes(b"edited")
+    with caplog.at_level(logging.WARNING, logger="scresidual"):
+        assert _download.warn_if_modified(local, "0" * 64) == local
+    assert "differs from the official file" in caplog.text
+
+
 def test_downloads_https_only_with_timeout_and_checksums(tmp_path, monkeypatch):
     data = b"payload"
     good = _download.hashlib.sha256(data).hexdigest()
