@@ -68,7 +68,10 @@ def _lock(folder: Path, *, wait: bool) -> Iterator[bool]:
 
 
 def _leftovers(path: Path) -> list[Path]:
-    """Temporary folders of earlier saves of ``path``: name pattern and contents both match."""
+    """Temporary folders of earlier saves of ``path``: name pattern and contents both match.
+
+    An empty one may be a save that has not yet taken its lock: it is left alone.
+    """
     pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
     if not path.parent.is_dir():
         return []
@@ -76,7 +79,8 @@ def _leftovers(path: Path) -> list[Path]:
     for p in path.parent.iterdir():
         if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
             with contextlib.suppress(OSError):
-                if set(os.listdir(p)) <= {path.name, _BACKUP}:
+                entries = set(os.listdir(p))
+                if entries and entries <= {path.name, _BACKUP}:
                     found.append(p)
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 

@@ -2,8 +2,8 @@
 
 Model folders travel by e-mail and shared drives: a pickle in them can run any code when it
 is loaded. Everything here reads data only: torch checkpoints with ``weights_only=True`` and
-an allow-list of plain data types, pickled dictionaries with an unpickler that builds only
-dicts, lists, strings and numbers, and paths that must stay inside the folder that names them.
+an allow-list of plain data types, pickles with an unpickler that builds only dicts, lists,
+strings, numbers and numpy values, and paths that must stay inside the folder naming them.
 """
 
 from __future__ import annotations
@@ -32,14 +32,19 @@ def _data_globals() -> list:
     """Plain data types scvi-tools stores next to its weights (numpy arrays, pandas frames)."""
     import numpy as np
     import pandas as pd
-    from pandas._libs.internals import _unpickle_block
-    from pandas.core.indexes.base import _new_Index
-    from pandas.core.internals.managers import BlockManager
 
     allowed: list = [
         bytes, dict, slice, np.ndarray, np.dtype, (_plain_dict, "collections.defaultdict"),
-        pd.DataFrame, pd.Index, pd.RangeIndex, BlockManager, _unpickle_block, _new_Index,
+        pd.DataFrame, pd.Index, pd.RangeIndex,
     ]
+    try:  # pandas' private rebuilders of frames (scvi-tools' training history)
+        from pandas._libs.internals import _unpickle_block
+        from pandas.core.indexes.base import _new_Index
+        from pandas.core.internals.managers import BlockManager
+
+        allowed += [BlockManager, _unpickle_block, _new_Index]
+    except ImportError:  # another pandas layout: such files are refused with TRUST_HINT
+        pass
     allowed += list({type(np.dtype(c)) for c in ["?", *"bhilqBHILQefdgFDGOUSV", "M8", "m8"]})
     # numpy's array and scalar rebuilders; files from numpy 1.x name them numpy.core.*.
     for fn in (np.zeros(1).__reduce__()[0], np.float32(0).__reduce__()[0]):
