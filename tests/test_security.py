@@ -432,12 +432,16 @@ def test_os_errors_while_writing_are_one_line(work, tmp_path, capsys, monkeypatc
     _one_line_error(code, err, "Permission denied")
 
 
-@pytest.mark.parametrize("damage", ["truncated_npz", "setup_key", "setup_json"])
+@pytest.mark.parametrize("damage", ["truncated_npz", "npz_sizes", "setup_key", "setup_json"])
 def test_damaged_model_folders(work, tmp_path, capsys, damage):
     slide, model = work
+    npz = model / "features_0_pca.npz"
     if damage == "truncated_npz":
-        npz = model / "features_0_pca.npz"
         npz.write_bytes(npz.read_bytes()[:100])
+    elif damage == "npz_sizes":
+        with np.load(npz) as d:
+            arrays = dict(d)
+        np.savez(npz, **{**arrays, "mean": arrays["mean"][:-1]})
     else:
         setup = json.loads((model / "spatial_setup.json").read_text())
         del setup["graph"]

@@ -184,6 +184,7 @@ def read_pca(file: Path) -> PCAFeatures:
         raise ScResidualError(
             f"cannot read {file} ({type(err).__name__}); the file is corrupted: refit the model."
         ) from err
-    if pca.components.ndim != 2 or pca.components.shape[1] != len(pca.genes) != len(pca.mean):
+    n_genes = len(pca.genes)
+    if pca.components.ndim != 2 or pca.components.shape[1] != n_genes or len(pca.mean) != n_genes:
         raise ScResidualError(f"{file} holds arrays of mismatched sizes; refit the model.")
     return pca
