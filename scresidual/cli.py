@@ -9,11 +9,14 @@ import argparse
 import logging
 import sys
 import warnings
-from pathlib import Path
 
 from ._errors import ScResidualError
 
 ARM_CHOICES = ("refine", "scratch", "linear-probe", "adapter")
+TRUST_HELP = (
+    "let scvi sources hold arbitrary Python objects (loading them can run code): only for "
+    "model folders from people you trust"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,13 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         help="cross-fitting folds (default: 5 below 1,000 labelled cells, else 1 split)",
     )
     fit.add_argument("--output", default=None, help="also write the slide with predictions here")
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing --model-dir")
+    fit.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --model-dir (only a folder scresidual saved a model in)",
+    )
+    fit.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     fit.add_argument("--quiet", action="store_true")
 
     pred = sub.add_parser("predict", help="label a slide with a fitted model")
     pred.add_argument("model_dir")
     pred.add_argument("input", help="slide to label, .h5ad")
     pred.add_argument("--output", required=True, help="output .h5ad (the input is never changed)")
+    pred.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     pred.add_argument("--quiet", action="store_true")
 
     # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
@@ -71,22 +79,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_h5ad(adata, path: str) -> None:
-    from ._io import atomic_path
+def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
+    from ._io import atomic_path, check_output_file
 
-    if not str(path).endswith(".h5ad"):
-        raise ScResidualError(f"output {path!r} must end in .h5ad.")
+    check_output_file(path, inputs=inputs, model_dirs=model_dirs)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
 
 
 def _fit(args) -> None:
     from . import read
+    from ._io import check_fit_paths
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
-    if Path(args.model_dir).exists() and not args.overwrite:
-        raise ScResidualError(f"{args.model_dir} exists; pass --overwrite or another --model-dir.")
+    check_fit_paths(args.input, args.model_dir, args.output, overwrite=args.overwrite)
     adata = read.h5ad(
         args.input, spatial_key=args.spatial_key,
         require_spatial=parse_graph(args.graph)[0] != "none",
@@ -97,7 +104,10 @@ def _fit(args) -> None:
         library_key=args.library_key, spatial_key=args.spatial_key, layer=args.layer,
         arm=args.arm, seed=args.seed, max_epochs=args.max_epochs, guard=not args.no_guard,
         folds=args.folds, progress=not args.quiet,
-    ).train()
+    )
+    model.trust_pickle = args.trust_pickle
+    model.train()
+    check_fit_paths(args.input, args.model_dir, args.output, overwrite=args.overwrite)
     model.save(args.model_dir, overwrite=args.overwrite)
     report = model.model.guard_report_
     print(
@@ -107,23 +117,27 @@ def _fit(args) -> None:
     print(f"model saved to {args.model_dir}")
     if args.output:
         model.predict(adata)
-        _write_h5ad(adata, args.output)
+        _write_h5ad(adata, args.output, [args.input], [args.model_dir])
         print(f"predictions written to {args.output}")
 
 
 def _predict(args) -> None:
     from . import read
     from ._constants import pred_key
+    from ._io import check_output_file
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
-    model = SpatialRegionClassifier.load(args.model_dir, progress=not args.quiet)
+    model = SpatialRegionClassifier.load(
+        args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
+    )
+    check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
     adata = read.h5ad(
         args.input, spatial_key=model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     model.predict(adata)
-    _write_h5ad(adata, args.output)
+    _write_h5ad(adata, args.output, [args.input], [args.model_dir])
     counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
     print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"predictions written to {args.output}")
@@ -149,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         except ScResidualError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:
+            from ._io import os_error_message
+
+            print(f"error: {os_error_message(err)}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     # docrep (used by squidpy) warns about its own docstrings at import; nothing to act on.
     warnings.filterwarnings("ignore", ".*is not a valid key", SyntaxWarning)
@@ -159,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         {"demo": _demo, "fit": _fit, "predict": _predict}[args.command](args)
     except ScResidualError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # read-only folders, full disks, vanished files
+        from ._io import os_error_message
+
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; no partial output was written.", file=sys.stderr)

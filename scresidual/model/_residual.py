@@ -27,7 +27,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._errors import ScResidualError
-from .._io import atomic_path
+from .._io import atomic_path, check_model_dir, recover
+from .._process import die_with_parent
+from .._safe_load import check_state_fits, count_members
+from .._validate import placeholder_labels, warn_placeholder_labels
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
 from ._convex import fit_block, mixed_log_proba, scorable_rows, weighted_losses
@@ -84,9 +87,9 @@ def _available_cpus() -> int:
 
 
 def labelled_mask(y) -> np.ndarray:
-    """True where a label is present (not NaN/None/empty string)."""
+    """True where a label is present (not NaN/None/empty string, nor text such as "nan")."""
     s = pd.Series(np.asarray(y, dtype=object))
-    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy()
+    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy() & ~placeholder_labels(y)
 
 
 _FORKED_FOLDS: tuple | None = None
@@ -293,6 +296,7 @@ class ResidualModel:
         extra = [cfg.teacher] if cfg.arm == "kd" else []
         tensors = self._tensors(views, n=len(y), extra=extra)
         self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items() if k not in extra}
+        warn_placeholder_labels(y)
         mask = labelled_mask(y)
         labels = np.array([str(v) for v in y[mask]], dtype=object)
         self.classes_ = sorted(set(labels))
@@ -495,7 +499,11 @@ class ResidualModel:
                     # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
                     # the workers leave that pool alone (see _fit_fold_in_worker).
                     warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
-                    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                    # Workers die with this process (a killed fit leaves no orphans).
+                    pool = multiprocessing.get_context("fork").Pool(
+                        jobs, initializer=die_with_parent, initargs=(os.getpid(),)
+                    )
+                    with pool:
                         fits = list(tqdm(pool.imap(_fit_forked_fold, range(len(args))), **bar))
             finally:
                 _FORKED_FOLDS = None
@@ -677,9 +685,7 @@ class ResidualModel:
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save to a directory, atomically (a reader never sees half a model)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ScResidualError(f"{path} exists; pass overwrite=True or choose another path.")
+        check_model_dir(path, overwrite=overwrite, flag="overwrite=True")
         with atomic_path(path) as tmp:
             tmp.mkdir()
             self.write(tmp)
@@ -688,6 +694,7 @@ class ResidualModel:
     def load(cls, path: str | Path, *, progress: bool = True, **trainer_kwargs) -> ResidualModel:
         """Load a model saved with :meth:`save` (or written by a pipeline's ``save``)."""
         path = Path(path)
+        recover(path)
         meta_file, state_file = path / "residual_model.json", path / "residual_model.pt"
         if not meta_file.is_file() or not state_file.is_file():
             raise ScResidualError(
@@ -700,34 +707,57 @@ class ResidualModel:
             raise ScResidualError(
                 f"{meta_file} is corrupted ({err}); refit and save again."
             ) from err
-        if meta.get("format") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            meta = meta if isinstance(meta, dict) else {}
             raise ScResidualError(
                 f"{path} was written by scresidual {meta.get('scresidual_version', '?')} in "
                 f"format {meta.get('format')}; this version ({__version__}) reads format "
                 f"{FORMAT_VERSION}: refit the model or install the matching version."
             )
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for damaged files
+            raise ScResidualError(
+                f"cannot read the weights in {state_file} ({type(err).__name__}); the file is "
+                "corrupted: refit and save again."
+            ) from err
+        try:
+            model = cls._from_meta(meta, progress=progress, **trainer_kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ScResidualError(
+                f"{meta_file} is corrupted ({type(err).__name__}: {err}); refit and save again."
+            ) from err
+        # Sizes in the JSON are only trusted as far as the weights file bears them out.
+        n_members = count_members(state) if isinstance(state, dict) else 0
+        if n_members != meta.get("n_members", 1):
+            raise ScResidualError(
+                f"{meta_file} lists {meta.get('n_members')} members but {state_file} holds "
+                f"{n_members}; the folder is corrupted or was edited: refit and save again."
+            )
+        check_state_fits(lambda: model._network(n_members), state, path)
+        net = model._network(n_members)
+        net.load_state_dict(state, strict=True)
+        model.network = net.eval()
+        return model
+
+    @classmethod
+    def _from_meta(cls, meta: dict, **kwargs) -> ResidualModel:
+        """An unfitted model with the configuration, classes and shapes of ``meta``."""
         cfg = dict(meta["config"])
         arm, sources, residuals = cfg.pop("arm"), cfg.pop("sources"), cfg.pop("residuals")
         head, guard, seed = cfg.pop("head"), cfg.pop("guard"), cfg.pop("seed")
         model = cls(
             arm=arm, sources=sources, residuals=residuals, head=head, guard=guard, seed=seed,
-            progress=progress, **trainer_kwargs, **cfg,
+            **kwargs, **cfg,
         )
-        model.classes_ = list(meta["classes"])
-        model.shapes_ = {k: tuple(v) for k, v in meta["shapes"].items()}
-        model.chosen_arm_ = meta["chosen_arm"]
+        model.classes_ = [str(c) for c in meta["classes"]]
+        model.shapes_ = {k: tuple(int(d) for d in v) for k, v in meta["shapes"].items()}
+        model.chosen_arm_ = str(meta["chosen_arm"])
         model.guard_report_ = meta.get("guard_report", {})
-        n_members = int(meta.get("n_members", 1))
-        net = model._build(model.chosen_arm_)
-        if n_members > 1:
-            net = EnsembleNetwork([model._build(model.chosen_arm_) for _ in range(n_members)])
-        try:
-            state = torch.load(state_file, map_location="cpu", weights_only=True)
-            net.load_state_dict(state, strict=True)
-        except Exception as err:  # torch raises many types for damaged files
-            raise ScResidualError(
-                f"cannot read the weights in {state_file} ({type(err).__name__}); the file is "
-                "corrupted or from another model: refit and save again."
-            ) from err
-        model.network = net.eval()
         return model
+
+    def _network(self, n_members: int) -> ResidualNetwork | EnsembleNetwork:
+        """The chosen arm's network, or an ensemble of ``n_members`` of them."""
+        if n_members == 1:
+            return self._build(self.chosen_arm_)
+        return EnsembleNetwork([self._build(self.chosen_arm_) for _ in range(n_members)])

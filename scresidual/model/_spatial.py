@@ -13,9 +13,17 @@ from anndata import AnnData
 
 from .._constants import SPATIAL_KEY, pred_key, proba_classes_key, proba_key
 from .._errors import ScResidualError
-from .._io import atomic_path
-from .._validate import check_finite, check_obs_key, check_obsm_key, check_unique_obs_names
+from .._io import atomic_path, check_model_dir, recover
+from .._safe_load import check_spatial_setup, path_inside
+from .._validate import (
+    check_cells,
+    check_finite,
+    check_obs_key,
+    check_obsm_key,
+    check_unique_obs_names,
+)
 from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, spatial_graph_matrix
+from ..pp._features import read_pca
 from ._residual import ResidualModel, labelled_mask
 
 SETUP_FILE = "spatial_setup.json"
@@ -103,10 +111,15 @@ class SpatialRegionClassifier:
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     seed
         Random seed.
+    trust_pickle
+        (attribute) Let ``'scvi:'`` sources hold arbitrary Python objects (see
+        :meth:`ScviSource.load`); off by default, for folders from people you trust.
     **kwargs
         Passed to :class:`ResidualModel` (``guard``, ``max_epochs``, ``accelerator``, …).
 
     """
+
+    trust_pickle: bool = False
 
     def __init__(
         self,
@@ -128,6 +141,7 @@ class SpatialRegionClassifier:
         **kwargs,
     ):
         check_obs_key(adata, labels_key)
+        check_cells(adata, 2, "training")
         check_unique_obs_names(adata)
         sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
         features = [features] if isinstance(features, str) else list(features)
@@ -178,13 +192,19 @@ class SpatialRegionClassifier:
             if i not in self._frozen:
                 from ..sources._scvi import ScviSource
 
-                path = Path(value)
-                if not path.is_absolute() and getattr(self, "_model_dir", None):
-                    path = self._model_dir / path
-                self._frozen[i] = ScviSource.load(path, layer=self.setup["layer"])
+                self._frozen[i] = ScviSource.load(
+                    self._scvi_dir(value), layer=self.setup["layer"],
+                    trust_pickle=self.trust_pickle,
+                )
             Z = _embed_in_chunks(self._frozen[i], adata, progress=self.model.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
         return Z.reshape(adata.n_obs, -1)
+
+    def _scvi_dir(self, value: str) -> Path:
+        """The folder of an ``'scvi:'`` source; a loaded model's must lie inside its folder."""
+        if getattr(self, "_model_dir", None):
+            return path_inside(self._model_dir, value, what=SETUP_FILE)
+        return Path(value)
 
     def _features(self, j: int, adata: AnnData) -> np.ndarray:
         kind, value = _parse_spec(self.setup["features"][j], ("pca", "obsm"), "features")
@@ -208,6 +228,7 @@ class SpatialRegionClassifier:
 
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and features, with ring means."""
+        check_cells(adata, 1, "labelling")
         check_unique_obs_names(adata)
         out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}
         conn = None
@@ -315,8 +336,7 @@ class SpatialRegionClassifier:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save the model, its feature maps and copies of its scvi sources, atomically."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise ScResidualError(f"{path} exists; pass overwrite=True or choose another path.")
+        check_model_dir(path, overwrite=overwrite, flag="overwrite=True")
         setup = dict(self.setup)
         with atomic_path(path) as tmp:
             tmp.mkdir()
@@ -325,7 +345,7 @@ class SpatialRegionClassifier:
             for i, spec in enumerate(self.setup["sources"]):
                 kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
                 if kind == "scvi":
-                    src = self._frozen[i].model_dir if i in self._frozen else Path(value)
+                    src = self._frozen[i].model_dir if i in self._frozen else self._scvi_dir(value)
                     shutil.copytree(src, tmp / "sources" / f"source_{i}")
                     spec = f"scvi:sources/source_{i}"
                 setup["sources"].append(spec)
@@ -334,9 +354,16 @@ class SpatialRegionClassifier:
             (tmp / SETUP_FILE).write_text(json.dumps(setup, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, *, progress: bool = True) -> SpatialRegionClassifier:
-        """Load a model written by :meth:`save`."""
+    def load(
+        cls, path: str | Path, *, progress: bool = True, trust_pickle: bool = False
+    ) -> SpatialRegionClassifier:
+        """Load a model written by :meth:`save`.
+
+        Nothing in the folder is run as code; ``trust_pickle=True`` lets its scvi sources
+        hold arbitrary Python objects (see :meth:`ScviSource.load`): only for trusted folders.
+        """
         path = Path(path)
+        recover(path)
         if not (path / SETUP_FILE).is_file():
             raise ScResidualError(
                 f"{path} is not a saved SpatialRegionClassifier (no {SETUP_FILE}); pass the "
@@ -354,17 +381,22 @@ class SpatialRegionClassifier:
                 "wrote it)."
             )
         self = cls.__new__(cls)
-        self.setup, self.adata, self._frozen = setup, None, {}
+        self.adata, self._frozen, self.trust_pickle = None, {}, trust_pickle
         self._model_dir = path
         self.model = ResidualModel.load(path, progress=progress)
+        self.setup = check_spatial_setup(
+            setup, path / SETUP_FILE, n_sources=len(self.model.config.sources),
+            n_features=len(self.model.config.residuals),
+        )
+        if setup["encoder"] not in ENCODER_SOLVERS:
+            raise ScResidualError(
+                f"{path / SETUP_FILE} names an unknown encoder; the model folder is damaged: "
+                "refit the model."
+            )
         self._pca = {}
         for j, spec in enumerate(setup["features"]):
             if spec == "pca":
-                file = path / f"features_{j}_pca.npz"
-                if not file.is_file():
-                    raise ScResidualError(f"{file} is missing; the model directory is incomplete.")
-                with np.load(file, allow_pickle=False) as d:
-                    self._pca[j] = PCAFeatures.from_dict(d)
+                self._pca[j] = read_pca(path / f"features_{j}_pca.npz")
         return self
 
     def __repr__(self) -> str:

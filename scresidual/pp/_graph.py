@@ -14,7 +14,7 @@ from anndata import AnnData
 from .._constants import CONNECTIVITIES_KEY, DISTANCES_KEY, SPATIAL_KEY
 from .._errors import ScResidualError
 from .._logging import quiet_loggers
-from .._validate import check_obs_key, check_spatial
+from .._validate import check_library_ids, check_spatial
 
 logger = logging.getLogger("scresidual")
 
@@ -42,6 +42,32 @@ def parse_graph(spec: str | None) -> tuple[str, float | None]:
     return method, value
 
 
+def graph_coordinates(xy: np.ndarray, method: str, slides) -> np.ndarray:
+    """The coordinates the graph is built on: x, y and (if it varies) z.
+
+    k-NN and radius graphs use 3-D distances, so cells of different z-planes are not taken
+    for neighbours; a Delaunay triangulation is 2-D only and is refused for varying z. Each
+    slide must also span a plane for Delaunay (qhull fails on a line or a point).
+    """
+    if xy.shape[1] > 2 and np.ptp(xy[:, 2:], axis=0).max(initial=0) == 0:
+        xy = xy[:, :2]  # a constant z adds nothing
+    if method != "delaunay":
+        return xy
+    if xy.shape[1] > 2:
+        raise ScResidualError(
+            "the coordinates are 3-D (z varies) but a Delaunay graph is 2-D; use --graph "
+            "knn:K or radius:R, which use all three coordinates."
+        )
+    groups = [xy] if slides is None else [xy[slides == s] for s in slides.categories]
+    for g in groups:
+        if len(g) >= 3 and np.linalg.matrix_rank(g - g.mean(0)) < 2:
+            raise ScResidualError(
+                "all cells of a slide lie on one line or at one point, so no Delaunay graph "
+                "exists; check the coordinates or use --graph knn:K."
+            )
+    return xy
+
+
 def spatial_graph_matrix(
     adata: AnnData,
     graph: str = "knn:6",
@@ -65,8 +91,9 @@ def spatial_graph_matrix(
         raise ScResidualError("adata has no cells; a spatial graph needs at least 1 cell.")
     slides = None
     if library_key is not None:
-        check_obs_key(adata, library_key)
+        check_library_ids(adata, library_key)
         slides = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
+    xy = graph_coordinates(xy, method, slides)
     # A cell alone on its slide (or a one-cell AnnData) has no neighbours: it stays isolated
     # and the mean aggregation averages it over itself only (self loop).
     if slides is not None:
@@ -85,7 +112,7 @@ def spatial_graph_matrix(
     obs = pd.DataFrame(index=pd.RangeIndex(len(keep)).astype(str))
     if slides is not None:
         obs[library_key] = slides[keep].remove_unused_categories()
-    shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[keep, :2]})
+    shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[keep]})
     kwargs: dict = {"coord_type": "generic", "library_key": library_key}
     if method == "knn":
         n_max = int(obs[library_key].value_counts().min()) if library_key else len(keep)
@@ -101,9 +128,10 @@ def spatial_graph_matrix(
         with warnings.catch_warnings(), quiet_loggers(*loggers):
             warnings.simplefilter("ignore", FutureWarning)  # renamed in squidpy 1.9
             sq.gr.spatial_neighbors(shell, **kwargs)
-    except Exception as err:  # qhull/sklearn errors on degenerate layouts
+    except Exception as err:  # qhull/sklearn errors on degenerate layouts (many-line dumps)
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
         raise ScResidualError(
-            f"could not build a {graph} graph ({type(err).__name__}: {err}); check that the "
+            f"could not build a {graph} graph ({type(err).__name__}: {first}); check that the "
             "coordinates are not all on one line or duplicated, or use 'knn:K'."
         ) from err
     conn = shell.obsp[CONNECTIVITIES_KEY].tocsr()

@@ -17,6 +17,9 @@ logger = logging.getLogger("scresidual")
 MIN_GENE_OVERLAP = 0.1
 """Default smallest fraction of the model's genes that must be present in the query."""
 
+WARN_GENE_OVERLAP = 0.9
+"""Below this fraction of the model's genes present, zero-filling is logged as a WARNING."""
+
 
 def gene_overlap(query_genes: Sequence[str], model_genes: Sequence[str]) -> float:
     """Fraction of ``model_genes`` found in ``query_genes``."""
@@ -33,11 +36,18 @@ def _match(adata, model_genes, min_overlap, model_name):
     position = pd.Index(adata.var_names).get_indexer(model)
     present = position >= 0
     frac = float(present.mean()) if len(model) else 0.0
-    logger.log(
-        logging.INFO if frac < 1 else logging.DEBUG,
-        "%s: %d of %d model genes found in the query (%.1f%%); missing genes are zero-filled.",
-        model_name, int(present.sum()), len(model), 100 * frac,
-    )
+    if frac < WARN_GENE_OVERLAP:  # a WARNING: shown even with --quiet
+        logger.warning(
+            "only %.0f%% (%d/%d) of the %s's genes are in the slide; missing genes are "
+            "zero-filled, which can change predictions a lot: use a slide measuring the "
+            "model's genes.", 100 * frac, int(present.sum()), len(model), model_name,
+        )
+    else:
+        logger.log(
+            logging.INFO if frac < 1 else logging.DEBUG,
+            "%s: %d of %d model genes found in the query (%.1f%%); missing genes are "
+            "zero-filled.", model_name, int(present.sum()), len(model), 100 * frac,
+        )
     if frac < min_overlap:
         example = ", ".join(map(str, model[:3]))
         raise ScResidualError(
