@@ -157,3 +157,51 @@ def test_spatial_bad_input(slides):
     dup.obs_names = ["same"] * dup.n_obs
     with pytest.raises(ScResidualError, match="duplicate cell names"):
         SpatialRegionClassifier(dup, labels_key="train")
+
+
+def test_feature_maps_are_fitted_on_the_training_slide_only(slides):
+    # Regression: predicting before training used to fit the PCA on the slide predicted on,
+    # and train() then kept that PCA.
+    train = slides[slides.obs["slide"] == "slide1"].copy()
+    test = slides[slides.obs["slide"] == "slide2"].copy()
+    model = SpatialRegionClassifier(train, labels_key="train", **FAST)
+    with pytest.raises(ScResidualError, match="not trained"):
+        model.predict_proba(test)
+    model.train()
+    own = pp.PCAFeatures.fit(train, n_comps=30, seed=0)
+    np.testing.assert_allclose(model._pca[0].mean, own.mean, rtol=1e-5)
+
+
+def test_sources_enter_as_ring_means_and_stay_frozen(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    rng = np.random.default_rng(0)
+    one.obsm["X_emb"] = rng.normal(size=(one.n_obs, 4)).astype(np.float32)
+    kw = {"sources": ["obsm:X_emb"], "features": ["obsm:X_emb"], **FAST}
+    model = SpatialRegionClassifier(one, labels_key="train", n_hops=2, **kw)
+    views = model.views(one)
+    conn, _ = pp.spatial_graph_matrix(one, "delaunay")
+    expected = pp.neighbourhood_rings(one.obsm["X_emb"], conn, 2).reshape(one.n_obs, -1)
+    np.testing.assert_allclose(views["source_0"], expected, rtol=1e-6)
+    flat = SpatialRegionClassifier(one, labels_key="train", aggregate_sources=False, **kw)
+    np.testing.assert_array_equal(flat.views(one)["source_0"], one.obsm["X_emb"])
+
+
+def test_old_model_folders_are_refused_with_the_version_line(slides, tmp_path):
+    import json
+
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    model = SpatialRegionClassifier(one, labels_key="train", **FAST).train()
+    model.save(tmp_path / "m")
+    setup = json.loads((tmp_path / "m" / "spatial_setup.json").read_text())
+    del setup["format"]
+    (tmp_path / "m" / "spatial_setup.json").write_text(json.dumps(setup))
+    with pytest.raises(ScResidualError, match="format 1; this version reads format 2"):
+        SpatialRegionClassifier.load(tmp_path / "m")
+
+
+def test_sign_encoder_still_trains_with_adam(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    model = SpatialRegionClassifier(one, labels_key="train", encoder="hops", **FAST).train()
+    assert model.model.config.solver == "adam" and model.chosen_arm_ == "refine"
+    with pytest.raises(ScResidualError, match="unknown encoder"):
+        SpatialRegionClassifier(one, labels_key="train", encoder="gat")
