@@ -93,3 +93,15 @@ def test_temperature_recovers_the_scale_of_miscalibrated_logits():
     y = np.array([rng.choice(3, p=row) for row in p])
     log_p = np.log(p)
     assert temperature(log_p / 4, y, None) == pytest.approx(4, rel=0.15)
+
+
+def test_out_of_fold_probabilities_are_kept_for_the_chosen_arm(toy_views):
+    y_train, mask = _split(toy_views["y"], 0.2)
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    model = ResidualModel(arm="refine", sources=["src"], **LINEAR).fit(views, y_train)
+    assert set(model.oof_rows_) <= set(np.flatnonzero(mask))
+    assert len(model.oof_rows_) > 0.9 * mask.sum()
+    np.testing.assert_allclose(model.oof_proba_.sum(1), 1, atol=1e-6)
+    # out of fold means worse than in sample, but far better than chance here
+    oof_acc = (model.oof_proba_.argmax(1) == toy_views["y"][model.oof_rows_].astype(int)).mean()
+    assert 0.6 < oof_acc

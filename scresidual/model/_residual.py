@@ -198,6 +198,8 @@ class ResidualModel:
         self.shapes_: dict[str, tuple[int, ...]] = {}
         self.chosen_arm_: str | None = None
         self.guard_report_: dict[str, dict] = {}
+        self.oof_rows_: np.ndarray | None = None  # solver="lbfgs": rows validated out of fold
+        self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
 
     # ------------------------------------------------------------------ building
     @property
@@ -464,7 +466,12 @@ class ResidualModel:
                for a in stages}
         arm = cfg.arm if cfg.arm in stages else stages[0]  # refine without a branch is it
         val = val if folds else None
-        self.network = nets[self._choose(arm, stages, reports, val, y[rows])].eval()
+        chosen = self._choose(arm, stages, reports, val, y[rows])
+        self.network = nets[chosen].eval()
+        # Out-of-fold predictions of the kept arm: what calibration and label suggestions
+        # need to know how the model does on cells it was not fitted on.
+        self.oof_rows_ = labelled[rows] if folds else np.array([], dtype=np.int64)
+        self.oof_proba_ = np.exp(oof[chosen][rows]) if folds else np.zeros((0, len(self.classes_)))
         return self
 
     def _n_jobs(self, n_folds: int) -> int:
