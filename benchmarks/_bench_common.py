@@ -23,17 +23,26 @@ DATASETS = {
                    "kind": "counts", "graph": "knn:6"},
     "dlpfc": {"file": "dlpfc_151510.h5ad", "labels": "annotation", "library": None,
               "kind": "counts", "graph": "knn:6"},
-    "lymph_node": {"file": "lymph_node_d1_protein.h5ad", "labels": "region_code",
-                   "library": None, "kind": "protein", "graph": "knn:6"},
+    "lymph_node": {"file": "lymph_node_a1_d1_protein.h5ad", "labels": "region",
+                   "library": "slide", "kind": "protein", "graph": "knn:6"},
+    "lymph_node_d1": {"file": "lymph_node_d1_protein.h5ad", "labels": "region_code",
+                      "library": None, "kind": "protein", "graph": "knn:6"},
 }
+SPATIAL = ("starmap", "baristaseq", "dlpfc", "lymph_node")
+"""Slides of the region benchmark (``lymph_node_d1`` is the multimodal benchmark's)."""
 
 
 def quiet() -> None:
-    """Silence warnings and library chatter; one torch thread (shared CPUs thrash otherwise)."""
+    """Silence warnings and library chatter; one torch and BLAS thread.
+
+    Shared CPUs thrash otherwise, and idle BLAS threads spin: CPU seconds would count them.
+    """
     import torch
+    from threadpoolctl import threadpool_limits
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    threadpool_limits(1)
     for name in ("lightning", "lightning.pytorch", "scvi", "squidpy", "anndata", "scresidual"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -183,7 +192,7 @@ def fit_arm(train, test, mask, *, arm, sources, features, graph, library, seed, 
     Predictions are made on the whole ``test`` slide (its graph needs every cell) and scored on
     the evaluated cells only.
     """
-    from scresidual.model._spatial import SpatialRegionClassifier
+    from scresidual.model import SpatialRegionClassifier
 
     t = time.time()
     clf = SpatialRegionClassifier(
@@ -194,35 +203,11 @@ def fit_arm(train, test, mask, *, arm, sources, features, graph, library, seed, 
     P = clf.predict_proba(test)
     pred = np.asarray(clf.classes_, dtype=object)[P.to_numpy().argmax(1)]
     out = metrics(test.obs["truth"].to_numpy()[mask], pred[mask])
-    out["chosen"] = clf.model.chosen_arm_
-    out["report"] = clf.model.guard_report_
-    out["val_loss"] = clf.model.guard_report_[clf.model.chosen_arm_]["val_loss"]
+    out["chosen"] = clf.chosen_arm_
+    out["report"] = clf.guard_report_
+    out["val_loss"] = clf.guard_report_[clf.chosen_arm_]["val_loss"]
     out["seconds"] = round(time.time() - t, 1)
     return out
-
-
-def baseline(train, test, mask, *, graph, library, n_hops, seed) -> dict:
-    """Neighbourhood-averaged own PCA ([x, Âx, Â²x]) + logistic regression on the labelled."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from scresidual.pp import PCAFeatures, neighbourhood_hops, spatial_graph_matrix
-
-    pca = PCAFeatures.fit(train, n_comps=30, seed=seed)
-
-    def feats(a):
-        lib = library if library and library in a.obs else None
-        conn, _ = spatial_graph_matrix(a, graph, library_key=lib)
-        return neighbourhood_hops(pca.transform(a), conn, n_hops).reshape(a.n_obs, -1)
-
-    Xtr, Xte = feats(train), feats(test)
-    y = train.obs["y"].to_numpy(dtype=object)
-    m = np.array([v is not None and v == v for v in y])
-    sc = StandardScaler().fit(Xtr[m])
-    lr = LogisticRegression(max_iter=2000, class_weight="balanced", C=1.0)
-    lr.fit(sc.transform(Xtr[m]), y[m].astype(str))
-    pred = lr.predict(sc.transform(Xte))
-    return metrics(test.obs["truth"].to_numpy()[mask], pred[mask])
 
 
 def summarise(runs: list[dict], keys=("accuracy", "macro_f1")) -> dict:

@@ -15,8 +15,8 @@ compared with its source-only linear probe and its residual-only scratch model (
 
 Usage::
 
-    python benchmarks/multimodal.py                  # lymph_node + starmap, seeds 0 1 2
-    python benchmarks/multimodal.py --quick          # lymph_node, seed 0, 60 epochs
+    python benchmarks/multimodal.py                  # lymph_node_d1 + starmap, seeds 0 1 2
+    python benchmarks/multimodal.py --quick          # lymph_node_d1, seed 0, 60 epochs
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as bc  # noqa: E402
 
-SLIDES = ["lymph_node", "starmap"]
+SLIDES = ["lymph_node_d1", "starmap"]
 CONFIGS = {
     "1": (["obsm:S1"], ["pca"]),
     "2": (["obsm:S1"], ["pca", "obsm:R2"]),
@@ -50,7 +50,7 @@ def _lognorm(X) -> np.ndarray:
 
 def prepare(a, name: str, pretrain_epochs: int) -> None:
     """Sources and the second residual modality in ``obsm``."""
-    if name == "lymph_node":
+    if name == "lymph_node_d1":
         a.obsm["S1"] = bc.ae_source(a, name, epochs=4 * pretrain_epochs, transform="plain-log1p")
         L = np.log1p(a.X.toarray())
         a.obsm["R2"] = (L - L.mean(1, keepdims=True)).astype(np.float32)
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=SLIDES, choices=SLIDES)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--quick", action="store_true", help="lymph_node, seed 0, 60 epochs")
+    p.add_argument("--quick", action="store_true", help="lymph_node_d1, seed 0, 60 epochs")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--pretrain-epochs", type=int, default=60)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ddir = bc.data_dir(args.data_dir)
     bc.quiet()
-    bc.apply_quick(args, argv, "lymph_node")
+    bc.apply_quick(args, argv, "lymph_node_d1")
     train_kw = {"max_epochs": args.max_epochs}
     t0 = time.time()
     rows = []

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
 from ._constants import SPATIAL_KEY
 from ._errors import ScResidualError
+
+logger = logging.getLogger("scresidual")
 
 
 def _values(X) -> np.ndarray:
@@ -75,3 +80,48 @@ def check_spatial(adata: AnnData, spatial_key: str = SPATIAL_KEY) -> np.ndarray:
         )
     check_finite(xy, f"adata.obsm[{spatial_key!r}]")
     return xy
+
+
+PLACEHOLDER_LABELS = frozenset({"nan", "none", "<na>"})
+"""Label strings that mean "no label" (a NaN written out as text); treated as unlabelled."""
+
+
+def placeholder_labels(y) -> np.ndarray:
+    """True where a label is a placeholder string such as ``"nan"`` (see PLACEHOLDER_LABELS)."""
+    s = pd.Series(np.asarray(y, dtype=object))
+    text = s[s.map(lambda v: isinstance(v, str))].str.strip().str.lower()
+    out = np.zeros(len(s), dtype=bool)
+    out[text.index[text.isin(PLACEHOLDER_LABELS)]] = True
+    return out
+
+
+def warn_placeholder_labels(y) -> None:
+    """Warn (shown even with --quiet) when labels hold placeholder strings like "nan"."""
+    n = int(placeholder_labels(y).sum())
+    if n:
+        logger.warning(
+            "%d cell(s) are labelled with a text placeholder (%s); they are treated as "
+            "unlabelled: store missing labels as NaN, or rename a class really called so.",
+            n, "/".join(sorted(PLACEHOLDER_LABELS)),
+        )
+
+
+def check_library_ids(adata: AnnData, key: str) -> None:
+    """Raise if ``obs[key]`` is missing or has NaN slide ids (they would pool into one slide)."""
+    check_obs_key(adata, key)
+    n_bad = int(adata.obs[key].isna().sum())
+    if n_bad:
+        raise ScResidualError(
+            f"obs[{key!r}] has no slide id for {n_bad} cell(s); fill them in (or drop those "
+            "cells) so that no unrelated cells are pooled into one slide."
+        )
+
+
+def check_cells(adata: AnnData, minimum: int, purpose: str) -> None:
+    """Raise if ``adata`` has fewer than ``minimum`` cells."""
+    if adata.n_obs < minimum:
+        have = "no cells" if adata.n_obs == 0 else f"only {adata.n_obs} cell(s)"
+        raise ScResidualError(
+            f"the slide has {have}, but {purpose} needs at least {minimum}; pass a slide "
+            "with more cells."
+        )

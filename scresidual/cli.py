@@ -17,6 +17,10 @@ from ._constants import MIN_GENE_OVERLAP, TRAIN_SUFFIX, train_key
 from ._errors import ScResidualError
 
 ARM_CHOICES = ("refine", "scratch", "linear-probe", "adapter")
+TRUST_HELP = (
+    "let scvi sources hold arbitrary Python objects (loading them can run code): only for "
+    "model folders from people you trust"
+)
 
 NO_SOURCE_WARNING = (
     "WARNING: no --source: fitting the spatial residual alone (arm 'scratch', no frozen "
@@ -162,7 +166,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"also write the slide with predictions and obs['<labels-key>{TRAIN_SUFFIX}'] "
         "(training spots) to this .h5ad (default: not written)",
     )
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing --model-dir")
+    fit.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --model-dir (only a folder scresidual saved a model in)",
+    )
+    fit.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     _add_quiet(fit)
 
     pred = _subcommand(
@@ -180,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         help="smallest fraction of the model's genes the slide must have (default: the "
         "value the model was fitted with)",
     )
+    pred.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     _add_quiet(pred)
 
     # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
@@ -220,11 +229,6 @@ def _flag(name: str) -> Iterator[None]:
         raise ScResidualError(f"{name}: {err}") from err
 
 
-def _check_h5ad_name(path: str) -> None:
-    if not str(path).endswith(".h5ad"):
-        raise ScResidualError(f"output {path!r} must end in .h5ad.")
-
-
 def _check_positive(*flag_values: tuple[str, int | None]) -> None:
     """Raise for a count below 1 (``None`` stands for an automatic default)."""
     for flag, value in flag_values:
@@ -247,8 +251,9 @@ def _check_source(spec: str, adata, args) -> None:
     if kind == "obsm":
         check_obsm_key(adata, value)
         return
+    genes = ScviSource.load(value, trust_pickle=args.trust_pickle).genes
     check_gene_overlap(
-        adata.var_names, ScviSource.load(value).genes, min_overlap=args.min_gene_overlap,
+        adata.var_names, genes, min_overlap=args.min_gene_overlap,
         model_name=f"scvi model in {value}",
     )
 
@@ -273,7 +278,8 @@ def _check_fit_args(args, adata) -> None:
 
     Each failure is one line naming the flag, so nothing is trained, saved and then refused.
     """
-    from ._validate import check_obs_key, check_obsm_key, check_spatial
+    from ._io import check_model_dir, check_output_file
+    from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial
     from .model._spatial import _parse_spec
     from .pp import parse_graph
     from .sources._genes import expression_matrix
@@ -283,13 +289,13 @@ def _check_fit_args(args, adata) -> None:
         ("--n-jobs", args.n_jobs),
     )
     _check_fraction("--min-gene-overlap", args.min_gene_overlap)
-    if args.output is not None:
-        with _flag("--output"):
-            _check_h5ad_name(args.output)
-    if Path(args.model_dir).exists() and not args.overwrite:
-        raise ScResidualError(
-            f"--model-dir: {args.model_dir} exists; pass --overwrite or another --model-dir."
+    with _flag("--model-dir"):
+        check_model_dir(
+            args.model_dir, overwrite=args.overwrite, flag="--overwrite", inputs=[args.input]
         )
+    if args.output is not None:  # its messages name --output
+        check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
+    check_cells(adata, 2, "training")
     with _flag("--labels-key"):
         _check_labels(adata, args.labels_key)
     if args.library_key is not None:
@@ -328,16 +334,17 @@ def _mark_training_spots(adata, labels_key: str) -> None:
     adata.obs[train_key(labels_key)] = labelled_mask(adata.obs[labels_key].to_numpy())
 
 
-def _write_h5ad(adata, path: str) -> None:
-    from ._io import atomic_path
+def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
+    from ._io import atomic_path, check_output_file
 
-    _check_h5ad_name(path)
+    check_output_file(path, inputs=inputs, model_dirs=model_dirs)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
 
 
 def _fit(args) -> None:
     from . import read
+    from ._io import check_fit_paths
     from .model import SpatialRegionClassifier
 
     adata = read.h5ad(args.input, spatial_key=args.spatial_key, require_spatial=False)
@@ -355,7 +362,10 @@ def _fit(args) -> None:
         min_gene_overlap=args.min_gene_overlap, arm=arm, seed=args.seed,
         max_epochs=args.max_epochs, guard=not args.no_guard, folds=args.folds,
         n_jobs=args.n_jobs, progress=not args.quiet,
-    ).train()
+    )
+    model.trust_pickle = args.trust_pickle
+    model.train()
+    check_fit_paths(args.input, args.model_dir, args.output, overwrite=args.overwrite)
     model.save(args.model_dir, overwrite=args.overwrite)
     report = model.model.guard_report_
     print(
@@ -366,28 +376,30 @@ def _fit(args) -> None:
     if args.output:
         model.predict(adata)
         _mark_training_spots(adata, args.labels_key)
-        _write_h5ad(adata, args.output)
+        _write_h5ad(adata, args.output, [args.input], [args.model_dir])
         print(f"predictions written to {args.output}")
 
 
 def _predict(args) -> None:
     from . import read
     from ._constants import pred_key
+    from ._io import check_output_file
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
-    with _flag("--output"):
-        _check_h5ad_name(args.output)
     _check_fraction("--min-gene-overlap", args.min_gene_overlap)
-    model = SpatialRegionClassifier.load(args.model_dir, progress=not args.quiet)
+    model = SpatialRegionClassifier.load(
+        args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
+    )
     if args.min_gene_overlap is not None:
         model.setup["min_gene_overlap"] = args.min_gene_overlap
+    check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
     adata = read.h5ad(
         args.input, spatial_key=model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     model.predict(adata)
-    _write_h5ad(adata, args.output)
+    _write_h5ad(adata, args.output, [args.input], [args.model_dir])
     counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
     print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"predictions written to {args.output}")
@@ -439,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         except ScResidualError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:
+            from ._io import os_error_message
+
+            print(f"error: {os_error_message(err)}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet = getattr(args, "quiet", False)
@@ -448,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         commands[args.command](args)
     except ScResidualError as err:
         print(f"error: {_cli_message(str(err), args.flags)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # read-only folders, full disks, vanished files
+        from ._io import os_error_message
+
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; no partial output was written.", file=sys.stderr)

@@ -43,7 +43,7 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
     assert "--source scvi:DIR" in err and "scresidual pretrain-scvi" in err
     assert out.startswith("fitted scratch ")
     meta = json.loads((tmp_path / "m" / "residual_model.json").read_text())
-    assert meta["n_members"] == 2  # --folds reached the model: two cross-fitted members
+    assert meta["config"]["folds"] == 2  # --folds reached the model
     other = small_slides[small_slides.obs["slide"] == "slide2"].copy()
     other.write_h5ad(tmp_path / "other.h5ad")
     code, out, err = _run(

@@ -12,7 +12,7 @@ import torch
 from scresidual._errors import ScResidualError
 from scresidual.model import SpatialRegionClassifier
 from scresidual.model._residual import ResidualModel
-from scresidual.pp import PCAFeatures, neighbourhood_hops, spatial_graph_matrix
+from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph_matrix
 from scresidual.sources._genes import align_genes, iter_aligned_genes
 from scresidual.train import ViewsDataset, batch_loader
 
@@ -140,7 +140,7 @@ def test_isolated_cells_average_over_themselves():
     conn, _ = spatial_graph_matrix(adata, "radius:5")
     assert conn[3].nnz == 0
     X = np.arange(8, dtype=np.float32).reshape(4, 2)
-    H = neighbourhood_hops(X, conn, 2)
+    H = neighbourhood_rings(X, conn, 2)
     assert H.shape == (4, 3, 2) and np.isfinite(H).all()
     np.testing.assert_allclose(H[3], np.repeat(X[3:4], 3, axis=0))
 
@@ -167,15 +167,16 @@ def test_one_cell_slides(fitted):
     assert conn[40].nnz == 0 and conn[:, 40].nnz == 0 and conn[:40].nnz > 0
 
 
-def test_hops_reject_graph_of_other_size():
+def test_rings_reject_graph_of_other_size():
     conn = sp.identity(5, format="csr")
     with pytest.raises(ScResidualError, match="rebuild the graph"):
-        neighbourhood_hops(np.zeros((4, 3), dtype=np.float32), conn)
+        neighbourhood_rings(np.zeros((4, 3), dtype=np.float32), conn)
 
 
-def test_no_dense_square_in_hops():
+def test_no_dense_square_in_rings():
     n = 200_000  # an n x n float32 matrix would be 160 GB
     rows = np.arange(n)
     conn = sp.csr_matrix((np.ones(n), (rows, (rows + 1) % n)), shape=(n, n))
-    H = neighbourhood_hops(np.ones((n, 4), dtype=np.float32), conn, 2)
-    assert H.shape == (n, 3, 4)
+    H = neighbourhood_rings(np.arange(n, dtype=np.float32)[:, None], conn, 2)
+    assert H.shape == (n, 3, 1)
+    np.testing.assert_allclose(H[:5, 2, 0], [2, 3, 4, 5, 6])  # the cell two steps on

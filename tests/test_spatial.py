@@ -46,11 +46,29 @@ def test_other_graphs(slides, graph):
     assert sp.issparse(conn) and conn.shape == (one.n_obs, one.n_obs) and conn.nnz > one.n_obs
 
 
-def test_hops_are_neighbour_means():
-    conn = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=np.float32))
-    X = np.array([[0.0], [3.0], [6.0]], dtype=np.float32)
-    H = pp.neighbourhood_hops(X, conn, n_hops=1)
-    np.testing.assert_allclose(H[:, 1, 0], [1.5, 3.0, 4.5])  # self loop included
+def test_rings_are_means_over_cells_exactly_k_edges_away():
+    # path 0 - 1 - 2 - 3
+    conn = sp.csr_matrix(np.eye(4, k=1) + np.eye(4, k=-1), dtype=np.float32)
+    X = np.array([[0.0], [10.0], [20.0], [30.0]], dtype=np.float32)
+    H = pp.neighbourhood_rings(X, conn, n_rings=3)[..., 0]
+    np.testing.assert_allclose(H[0], [0, 10, 20, 30])
+    np.testing.assert_allclose(H[1], [10, 10, 30, 30])  # ring 3 is empty: keeps ring 2
+    np.testing.assert_allclose(H[2], [20, 20, 0, 0])
+
+
+def test_rings_match_breadth_first_search():
+    rng = np.random.default_rng(0)
+    n = 60
+    A = sp.random(n, n, density=0.05, random_state=0, format="csr")
+    A = ((A + A.T) > 0).astype(np.float32)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    H = pp.neighbourhood_rings(X, A, n_rings=2)
+    dist = sp.csgraph.shortest_path(A, unweighted=True)
+    for i in range(n):
+        for k in (1, 2):
+            ring = np.flatnonzero(dist[i] == k)
+            expect = X[ring].mean(0) if len(ring) else H[i, k - 1]
+            np.testing.assert_allclose(H[i, k], expect, rtol=1e-5, atol=1e-6)
 
 
 def test_pp_functions_follow_copy_convention(slides):
@@ -149,3 +167,51 @@ def test_spatial_bad_input(slides):
     dup.obs_names = ["same"] * dup.n_obs
     with pytest.raises(ScResidualError, match="duplicate cell names"):
         SpatialRegionClassifier(dup, labels_key="train")
+
+
+def test_feature_maps_are_fitted_on_the_training_slide_only(slides):
+    # Regression: predicting before training used to fit the PCA on the slide predicted on,
+    # and train() then kept that PCA.
+    train = slides[slides.obs["slide"] == "slide1"].copy()
+    test = slides[slides.obs["slide"] == "slide2"].copy()
+    model = SpatialRegionClassifier(train, labels_key="train", **FAST)
+    with pytest.raises(ScResidualError, match="not trained"):
+        model.predict_proba(test)
+    model.train()
+    own = pp.PCAFeatures.fit(train, n_comps=30, seed=0)
+    np.testing.assert_allclose(model._pca[0].mean, own.mean, rtol=1e-5)
+
+
+def test_sources_enter_as_ring_means_and_stay_frozen(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    rng = np.random.default_rng(0)
+    one.obsm["X_emb"] = rng.normal(size=(one.n_obs, 4)).astype(np.float32)
+    kw = {"sources": ["obsm:X_emb"], "features": ["obsm:X_emb"], **FAST}
+    model = SpatialRegionClassifier(one, labels_key="train", n_hops=2, **kw)
+    views = model.views(one)
+    conn, _ = pp.spatial_graph_matrix(one, "delaunay")
+    expected = pp.neighbourhood_rings(one.obsm["X_emb"], conn, 2).reshape(one.n_obs, -1)
+    np.testing.assert_allclose(views["source_0"], expected, rtol=1e-6)
+    flat = SpatialRegionClassifier(one, labels_key="train", aggregate_sources=False, **kw)
+    np.testing.assert_array_equal(flat.views(one)["source_0"], one.obsm["X_emb"])
+
+
+def test_old_model_folders_are_refused_with_the_version_line(slides, tmp_path):
+    import json
+
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    model = SpatialRegionClassifier(one, labels_key="train", **FAST).train()
+    model.save(tmp_path / "m")
+    setup = json.loads((tmp_path / "m" / "spatial_setup.json").read_text())
+    del setup["format"]
+    (tmp_path / "m" / "spatial_setup.json").write_text(json.dumps(setup))
+    with pytest.raises(ScResidualError, match="format 1; this version reads format 2"):
+        SpatialRegionClassifier.load(tmp_path / "m")
+
+
+def test_sign_encoder_still_trains_with_adam(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    model = SpatialRegionClassifier(one, labels_key="train", encoder="hops", **FAST).train()
+    assert model.model.config.solver == "adam" and model.chosen_arm_ == "refine"
+    with pytest.raises(ScResidualError, match="unknown encoder"):
+        SpatialRegionClassifier(one, labels_key="train", encoder="gat")

@@ -6,14 +6,14 @@ Loaders return ``(x, y)`` with ``x`` uint8 ``(n, channels, height, width)`` and 
 from __future__ import annotations
 
 import gzip
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .._download import fetch, locate
+from .._download import fetch, locate, warn_if_modified
 from .._errors import ScResidualError
+from .._safe_load import read_plain_pickle
 
 FASHION_MNIST_URL = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_FILES = {
@@ -83,6 +83,8 @@ def load_fashion_mnist(
     for kind in ("images-idx3", "labels-idx1"):
         name = f"{prefix}-{kind}-ubyte"
         path = locate(root, (f"{name}.gz", name), subdirs)
+        if path is not None and path.name in FASHION_MNIST_FILES:
+            warn_if_modified(path, FASHION_MNIST_FILES[path.name])
         if path is None and download is not None:
             path = fetch(FASHION_MNIST_URL + f"{name}.gz", Path(download) / f"{name}.gz",
                          FASHION_MNIST_FILES[f"{name}.gz"])
@@ -147,8 +149,10 @@ def load_cifar(root: str | Path, split: str = "train") -> tuple[np.ndarray, np.n
         names = ["test_batch"] if names[0].startswith("data_batch") else ["test"]
     xs, ys = [], []
     for name in names:
-        with open(d / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # noqa: S301 (the official format)
+        batch = read_plain_pickle(  # the official format, read as data only
+            d / name, what="CIFAR batch", fix="extract the official CIFAR archive again",
+            encoding="bytes",
+        )
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)

@@ -26,10 +26,14 @@ from torch.nn import functional as F
 
 from .. import __version__
 from .._errors import ScResidualError
-from .._io import atomic_path
+from .._io import atomic_path, check_model_dir, recover
 from .._logging import tqdm
+from .._process import die_with_parent
+from .._safe_load import check_state_fits, count_members
+from .._validate import placeholder_labels, warn_placeholder_labels
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
+from ._convex import fit_block, mixed_log_proba, scorable_rows, weighted_losses
 
 logger = logging.getLogger("scresidual")
 
@@ -49,6 +53,7 @@ class ResidualConfig:
     sources: list[str] = field(default_factory=list)
     residuals: dict[str, list] = field(default_factory=dict)  # name -> [encoder, kwargs]
     head: str = "linear"
+    solver: str = "adam"
     guard: bool = True
     source_dropout: float = 0.1
     lr: float = 1e-3
@@ -62,6 +67,7 @@ class ResidualConfig:
     guard_z: float = 1.0
     validation_size: float = 0.2
     folds: int | None = None
+    cv_repeats: int = 3
     source_shares: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     n_jobs: int | None = None
     class_weight: str | None = "balanced"
@@ -81,9 +87,9 @@ def _available_cpus() -> int:
 
 
 def labelled_mask(y) -> np.ndarray:
-    """True where a label is present (not NaN/None/empty string)."""
+    """True where a label is present (not NaN/None/empty string, nor text such as "nan")."""
     s = pd.Series(np.asarray(y, dtype=object))
-    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy()
+    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy() & ~placeholder_labels(y)
 
 
 _FORKED_FOLDS: tuple | None = None
@@ -192,6 +198,8 @@ class ResidualModel:
         self.shapes_: dict[str, tuple[int, ...]] = {}
         self.chosen_arm_: str | None = None
         self.guard_report_: dict[str, dict] = {}
+        self.oof_rows_: np.ndarray | None = None  # solver="lbfgs": rows validated out of fold
+        self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
 
     # ------------------------------------------------------------------ building
     @property
@@ -290,6 +298,7 @@ class ResidualModel:
         extra = [cfg.teacher] if cfg.arm == "kd" else []
         tensors = self._tensors(views, n=len(y), extra=extra)
         self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items() if k not in extra}
+        warn_placeholder_labels(y)
         mask = labelled_mask(y)
         labels = np.array([str(v) for v in y[mask]], dtype=object)
         self.classes_ = sorted(set(labels))
@@ -310,6 +319,8 @@ class ResidualModel:
         if cfg.class_weight == "balanced":
             counts = np.bincount(codes[labelled], minlength=len(self.classes_)).astype(float)
             weights = torch.tensor(counts.sum() / counts / len(counts), dtype=torch.float32)
+        if cfg.solver == "lbfgs":
+            return self._fit_convex(tensors, codes, labelled, weights)
         # REFINE starts from a fitted linear probe and scratch model (see
         # ResidualNetwork.start_from); with the guard they are also its fallbacks.
         stages = [cfg.arm]
@@ -348,32 +359,121 @@ class ResidualModel:
                     losses[arm][slot] = (per_cell / w[y_val].mean()).numpy()
                     preds[arm][slot] = logits.argmax(1).numpy()
         validated = ~np.isnan(losses[stages[0]])
-        val_losses, self.guard_report_ = {}, {}
+        reports = {}
         for arm in stages:
-            report = {"best_epochs": epochs[arm], "n_members": len(members[arm])}
+            reports[arm] = {"best_epochs": epochs[arm], "n_members": len(members[arm])}
             if any(x is not None for x in shares[arm]):
-                report["source_shares"] = shares[arm]
-            val_losses[arm] = losses[arm][validated] if validated.any() else None
-            if validated.any():
-                report["val_loss"] = float(val_losses[arm].mean())
-                report["val_macro_f1"] = float(f1_score(
-                    codes[labelled][validated], preds[arm][validated], average="macro",
-                    zero_division=0,
-                ))
-            else:
-                report["val_loss"] = float("nan")
-            self.guard_report_[arm] = report
-        fallbacks = [a for a in stages if a != cfg.arm] if cfg.guard else []
-        if not cfg.guard:  # the starting points were fitted, but only the arm is kept
-            self.guard_report_ = {cfg.arm: self.guard_report_[cfg.arm]}
-        self.chosen_arm_ = self._guard_choice(cfg.arm, fallbacks, val_losses)
+                reports[arm]["source_shares"] = shares[arm]
+        y_val = codes[labelled][validated]
+        val = {a: (losses[a][validated], preds[a][validated]) for a in stages}
+        val = val if validated.any() else None
+        chosen = members[self._choose(cfg.arm, stages, reports, val, y_val)]
+        self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
+        return self
+
+    def _choose(self, arm, stages, reports, val, y_val) -> str:
+        """Fill :attr:`guard_report_` and keep ``arm``, or the fallback the guard prefers.
+
+        ``val``: ``{arm: (per-cell validation losses, predicted codes)}``, or None without
+        validation cells.
+        """
+        val_losses = {}
+        for stage in stages:
+            val_losses[stage] = None if val is None else val[stage][0]
+            if val is None:
+                reports[stage]["val_loss"] = float("nan")
+                continue
+            reports[stage]["val_loss"] = float(val[stage][0].mean())
+            reports[stage]["val_macro_f1"] = float(
+                f1_score(y_val, val[stage][1], average="macro", zero_division=0)
+            )
+        self.guard_report_ = reports
+        fallbacks = [a for a in stages if a != arm] if self.config.guard else []
+        if not self.config.guard:  # the starting points were fitted, but only the arm is kept
+            self.guard_report_ = {arm: reports[arm]}
+        self.chosen_arm_ = self._guard_choice(arm, fallbacks, val_losses)
         if fallbacks:
             logger.info(
                 "guard: kept %r (validation loss %s)", self.chosen_arm_,
                 ", ".join(f"{a}={r['val_loss']:.4f}" for a, r in self.guard_report_.items()),
             )
-        chosen = members[self.chosen_arm_]
-        self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
+        return self.chosen_arm_
+
+    def _fit_convex(self, tensors, codes, labelled, weights) -> ResidualModel:
+        """Fit the linear arms exactly (``solver="lbfgs"``); see :mod:`._convex`.
+
+        The probe and scratch are logistic regressions on the standardised source features
+        and residual inputs, each with its penalty chosen on out-of-fold losses; REFINE is
+        the linear head on both, weighted by the source share whose out-of-fold mixture
+        validates best (the starting point of the ``adam`` solver, here exact). Validated by
+        ``cv_repeats`` (3) rounds of ``folds``-fold (5) cross-validation, whose out-of-fold
+        predictions are averaged (a few hundred labels make one round's choice noisy), then
+        refitted on every labelled cell.
+        """
+        cfg = self.config
+        if (cfg.arm not in ("refine", "scratch", "linear-probe") or cfg.head != "linear"
+                or any(kind != "linear" for kind, _ in cfg.residuals.values())):
+            raise ScResidualError(
+                "solver='lbfgs' fits linear models only (arm refine/scratch/linear-probe, "
+                "head 'linear', residual encoder 'linear'); use solver='adam' otherwise."
+            )
+        base = {"linear-probe": [], "scratch": []}
+        if cfg.arm != "refine":
+            base = {cfg.arm: []}
+        elif not cfg.sources or not cfg.residuals:  # refine without a branch is that branch
+            base = {"scratch" if cfg.residuals else "linear-probe": []}
+        y = codes[labelled]
+        folds = [
+            (np.searchsorted(labelled, tr), np.searchsorted(labelled, va))
+            for r in range(max(1, int(cfg.cv_repeats)))
+            for tr, va in self._splits(labelled, y, n_folds=int(cfg.folds or AUTO_FOLDS),
+                                       repeat=r)
+        ]
+        if not all(len(va) for _, va in folds):
+            folds = []  # too few labels to validate: default penalty, no guard
+        w = None if weights is None else weights.numpy().astype(np.float64)
+        rows = {name: t[labelled] for name, t in tensors.items()}
+        nets, fits = {}, {}
+        for arm in base:
+            net = self._build(arm)
+            net.fit_normalisation(tensors)
+            net.eval()
+            with torch.no_grad():
+                X = (net.source_features(rows) if arm == "linear-probe"
+                     else net.residual_features(rows)).double().numpy()
+            fits[arm] = fit_block(X, y, folds, n_classes=len(self.classes_), weights=w,
+                                  seed=cfg.seed)
+            head = net.head_source if arm == "linear-probe" else net.head_residual
+            with torch.no_grad():
+                head.weight.copy_(torch.from_numpy(fits[arm].coef))
+                head.bias.copy_(torch.from_numpy(fits[arm].intercept))
+            nets[arm] = net
+        oof = {arm: f.oof_log_proba for arm, f in fits.items()}
+        reports = {arm: {"C": f.C, "logit_scale": f.scale, "cv_loss": f.cv_loss, "n_members": 1}
+                   for arm, f in fits.items()}
+        stages = list(base)
+        rows = scorable_rows(y, folds) if folds else np.ones(len(y), dtype=bool)
+        if len(base) == 2:
+            scores = {s: float(weighted_losses(
+                mixed_log_proba(oof["linear-probe"][rows], oof["scratch"][rows], s), y[rows],
+                w).mean()) for s in cfg.source_shares} if folds else {0.5: float("nan")}
+            share = min(scores, key=scores.get)
+            net = self._build("refine")
+            net.start_from(nets["linear-probe"], nets["scratch"], share)
+            nets["refine"], stages = net, [*stages, "refine"]
+            oof["refine"] = mixed_log_proba(oof["linear-probe"], oof["scratch"], share)
+            reports["refine"] = {"source_share": share, "cv_loss_by_share": scores,
+                                 "n_members": 1}
+        val = {a: (weighted_losses(oof[a][rows], y[rows], w), oof[a][rows].argmax(1))
+               for a in stages}
+        arm = cfg.arm if cfg.arm in stages else stages[0]  # refine without a branch is it
+        val = val if folds else None
+        chosen = self._choose(arm, stages, reports, val, y[rows])
+        self.network = nets[chosen].eval()
+        # Out-of-fold predictions of the kept arm: what calibration and label suggestions
+        # need to know how the model does on cells it was not fitted on.
+        self.oof_rows_ = labelled[rows] if folds else np.array([], dtype=np.int64)
+        self.oof_proba_ = np.exp(oof[chosen][rows]) if folds else np.zeros((0, len(self.classes_)))
         return self
 
     def _n_jobs(self, n_folds: int) -> int:
@@ -408,7 +508,11 @@ class ResidualModel:
                     # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
                     # the workers leave that pool alone (see _fit_fold_in_worker).
                     warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
-                    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                    # Workers die with this process (a killed fit leaves no orphans).
+                    pool = multiprocessing.get_context("fork").Pool(
+                        jobs, initializer=die_with_parent, initargs=(os.getpid(),)
+                    )
+                    with pool:
                         fits = list(tqdm(pool.imap(_fit_forked_fold, range(len(args))), **bar))
             finally:
                 _FORKED_FOLDS = None
@@ -516,9 +620,13 @@ class ResidualModel:
             folds = AUTO_FOLDS if small else 1
         return int(folds) if n_labelled >= 2 * int(folds) else 1
 
-    def _splits(self, labelled: np.ndarray, codes: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    def _splits(
+        self, labelled: np.ndarray, codes: np.ndarray, n_folds: int | None = None,
+        repeat: int = 0,
+    ) -> list[tuple[np.ndarray, ...]]:
         """``(train, validation)`` index pairs: k folds, one split, or no validation."""
-        seed, k = self.config.seed, self.n_folds(len(labelled))
+        seed = self.config.seed + 7919 * repeat  # another shuffle for each repeat
+        k = self.n_folds(len(labelled)) if n_folds is None else min(n_folds, len(labelled) // 2)
         counts = np.bincount(codes)
         if k > 1:
             # Stratify when every class can appear in each fold's training part.
@@ -586,9 +694,7 @@ class ResidualModel:
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save to a directory, atomically (a reader never sees half a model)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ScResidualError(f"{path} exists; pass overwrite=True or choose another path.")
+        check_model_dir(path, overwrite=overwrite, flag="overwrite=True")
         with atomic_path(path) as tmp:
             tmp.mkdir()
             self.write(tmp)
@@ -597,6 +703,7 @@ class ResidualModel:
     def load(cls, path: str | Path, *, progress: bool = True, **trainer_kwargs) -> ResidualModel:
         """Load a model saved with :meth:`save` (or written by a pipeline's ``save``)."""
         path = Path(path)
+        recover(path)
         meta_file, state_file = path / "residual_model.json", path / "residual_model.pt"
         if not meta_file.is_file() or not state_file.is_file():
             raise ScResidualError(
@@ -609,34 +716,57 @@ class ResidualModel:
             raise ScResidualError(
                 f"{meta_file} is corrupted ({err}); refit and save again."
             ) from err
-        if meta.get("format") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            meta = meta if isinstance(meta, dict) else {}
             raise ScResidualError(
                 f"{path} was written by scresidual {meta.get('scresidual_version', '?')} in "
                 f"format {meta.get('format')}; this version ({__version__}) reads format "
                 f"{FORMAT_VERSION}: refit the model or install the matching version."
             )
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for damaged files
+            raise ScResidualError(
+                f"cannot read the weights in {state_file} ({type(err).__name__}); the file is "
+                "corrupted: refit and save again."
+            ) from err
+        try:
+            model = cls._from_meta(meta, progress=progress, **trainer_kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ScResidualError(
+                f"{meta_file} is corrupted ({type(err).__name__}: {err}); refit and save again."
+            ) from err
+        # Sizes in the JSON are only trusted as far as the weights file bears them out.
+        n_members = count_members(state) if isinstance(state, dict) else 0
+        if n_members != meta.get("n_members", 1):
+            raise ScResidualError(
+                f"{meta_file} lists {meta.get('n_members')} members but {state_file} holds "
+                f"{n_members}; the folder is corrupted or was edited: refit and save again."
+            )
+        check_state_fits(lambda: model._network(n_members), state, path)
+        net = model._network(n_members)
+        net.load_state_dict(state, strict=True)
+        model.network = net.eval()
+        return model
+
+    @classmethod
+    def _from_meta(cls, meta: dict, **kwargs) -> ResidualModel:
+        """An unfitted model with the configuration, classes and shapes of ``meta``."""
         cfg = dict(meta["config"])
         arm, sources, residuals = cfg.pop("arm"), cfg.pop("sources"), cfg.pop("residuals")
         head, guard, seed = cfg.pop("head"), cfg.pop("guard"), cfg.pop("seed")
         model = cls(
             arm=arm, sources=sources, residuals=residuals, head=head, guard=guard, seed=seed,
-            progress=progress, **trainer_kwargs, **cfg,
+            **kwargs, **cfg,
         )
-        model.classes_ = list(meta["classes"])
-        model.shapes_ = {k: tuple(v) for k, v in meta["shapes"].items()}
-        model.chosen_arm_ = meta["chosen_arm"]
+        model.classes_ = [str(c) for c in meta["classes"]]
+        model.shapes_ = {k: tuple(int(d) for d in v) for k, v in meta["shapes"].items()}
+        model.chosen_arm_ = str(meta["chosen_arm"])
         model.guard_report_ = meta.get("guard_report", {})
-        n_members = int(meta.get("n_members", 1))
-        net = model._build(model.chosen_arm_)
-        if n_members > 1:
-            net = EnsembleNetwork([model._build(model.chosen_arm_) for _ in range(n_members)])
-        try:
-            state = torch.load(state_file, map_location="cpu", weights_only=True)
-            net.load_state_dict(state, strict=True)
-        except Exception as err:  # torch raises many types for damaged files
-            raise ScResidualError(
-                f"cannot read the weights in {state_file} ({type(err).__name__}); the file is "
-                "corrupted or from another model: refit and save again."
-            ) from err
-        model.network = net.eval()
         return model
+
+    def _network(self, n_members: int) -> ResidualNetwork | EnsembleNetwork:
+        """The chosen arm's network, or an ensemble of ``n_members`` of them."""
+        if n_members == 1:
+            return self._build(self.chosen_arm_)
+        return EnsembleNetwork([self._build(self.chosen_arm_) for _ in range(n_members)])

@@ -13,12 +13,25 @@ from anndata import AnnData
 
 from .._constants import MIN_GENE_OVERLAP, SPATIAL_KEY, pred_key, proba_classes_key, proba_key
 from .._errors import ScResidualError
-from .._io import atomic_path
-from .._validate import check_finite, check_obs_key, check_obsm_key, check_unique_obs_names
-from ..pp import PCAFeatures, neighbourhood_hops, parse_graph, spatial_graph_matrix
+from .._io import atomic_path, check_model_dir, recover
+from .._safe_load import check_spatial_setup, path_inside
+from .._validate import (
+    check_cells,
+    check_finite,
+    check_obs_key,
+    check_obsm_key,
+    check_unique_obs_names,
+)
+from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, spatial_graph_matrix
+from ..pp._features import read_pca
 from ._residual import ResidualModel, labelled_mask
 
 SETUP_FILE = "spatial_setup.json"
+SETUP_FORMAT = 2
+"""Format of ``spatial_setup.json``; 2 added neighbour rings, source rings and encoders."""
+
+ENCODER_SOLVERS = {"linear": "lbfgs", "hops": "adam"}
+"""Residual encoders of the spatial model and how each is fitted."""
 
 
 def _parse_spec(spec: str, kinds: Sequence[str], what: str) -> tuple[str, str | None]:
@@ -74,10 +87,18 @@ class SpatialRegionClassifier:
         Target-side inputs of the residual encoders, one encoder each: ``'pca'`` (PCA of
         log-normalised expression) or ``'obsm:KEY'`` (e.g. protein).
     graph
-        Spatial graph: ``'knn:K'``, ``'radius:R'``, ``'delaunay'`` or ``'none'`` (no spatial
-        residual; features enter an MLP).
+        Spatial graph: ``'delaunay'`` (default; edges longer than the 99th percentile
+        dropped), ``'knn:K'``, ``'radius:R'`` or ``'none'`` (no spatial residual).
     n_hops
-        Neighbourhood hops averaged by the graph encoder.
+        Neighbour rings read: a cell's own values and their means over the cells 1, 2, …
+        ``n_hops`` edges away (:func:`scresidual.pp.neighbourhood_rings`).
+    aggregate_sources
+        Also give the head each frozen source's ring means (parameter-free, so the source
+        stays frozen; a linear probe on them is CellCharter's neighbourhood aggregation).
+    encoder
+        Residual encoder: ``'linear'`` (default; the network is linear and fitted exactly,
+        each block's penalty by cross-validation) or ``'hops'`` (SIGN-style per-ring maps
+        and an MLP, trained with Adam and early stopping).
     library_key
         ``obs`` column naming each cell's slide: one graph per slide, no edges across.
     spatial_key
@@ -93,10 +114,15 @@ class SpatialRegionClassifier:
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     seed
         Random seed.
+    trust_pickle
+        (attribute) Let ``'scvi:'`` sources hold arbitrary Python objects (see
+        :meth:`ScviSource.load`); off by default, for folders from people you trust.
     **kwargs
         Passed to :class:`ResidualModel` (``guard``, ``max_epochs``, ``accelerator``, …).
 
     """
+
+    trust_pickle: bool = False
 
     def __init__(
         self,
@@ -105,8 +131,10 @@ class SpatialRegionClassifier:
         labels_key: str,
         sources: Sequence[str] = (),
         features: Sequence[str] = ("pca",),
-        graph: str = "knn:6",
-        n_hops: int = 2,
+        graph: str = "delaunay",
+        n_hops: int = 3,
+        aggregate_sources: bool = True,
+        encoder: str = "linear",
         library_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
@@ -119,6 +147,7 @@ class SpatialRegionClassifier:
         check_obs_key(adata, labels_key)
         if library_key is not None:
             check_obs_key(adata, library_key)
+        check_cells(adata, 2, "training")
         check_unique_obs_names(adata)
         sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
         features = [features] if isinstance(features, str) else list(features)
@@ -127,24 +156,37 @@ class SpatialRegionClassifier:
         for f in features:
             _parse_spec(f, ("pca", "obsm"), "features")
         parse_graph(graph)
+        if encoder not in ENCODER_SOLVERS:
+            raise ScResidualError(
+                f"unknown encoder {encoder!r}; use one of {', '.join(ENCODER_SOLVERS)}."
+            )
         self.setup = {
-            "labels_key": labels_key, "sources": list(sources), "features": features,
-            "graph": graph, "n_hops": int(n_hops), "library_key": library_key,
-            "spatial_key": spatial_key, "layer": layer, "n_comps": int(n_comps),
-            "min_gene_overlap": float(min_gene_overlap),
+            "format": SETUP_FORMAT, "labels_key": labels_key, "sources": list(sources),
+            "features": features, "graph": graph, "n_hops": int(n_hops),
+            "aggregate_sources": bool(aggregate_sources), "encoder": encoder,
+            "library_key": library_key, "spatial_key": spatial_key, "layer": layer,
+            "n_comps": int(n_comps), "min_gene_overlap": float(min_gene_overlap),
         }
         self.adata = adata
         self._pca: dict[int, PCAFeatures] = {}
         self._frozen: dict[int, object] = {}
-        graph_on = parse_graph(graph)[0] != "none"
-        residuals = {
-            f"features_{j}": ("hops", {"n_hops": int(n_hops)}) if graph_on else ("mlp", {})
-            for j in range(len(features))
-        }
         self.model = ResidualModel(
-            arm=arm, sources=[f"source_{i}" for i in range(len(sources))], residuals=residuals,
-            seed=seed, **kwargs,
+            arm=arm, sources=[f"source_{i}" for i in range(len(sources))],
+            residuals=self._residuals(), seed=seed, solver=ENCODER_SOLVERS[encoder], **kwargs,
         )
+
+    def _residuals(self) -> dict[str, tuple[str, dict]]:
+        """One residual encoder per feature view."""
+        encoder, graph_on = self.setup["encoder"], self._graph_on
+        if encoder == "hops":
+            spec = ("hops", {"n_hops": self.setup["n_hops"]}) if graph_on else ("mlp", {})
+        else:
+            spec = (encoder, {})
+        return {f"features_{j}": spec for j in range(len(self.setup["features"]))}
+
+    @property
+    def _graph_on(self) -> bool:
+        return parse_graph(self.setup["graph"])[0] != "none"
 
     # ------------------------------------------------------------------ views
     def _source(self, i: int, adata: AnnData) -> np.ndarray:
@@ -156,15 +198,19 @@ class SpatialRegionClassifier:
             if i not in self._frozen:
                 from ..sources._scvi import ScviSource
 
-                path = Path(value)
-                if not path.is_absolute() and getattr(self, "_model_dir", None):
-                    path = self._model_dir / path
                 self._frozen[i] = ScviSource.load(
-                    path, layer=self.setup["layer"], min_overlap=self._min_gene_overlap
+                    self._scvi_dir(value), layer=self.setup["layer"],
+                    min_overlap=self._min_gene_overlap, trust_pickle=self.trust_pickle,
                 )
             Z = _embed_in_chunks(self._frozen[i], adata, progress=self.model.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
         return Z.reshape(adata.n_obs, -1)
+
+    def _scvi_dir(self, value: str) -> Path:
+        """The folder of an ``'scvi:'`` source; a loaded model's must lie inside its folder."""
+        if getattr(self, "_model_dir", None):
+            return path_inside(self._model_dir, value, what=SETUP_FILE)
+        return Path(value)
 
     def _features(self, j: int, adata: AnnData) -> np.ndarray:
         kind, value = _parse_spec(self.setup["features"][j], ("pca", "obsm"), "features")
@@ -174,10 +220,7 @@ class SpatialRegionClassifier:
             check_finite(X, f"adata.obsm[{value!r}]")
             return X
         if j not in self._pca:
-            self._pca[j] = PCAFeatures.fit(
-                adata, n_comps=self.setup["n_comps"], layer=self.setup["layer"],
-                seed=self.model.config.seed,
-            )
+            raise ScResidualError("the model is not trained yet; call train() first.")
         return self._pca[j].transform(
             adata, layer=self.setup["layer"], min_overlap=self._min_gene_overlap
         )
@@ -187,13 +230,22 @@ class SpatialRegionClassifier:
         # Models saved before the option existed used the default.
         return self.setup.get("min_gene_overlap", MIN_GENE_OVERLAP)
 
+    def _fit_feature_maps(self) -> None:
+        """Fit the PCA of each ``'pca'`` feature view on the training slide(s), once."""
+        for j, spec in enumerate(self.setup["features"]):
+            if spec == "pca" and j not in self._pca:
+                self._pca[j] = PCAFeatures.fit(
+                    self.adata, n_comps=self.setup["n_comps"], layer=self.setup["layer"],
+                    seed=self.model.config.seed,
+                )
+
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
-        """The model's inputs for ``adata``: source embeddings and (graph-averaged) features."""
+        """The model's inputs for ``adata``: source embeddings and features, with ring means."""
+        check_cells(adata, 1, "labelling")
         check_unique_obs_names(adata)
         out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}
-        graph_on = parse_graph(self.setup["graph"])[0] != "none"
         conn = None
-        if graph_on:
+        if self._graph_on:
             library_key = self.setup["library_key"]
             if library_key is not None and library_key not in adata.obs:
                 library_key = None  # a single new slide without the slide column
@@ -201,10 +253,14 @@ class SpatialRegionClassifier:
                 adata, self.setup["graph"], spatial_key=self.setup["spatial_key"],
                 library_key=library_key,
             )
+        rings = self.setup["n_hops"]
+        if conn is not None and self.setup["aggregate_sources"]:
+            for name, Z in out.items():
+                out[name] = neighbourhood_rings(Z, conn, rings).reshape(adata.n_obs, -1)
         for j in range(len(self.setup["features"])):
             X = self._features(j, adata)
             if conn is not None:
-                X = neighbourhood_hops(X, conn, self.setup["n_hops"]).reshape(adata.n_obs, -1)
+                X = neighbourhood_rings(X, conn, rings).reshape(adata.n_obs, -1)
             out[f"features_{j}"] = X
         return out
 
@@ -223,6 +279,7 @@ class SpatialRegionClassifier:
             raise ScResidualError(
                 f"obs[{self.setup['labels_key']!r}] has no labels; label some cells first."
             )
+        self._fit_feature_maps()
         self.model.fit(self.views(self.adata), y)
         return self
 
@@ -230,6 +287,16 @@ class SpatialRegionClassifier:
     def classes_(self) -> list[str]:
         """Region names, in the column order of the probabilities."""
         return self.model.classes_
+
+    @property
+    def chosen_arm_(self) -> str | None:
+        """The arm the guard kept (``refine`` unless a fallback validated better)."""
+        return self.model.chosen_arm_
+
+    @property
+    def guard_report_(self) -> dict[str, dict]:
+        """Per arm: validation loss and macro-F1, and what was chosen on validation."""
+        return self.model.guard_report_
 
     def predict_proba(self, adata: AnnData | None = None) -> pd.DataFrame:
         """Class probabilities per cell (a DataFrame; ``adata`` is not modified)."""
@@ -282,8 +349,7 @@ class SpatialRegionClassifier:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save the model, its feature maps and copies of its scvi sources, atomically."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise ScResidualError(f"{path} exists; pass overwrite=True or choose another path.")
+        check_model_dir(path, overwrite=overwrite, flag="overwrite=True")
         setup = dict(self.setup)
         with atomic_path(path) as tmp:
             tmp.mkdir()
@@ -292,7 +358,7 @@ class SpatialRegionClassifier:
             for i, spec in enumerate(self.setup["sources"]):
                 kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
                 if kind == "scvi":
-                    src = self._frozen[i].model_dir if i in self._frozen else Path(value)
+                    src = self._frozen[i].model_dir if i in self._frozen else self._scvi_dir(value)
                     shutil.copytree(src, tmp / "sources" / f"source_{i}")
                     spec = f"scvi:sources/source_{i}"
                 setup["sources"].append(spec)
@@ -301,9 +367,16 @@ class SpatialRegionClassifier:
             (tmp / SETUP_FILE).write_text(json.dumps(setup, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, *, progress: bool = True) -> SpatialRegionClassifier:
-        """Load a model written by :meth:`save`."""
+    def load(
+        cls, path: str | Path, *, progress: bool = True, trust_pickle: bool = False
+    ) -> SpatialRegionClassifier:
+        """Load a model written by :meth:`save`.
+
+        Nothing in the folder is run as code; ``trust_pickle=True`` lets its scvi sources
+        hold arbitrary Python objects (see :meth:`ScviSource.load`): only for trusted folders.
+        """
         path = Path(path)
+        recover(path)
         if not (path / SETUP_FILE).is_file():
             raise ScResidualError(
                 f"{path} is not a saved SpatialRegionClassifier (no {SETUP_FILE}); pass the "
@@ -313,18 +386,30 @@ class SpatialRegionClassifier:
             setup = json.loads((path / SETUP_FILE).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ScResidualError(f"{path / SETUP_FILE} is corrupted; refit the model.") from err
+        if not isinstance(setup, dict) or setup.get("format") != SETUP_FORMAT:
+            found = setup.get("format", 1) if isinstance(setup, dict) else "unknown"
+            raise ScResidualError(
+                f"{path} holds a spatial model in format {found}; this version reads format "
+                f"{SETUP_FORMAT}: refit it with `scresidual fit` (or install the version that "
+                "wrote it)."
+            )
         self = cls.__new__(cls)
-        self.setup, self.adata, self._frozen = setup, None, {}
+        self.adata, self._frozen, self.trust_pickle = None, {}, trust_pickle
         self._model_dir = path
         self.model = ResidualModel.load(path, progress=progress)
+        self.setup = check_spatial_setup(
+            setup, path / SETUP_FILE, n_sources=len(self.model.config.sources),
+            n_features=len(self.model.config.residuals),
+        )
+        if setup["encoder"] not in ENCODER_SOLVERS:
+            raise ScResidualError(
+                f"{path / SETUP_FILE} names an unknown encoder; the model folder is damaged: "
+                "refit the model."
+            )
         self._pca = {}
         for j, spec in enumerate(setup["features"]):
             if spec == "pca":
-                file = path / f"features_{j}_pca.npz"
-                if not file.is_file():
-                    raise ScResidualError(f"{file} is missing; the model directory is incomplete.")
-                with np.load(file, allow_pickle=False) as d:
-                    self._pca[j] = PCAFeatures.from_dict(d)
+                self._pca[j] = read_pca(path / f"features_{j}_pca.npz")
         return self
 
     def __repr__(self) -> str:

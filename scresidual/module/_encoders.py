@@ -46,11 +46,27 @@ class MLPEncoder(nn.Module):
         return self.net(x.flatten(1))
 
 
+class LinearEncoder(nn.Module):
+    """The identity on flattened (standardised) inputs: ``h`` is then linear.
+
+    With it the residual branch is the head's residual block itself, ``W_h x``: REFINE's
+    network is linear in ``[f(x), x]`` and :class:`scresidual.model.ResidualModel` can fit
+    it convexly (``solver="lbfgs"``), each block's penalty chosen by cross-validation.
+    """
+
+    def __init__(self, n_in: int):
+        super().__init__()
+        self.n_out = n_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
 class HopEncoder(nn.Module):
     """Spatial-graph encoder over precomputed neighbourhood hops (SIGN, Rossi et al. 2020).
 
     The input is ``(n, n_hops + 1, d)``: a cell's own features, then their means over 1, 2, …
-    hops of the spatial graph (:func:`scresidual.pp.neighbourhood_features`). Each hop gets its
+    rings of the spatial graph (:func:`scresidual.pp.neighbourhood_rings`). Each hop gets its
     own linear map, the results are concatenated and passed through an MLP. Because the graph
     aggregation is precomputed once with a sparse product, training and inference run in
     mini-batches of independent cells with memory bounded by the batch, on any slide size.
@@ -117,6 +133,7 @@ class CNNEncoder(nn.Module):
 
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "linear": LinearEncoder,
     "mlp": MLPEncoder,
     "hops": HopEncoder,
     "cnn": CNNEncoder,

@@ -3,9 +3,8 @@
 from ._features import PCAFeatures, pca_features
 from ._graph import (
     neighbourhood_features,
-    neighbourhood_hops,
+    neighbourhood_rings,
     parse_graph,
-    row_normalised,
     spatial_graph,
     spatial_graph_matrix,
 )
@@ -13,10 +12,9 @@ from ._graph import (
 __all__ = [
     "PCAFeatures",
     "neighbourhood_features",
-    "neighbourhood_hops",
+    "neighbourhood_rings",
     "parse_graph",
     "pca_features",
-    "row_normalised",
     "spatial_graph",
     "spatial_graph_matrix",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -10,18 +11,34 @@ from anndata import AnnData
 
 from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
-from .._validate import check_finite
+from .._validate import check_cells, check_finite
 from ..sources._genes import iter_aligned_genes, iter_row_blocks
 
 
 def _is_counts(X) -> bool:
+    """Whether ``X`` holds counts; counts with some negative values are refused, not guessed."""
     vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
     sample = vals[: 100_000]
-    return bool(sample.size == 0 or (sample.min() >= 0 and np.allclose(sample, np.round(sample))))
+    if sample.size == 0:
+        return True
+    whole = np.isclose(sample, np.round(sample))
+    if sample.min() >= 0:
+        return bool(whole.all())
+    if whole.mean() > 0.9:  # scaled data is almost never whole numbers
+        _refuse_negative_counts(int((vals < 0).sum()), "looks like counts but")
+    return False
+
+
+def _refuse_negative_counts(n_neg: int, what: str) -> None:
+    raise ScResidualError(
+        f"the expression matrix {what} has {n_neg} negative value(s); PCA features need "
+        "non-negative counts: fix those values or pass the raw counts (--layer / layer=)."
+    )
 
 
 def _lognorm(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
-    totals = np.asarray(X.sum(1)).ravel()
+    # Totals in float64: float32 row sums of very large counts overflow to inf.
+    totals = np.asarray(X.astype(np.float64).sum(1)).ravel()
     totals[totals == 0] = 1.0
     Y = sp.diags((target_sum / totals).astype(np.float32)).dot(X).tocsr()
     Y.data = np.log1p(Y.data)
@@ -59,8 +76,7 @@ class PCAFeatures:
         ``X`` is read ``chunk_size`` rows at a time, so ``adata`` may be opened backed; only
         the sampled rows are kept in memory.
         """
-        if adata.n_obs == 0:
-            raise ScResidualError("adata has no cells; PCA features need at least 2 cells.")
+        check_cells(adata, 2, "fitting PCA features")
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(adata.n_obs, max_cells, replace=False)) if (
             adata.n_obs > max_cells
@@ -71,6 +87,8 @@ class PCAFeatures:
             check_finite(block, "the expression matrix")
             if lognorm is None:
                 lognorm = _is_counts(block)
+            elif lognorm and block.nnz and block.data.min() < 0:
+                _refuse_negative_counts(int((block.data < 0).sum()), "holds counts but")
             lo, hi = np.searchsorted(rows, [start, start + block.shape[0]])
             sample.append(block[rows[lo:hi] - start])
         X = sp.vstack(sample, format="csr") if len(sample) > 1 else sample[0]
@@ -120,6 +138,10 @@ class PCAFeatures:
         )
         for start, block in blocks:
             check_finite(block, "the expression matrix")
+            if self.lognorm and block.nnz and block.data.min() < 0:
+                _refuse_negative_counts(
+                    int((block.data < 0).sum()), "of the slide (the model was fitted on counts)"
+                )
             # Normalise by totals over the model's genes, the same at fit and transform time.
             block = _lognorm(block) if self.lognorm else block
             out[start : start + block.shape[0]] = block @ self.components.T - offset
@@ -156,3 +178,20 @@ def pca_features(
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = Z
     return adata if copy else None
+
+
+def read_pca(file: Path) -> PCAFeatures:
+    """A :class:`PCAFeatures` saved with ``np.savez(file, **pca.to_dict())`` (no pickle)."""
+    if not file.is_file():
+        raise ScResidualError(f"{file} is missing; the model directory is incomplete: refit it.")
+    try:
+        with np.load(file, allow_pickle=False) as d:
+            pca = PCAFeatures.from_dict(d)
+    except Exception as err:  # truncated zips and missing arrays raise many types
+        raise ScResidualError(
+            f"cannot read {file} ({type(err).__name__}); the file is corrupted: refit the model."
+        ) from err
+    n_genes = len(pca.genes)
+    if pca.components.ndim != 2 or pca.components.shape[1] != n_genes or len(pca.mean) != n_genes:
+        raise ScResidualError(f"{file} holds arrays of mismatched sizes; refit the model.")
+    return pca

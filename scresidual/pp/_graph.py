@@ -14,11 +14,14 @@ from anndata import AnnData
 from .._constants import CONNECTIVITIES_KEY, DISTANCES_KEY, SPATIAL_KEY
 from .._errors import ScResidualError
 from .._logging import quiet_loggers
-from .._validate import check_obs_key, check_spatial
+from .._validate import check_library_ids, check_spatial
 
 logger = logging.getLogger("scresidual")
 
 GRAPH_SPECS = "'knn:K', 'radius:R', 'delaunay' or 'none'"
+
+LONG_LINK_PERCENTILE = 99.0
+"""Delaunay edges longer than this percentile of all edge lengths are dropped."""
 
 
 def parse_graph(spec: str | None) -> tuple[str, float | None]:
@@ -37,6 +40,32 @@ def parse_graph(spec: str | None) -> tuple[str, float | None]:
     if method == "knn" and (value < 1 or value != int(value)):
         raise ScResidualError(f"knn needs a positive integer neighbour count, got {value}.")
     return method, value
+
+
+def graph_coordinates(xy: np.ndarray, method: str, slides) -> np.ndarray:
+    """The coordinates the graph is built on: x, y and (if it varies) z.
+
+    k-NN and radius graphs use 3-D distances, so cells of different z-planes are not taken
+    for neighbours; a Delaunay triangulation is 2-D only and is refused for varying z. Each
+    slide must also span a plane for Delaunay (qhull fails on a line or a point).
+    """
+    if xy.shape[1] > 2 and np.ptp(xy[:, 2:], axis=0).max(initial=0) == 0:
+        xy = xy[:, :2]  # a constant z adds nothing
+    if method != "delaunay":
+        return xy
+    if xy.shape[1] > 2:
+        raise ScResidualError(
+            "the coordinates are 3-D (z varies) but a Delaunay graph is 2-D; use --graph "
+            "knn:K or radius:R, which use all three coordinates."
+        )
+    groups = [xy] if slides is None else [xy[slides == s] for s in slides.categories]
+    for g in groups:
+        if len(g) >= 3 and np.linalg.matrix_rank(g - g.mean(0)) < 2:
+            raise ScResidualError(
+                "all cells of a slide lie on one line or at one point, so no Delaunay graph "
+                "exists; check the coordinates or use --graph knn:K."
+            )
+    return xy
 
 
 def spatial_graph_matrix(
@@ -65,8 +94,9 @@ def spatial_graph_matrix(
         raise ScResidualError("adata has no cells; a spatial graph needs at least 1 cell.")
     slides = None
     if library_key is not None:
-        check_obs_key(adata, library_key)
+        check_library_ids(adata, library_key)
         slides = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
+    xy = graph_coordinates(xy, method, slides)
     # A cell alone on its slide (or a one-cell AnnData) has no neighbours: it stays isolated
     # and the mean aggregation averages it over itself only (self loop).
     if slides is not None:
@@ -85,7 +115,7 @@ def spatial_graph_matrix(
     obs = pd.DataFrame(index=pd.RangeIndex(len(keep)).astype(str))
     if slides is not None:
         obs[library_key] = slides[keep].remove_unused_categories()
-    shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[keep, :2]})
+    shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[keep]})
     kwargs: dict = {"coord_type": "generic", "library_key": library_key}
     if method == "knn":
         n_max = int(obs[library_key].value_counts().min()) if library_key else len(keep)
@@ -93,15 +123,18 @@ def spatial_graph_matrix(
     elif method == "radius":
         kwargs["radius"] = value
     else:
-        kwargs["delaunay"] = True
+        # Triangles across gaps and along the hull make edges much longer than a cell's
+        # real neighbours; drop the longest 1% (CellCharter's remove_long_links does the same).
+        kwargs["delaunay"], kwargs["percentile"] = True, LONG_LINK_PERCENTILE
     try:
         loggers = ("spatialdata", "spatialdata._logging", "squidpy")  # the 2nd has its own level
         with warnings.catch_warnings(), quiet_loggers(*loggers):
             warnings.simplefilter("ignore", FutureWarning)  # renamed in squidpy 1.9
             sq.gr.spatial_neighbors(shell, **kwargs)
-    except Exception as err:  # qhull/sklearn errors on degenerate layouts
+    except Exception as err:  # qhull/sklearn errors on degenerate layouts (many-line dumps)
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
         raise ScResidualError(
-            f"could not build a {graph} graph ({type(err).__name__}: {err}); check that the "
+            f"could not build a {graph} graph ({type(err).__name__}: {first}); check that the "
             "coordinates are not all on one line or duplicated, or use 'knn:K'."
         ) from err
     conn = shell.obsp[CONNECTIVITIES_KEY].tocsr()
@@ -150,25 +183,15 @@ def spatial_graph(
     return adata if copy else None
 
 
-def row_normalised(conn: sp.spmatrix, *, self_loops: bool = True) -> sp.csr_matrix:
-    """Mean-aggregation operator: row-normalised adjacency, with self loops by default.
+def neighbourhood_rings(X: np.ndarray, conn: sp.spmatrix, n_rings: int = 3) -> np.ndarray:
+    """Stack a cell's own features and their means over its 1st, 2nd, … neighbour *rings*.
 
-    Isolated cells (no neighbours) then average over themselves only.
-    """
-    A = sp.csr_matrix(conn, dtype=np.float32, copy=True)
-    A.data[:] = 1.0
-    if self_loops:
-        A = A + sp.identity(A.shape[0], dtype=np.float32, format="csr")
-    deg = np.asarray(A.sum(1)).ravel()
-    deg[deg == 0] = 1.0
-    return sp.diags(1.0 / deg).dot(A).tocsr().astype(np.float32)
-
-
-def neighbourhood_hops(X: np.ndarray, conn: sp.spmatrix, n_hops: int = 2) -> np.ndarray:
-    """Stack ``[X, ÂX, Â²X, …]`` along a new axis: shape ``(n, n_hops + 1, d)``.
-
-    Each hop is one sparse product (time and memory linear in the number of edges); nothing
-    of size n×n is ever formed densely.
+    Ring ``k`` holds the cells exactly ``k`` edges away on the spatial graph (as in
+    CellCharter's neighbourhood layers), so each layer adds information the previous ones do
+    not already hold; powers of the averaging operator (``Â^k X``) instead blur towards the
+    inner layers. Returns ``(n, n_rings + 1, …)``. Each ring is a few sparse products (time
+    and memory linear in the number of ring members); nothing of size n×n is formed densely.
+    A cell with an empty ring (isolated, or at a small slide's edge) gets the previous layer.
     """
     X = np.asarray(X, dtype=np.float32)
     if conn.shape != (len(X), len(X)):
@@ -176,13 +199,24 @@ def neighbourhood_hops(X: np.ndarray, conn: sp.spmatrix, n_hops: int = 2) -> np.
             f"the graph has shape {conn.shape} but there are {len(X)} cells; rebuild the graph "
             "on the same AnnData."
         )
-    A = row_normalised(conn)
+    adj = sp.csr_matrix(conn, dtype=bool)
+    adj.setdiag(False)
+    adj.eliminate_zeros()
     X2 = X.reshape(len(X), -1)
-    out = np.empty((len(X), n_hops + 1, X2.shape[1]), dtype=np.float32)
+    out = np.empty((len(X), n_rings + 1, X2.shape[1]), dtype=np.float32)
     out[:, 0] = X2
-    for h in range(1, n_hops + 1):
-        out[:, h] = A @ out[:, h - 1]
-    return out.reshape((len(X), n_hops + 1, *X.shape[1:]))
+    visited = (adj + sp.identity(len(X), dtype=bool, format="csr")).astype(bool)
+    ring = adj
+    for k in range(1, n_rings + 1):
+        if k > 1:
+            reach = (ring.astype(np.float32) @ adj.astype(np.float32)).astype(bool)
+            ring = (reach > visited).tocsr()  # reached now, never before
+            ring.eliminate_zeros()
+            visited = visited + ring
+        size = np.asarray(ring.sum(1)).ravel()
+        mean = sp.diags(1.0 / np.maximum(size, 1)).dot(ring.astype(np.float32)) @ X2
+        out[:, k] = np.where(size[:, None] > 0, mean, out[:, k - 1])
+    return out.reshape((len(X), n_rings + 1, *X.shape[1:]))
 
 
 def neighbourhood_features(
@@ -194,10 +228,10 @@ def neighbourhood_features(
     key_added: str = "X_hops",
     copy: bool = False,
 ) -> AnnData | None:
-    """Average ``obsm[use_rep]`` over 1…``n_hops`` hops of the spatial graph.
+    """Average ``obsm[use_rep]`` over 1…``n_hops`` neighbour rings of the spatial graph.
 
     Writes ``obsm[key_added]`` of shape ``(n_obs, (n_hops + 1) * d)`` (own features first),
-    the input of the spatial graph encoder and of the neighbourhood-averaging baseline.
+    the input of the spatial residual encoders (see :func:`neighbourhood_rings`).
     """
     from .._validate import check_obsm_key
 
@@ -206,7 +240,7 @@ def neighbourhood_features(
         raise ScResidualError(
             f"no graph in adata.obsp[{connectivity_key!r}]; run scresidual.pp.spatial_graph first."
         )
-    H = neighbourhood_hops(np.asarray(adata.obsm[use_rep]), adata.obsp[connectivity_key], n_hops)
+    H = neighbourhood_rings(np.asarray(adata.obsm[use_rep]), adata.obsp[connectivity_key], n_hops)
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = H.reshape(adata.n_obs, -1)
     return adata if copy else None

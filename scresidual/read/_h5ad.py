@@ -49,6 +49,17 @@ def _probe(path) -> None:
         )
 
 
+def _caused_by(err: BaseException, kind: type) -> bool:
+    """Whether ``err`` or an exception it was raised from is a ``kind``."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _check_x_finite(adata: AnnData) -> None:
     """Check ``X`` for NaN/inf; in backed mode read it in row chunks."""
     X = adata.X
@@ -106,6 +117,11 @@ def h5ad(
     try:
         adata = ad.read_h5ad(p, backed=backed)
     except Exception as err:  # truncated datasets surface only on read
+        if _caused_by(err, UnicodeDecodeError):
+            raise ScResidualError(
+                f"{p} holds text that is not UTF-8 (in obs, var or their names); re-encode "
+                "those strings as UTF-8 and write the file again."
+            ) from err
         raise ScResidualError(
             f"could not read {p}: truncated, corrupt or not written by anndata "
             f"({type(err).__name__}); re-copy or re-write it."

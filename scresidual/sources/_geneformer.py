@@ -11,7 +11,6 @@ or ``pytorch_model.bin``, usually ``BertForMaskedLM``). Cells are tokenised as G
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,17 +53,16 @@ def _import_transformers():
 
 
 def _read_pickle_dict(path: Path, what: str) -> dict:
+    """A pickled dictionary of plain values; pickles holding any other object are refused."""
+    from .._safe_load import read_plain_pickle
+
     if not path.is_file():
         raise ScResidualError(
             f"Geneformer {what} {path} does not exist; pass the .pkl file shipped with the model."
         )
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ScResidualError(
-            f"cannot read the Geneformer {what} {path} ({type(err).__name__}); re-download it."
-        ) from err
+    data = read_plain_pickle(
+        path, what=f"Geneformer {what}", fix="pass the .pkl file shipped with the model"
+    )
     if not isinstance(data, Mapping) or not data:
         raise ScResidualError(
             f"the Geneformer {what} {path} is not a non-empty dictionary; pass the right .pkl file."
@@ -73,17 +71,14 @@ def _read_pickle_dict(path: Path, what: str) -> dict:
 
 
 def _find_dictionary(model_dir: Path, pattern: str, what: str, argument: str) -> Path:
-    """The single ``pattern`` file next to the model (the folder, its parent, ``../geneformer``)."""
-    found: list[Path] = []
-    for folder in (model_dir, model_dir.parent, model_dir.parent / "geneformer"):
-        if folder.is_dir():
-            found += sorted(folder.glob(pattern))
-    found = list(dict.fromkeys(p.resolve() for p in found))
+    """The single ``pattern`` file in the model folder (never a folder around it)."""
+    found = sorted(p for p in model_dir.glob(pattern) if p.is_file())
     if len(found) != 1:
         where = "found none" if not found else f"found {len(found)}: {', '.join(map(str, found))}"
         raise ScResidualError(
-            f"cannot choose the Geneformer {what} ({where}); pass {argument}= the .pkl file "
-            "matching the model (e.g. token_dictionary_gc104M.pkl for the 4096-input V2 models)."
+            f"cannot choose the Geneformer {what} in {model_dir} ({where}); pass {argument}= the "
+            ".pkl file matching the model (e.g. token_dictionary_gc104M.pkl for the 4096-input "
+            "V2 models)."
         )
     return found[0]
 
@@ -207,7 +202,8 @@ class GeneformerSource(FrozenSource):
         token_dictionary
             Path to (or the loaded) pickled token dictionary (``token_dictionary_gc104M.pkl``
             for V2 models, ``token_dictionary_gc30M.pkl`` for V1). Default: the single
-            ``token_dictionary*.pkl`` in ``model_dir``, its parent or ``../geneformer``.
+            ``token_dictionary*.pkl`` in ``model_dir`` (folders around it are not searched).
+            Pickles are read as plain data: one holding any other object is refused.
         gene_median_dictionary
             Path to (or the loaded) pickled gene median dictionary; found like
             ``token_dictionary`` (``gene_median_dictionary*.pkl``) when not given.

@@ -19,6 +19,9 @@ MIN_VOCAB_OVERLAP = 0.1
 """Default smallest fraction of the query's genes found in a foundation model's vocabulary
 (scGPT, Geneformer): a different quantity, as their vocabularies dwarf any one data set."""
 
+WARN_GENE_OVERLAP = 0.9
+"""Below this fraction of the model's genes present, zero-filling is logged as a WARNING."""
+
 
 def gene_overlap(query_genes: Sequence[str], model_genes: Sequence[str]) -> float:
     """Fraction of ``model_genes`` found in ``query_genes``."""
@@ -60,12 +63,20 @@ def _match(adata, model_genes, min_overlap, model_name):
         adata.var_names, model_genes, min_overlap=min_overlap, model_name=model_name
     )
     present = position >= 0
+    frac = float(present.mean())
     # Logged only once the overlap is known to be usable (never "zero-filled", then an error).
-    logger.log(
-        logging.DEBUG if present.all() else logging.INFO,
-        "%s: %d of %d model genes found in the query (%.1f%%); missing genes are zero-filled.",
-        model_name, int(present.sum()), len(present), 100 * present.mean(),
-    )
+    if frac < WARN_GENE_OVERLAP:  # a WARNING: shown even with --quiet
+        logger.warning(
+            "only %.0f%% (%d/%d) of the %s's genes are in the slide; missing genes are "
+            "zero-filled, which can change predictions a lot: use a slide measuring the "
+            "model's genes.", 100 * frac, int(present.sum()), len(present), model_name,
+        )
+    else:
+        logger.log(
+            logging.INFO if frac < 1 else logging.DEBUG,
+            "%s: %d of %d model genes found in the query (%.1f%%); missing genes are "
+            "zero-filled.", model_name, int(present.sum()), len(present), 100 * frac,
+        )
     return position, present
 
 

@@ -16,8 +16,12 @@ from ._genes import MIN_GENE_OVERLAP, align_genes
 logger = logging.getLogger("scresidual")
 
 
-def _read_attributes(model_dir: Path) -> dict:
-    import torch
+FIX = "re-save the model with scvi-tools >= 1.0 or download it again"
+
+
+def _read_attributes(model_dir: Path, trust_pickle: bool) -> dict:
+    """The ``attr_dict`` of ``model.pt``, read as data (nothing in the file is run)."""
+    from .._safe_load import torch_load_data
 
     path = model_dir / "model.pt"
     if not path.is_file():
@@ -25,14 +29,11 @@ def _read_attributes(model_dir: Path) -> dict:
             f"{model_dir} is not an scvi-tools model directory (no model.pt); pass the folder "
             "written by model.save() or an scvi-hub download."
         )
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        return saved["attr_dict"]
-    except Exception as err:  # truncated pickles raise many types
-        raise ScResidualError(
-            f"cannot read {path} ({type(err).__name__}); the file is corrupted or not saved "
-            "by scvi-tools >= 1.0: re-save the model."
-        ) from err
+    saved = torch_load_data(path, trust_pickle=trust_pickle, fix=FIX)
+    attrs = saved.get("attr_dict") if isinstance(saved, dict) else None
+    if not isinstance(attrs, dict) or not isinstance(attrs.get("registry_"), dict):
+        raise ScResidualError(f"{path} has no scvi-tools model attributes; {FIX}.")
+    return attrs
 
 
 class ScviSource(FrozenSource):
@@ -46,9 +47,13 @@ class ScviSource(FrozenSource):
 
     name = "scvi-tools model"
 
-    def __init__(self, model, model_dir: Path, *, layer: str | None, batch, min_overlap: float):
+    def __init__(
+        self, model, model_dir: Path, *, layer: str | None, batch, min_overlap: float,
+        trust_pickle: bool = False,
+    ):
         self.model, self.model_dir = model, model_dir
         self.layer, self.batch, self.min_overlap = layer, batch, min_overlap
+        self.trust_pickle = trust_pickle
 
     @classmethod
     def load(
@@ -58,6 +63,7 @@ class ScviSource(FrozenSource):
         layer: str | None = None,
         batch: str | None = None,
         min_overlap: float = MIN_GENE_OVERLAP,
+        trust_pickle: bool = False,
     ) -> ScviSource:
         """Load a saved scvi-tools model directory.
 
@@ -71,12 +77,16 @@ class ScviSource(FrozenSource):
             Reference batch to assign query cells to, for models trained with ``batch_key``.
         min_overlap
             Smallest fraction of model genes that must be in the query.
+        trust_pickle
+            ``model.pt`` is read as data only (tensors, numpy arrays, pandas frames); a file
+            holding other Python objects is refused, since loading them could run code. Pass
+            ``True`` only for a file from someone you trust.
 
         """
         import scvi
 
         model_dir = Path(model_dir)
-        attrs = _read_attributes(model_dir)
+        attrs = _read_attributes(model_dir, trust_pickle)
         registry = attrs["registry_"]
         model_cls = getattr(scvi.model, registry.get("model_name", "SCVI"), None)
         if model_cls is None:
@@ -84,13 +94,23 @@ class ScviSource(FrozenSource):
                 f"{model_dir} holds an {registry.get('model_name')} model, which this version of "
                 "scvi-tools does not provide; upgrade scvi-tools."
             )
-        src = cls(None, model_dir, layer=layer, batch=batch, min_overlap=min_overlap)
-        src.registry, src.model_cls = registry, model_cls
-        params = attrs.get("init_params_", {})
-        src._n_latent = int(
-            params.get("non_kwargs", {}).get("n_latent") or params.get("n_latent") or 10
+        src = cls(
+            None, model_dir, layer=layer, batch=batch, min_overlap=min_overlap,
+            trust_pickle=trust_pickle,
         )
-        src.genes = np.asarray(registry["field_registries"]["X"]["state_registry"]["column_names"])
+        src.registry, src.model_cls = registry, model_cls
+        try:
+            params = attrs.get("init_params_", {})
+            src._n_latent = int(
+                params.get("non_kwargs", {}).get("n_latent") or params.get("n_latent") or 10
+            )
+            src.genes = np.asarray(
+                registry["field_registries"]["X"]["state_registry"]["column_names"]
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ScResidualError(
+                f"{model_dir / 'model.pt'} lacks the scvi-tools gene registry ({err!r}); {FIX}."
+            ) from err
         return src
 
     def _query(self, adata: AnnData) -> AnnData:
@@ -139,12 +159,17 @@ class ScviSource(FrozenSource):
 
     def embed(self, adata: AnnData, *, batch_size: int = 1024, progress: bool = True) -> np.ndarray:
         """Posterior mean of the latent variable for every cell (the model is never trained)."""
+        from scvi.model.base import _save_load
+
         from .._logging import quiet_loggers
+        from .._safe_load import data_only_torch_load
         from ..train import quiet_lightning
 
         q = self._query(adata)
         # scvi-tools logs "File … already downloaded" for every local load: not news here.
-        with quiet_lightning(), quiet_loggers("scvi"):
+        # Its loader unpickles model.pt in full: make it build data only, as load() did.
+        safe = data_only_torch_load(_save_load, trust_pickle=self.trust_pickle, fix=FIX)
+        with quiet_lightning(), quiet_loggers("scvi"), safe:
             model = self.model_cls.load(str(self.model_dir), adata=q, accelerator="cpu")
             model.module.eval()
             for p in model.module.parameters():
@@ -190,6 +215,7 @@ def pretrain_scvi(
             max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=progress,
             early_stopping=True, batch_size=256,
         )
-    with atomic_path(model_dir) as tmp:
+    # Replaces an earlier scvi model folder (model.pt), never any other folder.
+    with atomic_path(model_dir, replace_dir=lambda p: (p / "model.pt").is_file()) as tmp:
         model.save(str(tmp), overwrite=True)
     return ScviSource.load(model_dir)

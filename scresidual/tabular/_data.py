@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._download import fetch, locate
+from .._download import fetch, locate, warn_if_modified
 from .._errors import ScResidualError
 
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/"
@@ -33,7 +33,9 @@ GERMAN_CATEGORICAL = tuple(c for c in GERMAN_COLUMNS if c not in GERMAN_NUMERIC)
 
 def _find(root, name: str, sha256: str, url: str, download) -> Path:
     path = locate(root, (name,), ("tabular",))
-    if path is None and download is not None:
+    if path is not None:
+        return warn_if_modified(path, sha256)
+    if download is not None:
         path = fetch(url, Path(download) / name, sha256)
     if path is None:
         raise ScResidualError(f"no {name} in {root}; put the UCI file there or pass download=.")

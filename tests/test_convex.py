@@ -1,0 +1,107 @@
+"""The exact (``solver="lbfgs"``) fit of REFINE's linear network."""
+
+import numpy as np
+import pytest
+
+from scresidual import ScResidualError
+from scresidual.model import ResidualModel
+from scresidual.model._convex import fit_block, scorable_rows, temperature
+
+LINEAR = {"residuals": {"feat": ("linear", {})}, "solver": "lbfgs", "progress": False}
+
+
+def _split(y, frac, seed=0):
+    labelled = np.random.default_rng(seed).random(len(y)) < frac
+    return np.where(labelled, y, None), labelled
+
+
+def _acc(model, views, y, mask):
+    return (model.predict(views)[~mask] == y[~mask]).mean()
+
+
+def test_refine_with_an_informative_source_beats_scratch(toy_views):
+    y_train, mask = _split(toy_views["y"], 0.1)
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    refine = ResidualModel(arm="refine", sources=["src"], **LINEAR).fit(views, y_train)
+    scratch = ResidualModel(arm="scratch", sources=["src"], **LINEAR).fit(views, y_train)
+    y = toy_views["y"]
+    assert _acc(refine, views, y, mask) > _acc(scratch, views, y, mask) + 0.1
+    assert refine.guard_report_["refine"]["source_share"] > 0
+
+
+def test_a_useless_source_gets_little_or_no_share(toy_views):
+    y_train, mask = _split(toy_views["y"], 0.2)
+    views = {"src": toy_views["useless"], "feat": toy_views["feats"]}
+    refine = ResidualModel(arm="refine", sources=["src"], **LINEAR).fit(views, y_train)
+    scratch = ResidualModel(arm="scratch", sources=["src"], **LINEAR).fit(views, y_train)
+    y = toy_views["y"]
+    assert refine.guard_report_["refine"]["source_share"] <= 0.25
+    assert _acc(refine, views, y, mask) >= _acc(scratch, views, y, mask) - 0.02
+
+
+def test_guard_report_and_refit_are_reproducible(toy_views):
+    y_train, _ = _split(toy_views["y"], 0.2)
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    a = ResidualModel(arm="refine", sources=["src"], seed=3, **LINEAR).fit(views, y_train)
+    b = ResidualModel(arm="refine", sources=["src"], seed=3, **LINEAR).fit(views, y_train)
+    np.testing.assert_array_equal(a.predict_proba(views), b.predict_proba(views))
+    assert set(a.guard_report_) == {"linear-probe", "scratch", "refine"}
+    for arm in ("linear-probe", "scratch"):
+        assert a.guard_report_[arm]["C"] in a.guard_report_[arm]["cv_loss"]
+
+
+def test_linear_refine_saves_and_loads(toy_views, tmp_path):
+    y_train, _ = _split(toy_views["y"], 0.2)
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    model = ResidualModel(arm="refine", sources=["src"], **LINEAR).fit(views, y_train)
+    model.save(tmp_path / "m")
+    again = ResidualModel.load(tmp_path / "m", progress=False)
+    np.testing.assert_allclose(again.predict_proba(views), model.predict_proba(views), atol=1e-6)
+
+
+def test_lbfgs_refuses_nonlinear_parts(toy_views):
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    y_train, _ = _split(toy_views["y"], 0.2)
+    with pytest.raises(ScResidualError, match="solver='adam'"):
+        ResidualModel(arm="refine", sources=["src"], residuals={"feat": ("mlp", {})},
+                      solver="lbfgs", progress=False).fit(views, y_train)
+    with pytest.raises(ScResidualError, match="solver='adam'"):
+        ResidualModel(arm="adapter", sources=["src"], **LINEAR).fit(views, y_train)
+
+
+def test_block_penalty_prefers_strong_regularisation_on_noise():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 40))
+    y = rng.integers(0, 3, 120)  # labels unrelated to X
+    folds = [(np.setdiff1d(np.arange(120), v), v) for v in np.array_split(np.arange(120), 5)]
+    fit = fit_block(X, y, folds, n_classes=3, weights=None)
+    assert fit.C <= 0.01
+    assert np.abs(fit.coef).max() < 0.5  # close to the uninformative model
+
+
+def test_rows_of_classes_missing_from_a_fold_are_not_scored():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    folds = [(np.arange(8), np.array([8])), (np.arange(1, 9), np.array([0]))]
+    keep = scorable_rows(y, folds)
+    assert not keep[8] and keep[0]
+
+
+def test_temperature_recovers_the_scale_of_miscalibrated_logits():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4000, 3)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    log_p = np.log(p)
+    assert temperature(log_p / 4, y, None) == pytest.approx(4, rel=0.15)
+
+
+def test_out_of_fold_probabilities_are_kept_for_the_chosen_arm(toy_views):
+    y_train, mask = _split(toy_views["y"], 0.2)
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    model = ResidualModel(arm="refine", sources=["src"], **LINEAR).fit(views, y_train)
+    assert set(model.oof_rows_) <= set(np.flatnonzero(mask))
+    assert len(model.oof_rows_) > 0.9 * mask.sum()
+    np.testing.assert_allclose(model.oof_proba_.sum(1), 1, atol=1e-6)
+    # out of fold means worse than in sample, but far better than chance here
+    oof_acc = (model.oof_proba_.argmax(1) == toy_views["y"][model.oof_rows_].astype(int)).mean()
+    assert 0.6 < oof_acc
