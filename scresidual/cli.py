@@ -171,8 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--folds", type=int, default=None,
         help="validation folds: cross-validation folds of the linear encoder (default 5, "
-        "repeated 3 times); cross-fitted members of gradient-descent fits (default: 5 below "
-        "1,000 labelled spots, else one 20%% split)",
+        "repeated 3 times below 1,000 labelled spots); cross-fitted members of "
+        "gradient-descent fits (default: 5 below 1,000 labelled spots, else one 20%% split)",
     )
     fit.add_argument(
         "--min-gene-overlap", type=float, default=MIN_GENE_OVERLAP,

@@ -18,7 +18,9 @@ import scipy.sparse as sp
 from scresidual import read
 from scresidual._errors import ScResidualError
 
-STARMAP = Path("/work/shared/data/spatial/starmap_v1.h5ad")
+from .conftest import SHARED
+
+STARMAP = SHARED / "spatial" / "starmap_v1.h5ad"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -14,7 +14,6 @@ def test_tutorial_runs(path, tmp_path):
     client = NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
     )
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
-    assert not errors
+    client.execute()  # raises CellExecutionError on the first failing cell
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.get("execution_count") for c in code)

@@ -485,8 +485,10 @@ class ResidualModel:
         return self
 
     def _cv_repeats(self, n_labelled: int) -> int:
-        """Rounds of cross-validation: ``cv_repeats``, or by default 3 below 1,000 labelled
-        cells (one round's choice of penalty is noisy on a few hundred) and 1 above."""
+        """Rounds of cross-validation: ``cv_repeats``, else 3 below 1,000 labelled cells.
+
+        One round's choice of penalty is noisy on a few hundred labels; above, one round.
+        """
         repeats = self.config.cv_repeats
         if repeats is None:
             repeats = 3 if n_labelled < AUTO_FOLDS_BELOW else 1
