@@ -12,7 +12,7 @@ import pandas as pd
 from ._constants import REGION_KEY, SOURCE_KEY, train_key
 from ._io import atomic_path
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 # (spots per side, reference cells, scVI epochs, REFINE epochs): full, and --quick, which
 # checks an installation in well under a minute.

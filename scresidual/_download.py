@@ -12,7 +12,7 @@ from pathlib import Path
 from ._errors import ScResidualError
 from ._io import atomic_path
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 
 def sha256sum(path: str | Path) -> str:

@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows: no advisory locks; leftovers are cleaned without one
     fcntl = None
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 MODEL_MARKER = "residual_model.json"
 """Every folder scresidual saves a model into holds this file, with its ``"format"`` version."""

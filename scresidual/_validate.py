@@ -12,7 +12,7 @@ from anndata import AnnData
 from ._constants import SPATIAL_KEY
 from ._errors import ScResidualError
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 
 def _values(X) -> np.ndarray:

@@ -35,7 +35,7 @@ from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
 from ._convex import fit_block, mixed_log_proba, scorable_rows, weighted_losses
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 """On-disk format of saved models; bumped when old directories can no longer be read."""

@@ -16,7 +16,7 @@ from .._errors import ScResidualError
 from .._logging import quiet_loggers
 from .._validate import check_library_ids, check_spatial
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 GRAPH_SPECS = "'knn:K', 'radius:R', 'delaunay' or 'none'"
 

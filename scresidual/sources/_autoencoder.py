@@ -18,7 +18,7 @@ from torch import nn
 from .._errors import ScResidualError
 from ._torch import TorchSource, _log1p_normalise
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 
 class _Standardise(nn.Module):

@@ -23,7 +23,7 @@ from ._base import FrozenSource
 from ._genes import MIN_VOCAB_OVERLAP
 from ._torch import TARGET_SUM, _as_device, _batches, _freeze, _gene_ids, _match_genes, _matrix
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

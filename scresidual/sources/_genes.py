@@ -13,7 +13,7 @@ from anndata import AnnData
 from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 MIN_VOCAB_OVERLAP = 0.1
 """Default smallest fraction of the query's genes found in a foundation model's vocabulary

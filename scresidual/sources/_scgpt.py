@@ -40,7 +40,7 @@ from ._torch import (
     _matrix,
 )
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 ARGS_FILE = "args.json"
 VOCAB_FILE = "vocab.json"

@@ -13,7 +13,7 @@ from .._errors import ScResidualError
 from ._base import FrozenSource
 from ._genes import MIN_GENE_OVERLAP, align_genes
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 
 FIX = "re-save the model with scvi-tools >= 1.0 or download it again"

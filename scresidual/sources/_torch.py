@@ -20,7 +20,7 @@ from .._logging import tqdm
 from ._base import FrozenSource
 from ._genes import MIN_GENE_OVERLAP, align_genes
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 TARGET_SUM = 1e4
 """Counts per cell after library-size normalisation (scanpy / scGPT / Geneformer convention)."""

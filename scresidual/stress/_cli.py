@@ -17,7 +17,7 @@ from .._io import atomic_path
 from ..module import ARMS
 from ._protocol import SETTINGS, results_table, run_task
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "text", "tabular")
 QUICK_SETTINGS = ("noise-0", "noise-0.8")

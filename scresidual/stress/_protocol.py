@@ -24,7 +24,7 @@ from ..module import ARMS, arm_uses
 from ..sources._pretrain import SourceClassifier, source_outputs
 from ._corruptions import confuse_classes, domain_mismatch, flip_labels, imbalance_indices
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 SETTINGS = ("noise-0", "noise-0.8", "mismatch", "noise-0.4", "confusion", "imbalance")
 """Source corruptions: label flips at 0/40/80%, class confusion, imbalance, another data set."""
