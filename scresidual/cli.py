@@ -387,9 +387,9 @@ def _fit(args) -> None:
     model.train()
     check_fit_paths(args.input, args.model_dir, args.output, overwrite=args.overwrite)
     model.save(args.model_dir, overwrite=args.overwrite)
-    report = model.model.guard_report_
+    report = model.guard_report_
     print(
-        f"fitted {arm} ({len(model.classes_)} classes); kept {model.model.chosen_arm_!r}; "
+        f"fitted {arm} ({len(model.classes_)} classes); kept {model.chosen_arm_!r}; "
         + "; ".join(f"{a}: val loss {r['val_loss']:.3f}" for a, r in report.items())
     )
     print(f"model saved to {args.model_dir}")

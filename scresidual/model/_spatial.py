@@ -281,7 +281,9 @@ class SpatialRegionClassifier:
     def train(self, **overrides) -> SpatialRegionClassifier:
         """Fit on the labelled cells of the training AnnData.
 
-        ``overrides`` update training options for this call (e.g. ``max_epochs=50``).
+        ``overrides`` update training options (e.g. ``max_epochs=50``) of :class:`ResidualConfig`;
+        they stay set for later calls and are saved with the model, as the options it was
+        trained with.
         """
         for k, v in overrides.items():
             if not hasattr(self.model.config, k):

@@ -93,7 +93,7 @@ def compare_arms(
     for arm in arms:
         model = fit_regions(adata, labels_key=labels_key, arm=arm, **kwargs)
         models[arm] = model
-        chosen = model.model.chosen_arm_
+        chosen = model.chosen_arm_
         if truth_key is not None and unlabelled.any():
             pred = model.predict_proba(adata).idxmax(axis=1).to_numpy()
             truth = adata.obs[truth_key].to_numpy()[unlabelled]
