@@ -69,14 +69,17 @@ def test_lbfgs_refuses_nonlinear_parts(toy_views):
         ResidualModel(arm="adapter", sources=["src"], **LINEAR).fit(views, y_train)
 
 
-def test_block_penalty_prefers_strong_regularisation_on_noise():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("seed", [0, 2, 4])
+def test_block_on_noise_is_close_to_uninformative(seed):
+    # Every penalty fits noise alike; the out-of-fold temperature is what shrinks the block.
+    rng = np.random.default_rng(seed)
     X = rng.normal(size=(120, 40))
     y = rng.integers(0, 3, 120)  # labels unrelated to X
     folds = [(np.setdiff1d(np.arange(120), v), v) for v in np.array_split(np.arange(120), 5)]
     fit = fit_block(X, y, folds, n_classes=3, weights=None)
-    assert fit.C <= 0.01
-    assert np.abs(fit.coef).max() < 0.5  # close to the uninformative model
+    assert fit.scale < 0.5
+    assert np.abs(fit.coef).max() < 0.2
+    assert min(fit.cv_loss.values()) == pytest.approx(np.log(3), abs=0.02)
 
 
 def test_rows_of_classes_missing_from_a_fold_are_not_scored():
