@@ -108,3 +108,32 @@ def test_out_of_fold_probabilities_are_kept_for_the_chosen_arm(toy_views):
     # out of fold means worse than in sample, but far better than chance here
     oof_acc = (model.oof_proba_.argmax(1) == toy_views["y"][model.oof_rows_].astype(int)).mean()
     assert 0.6 < oof_acc
+
+
+def test_folds_hold_out_whole_slides_when_labels_span_several():
+    model = ResidualModel(arm="scratch", residuals={"x": ("linear", {})}, solver="lbfgs")
+    labelled = np.arange(0, 90, 2)
+    codes = np.tile([0, 1, 2], 15)
+    groups = np.repeat([0, 1, 2], 30)
+    folds = model._splits(labelled, codes, n_folds=5, groups=groups)
+    assert len(folds) == 3  # at most one fold per slide
+    for train, val in folds:
+        assert len(np.unique(groups[val])) == 1
+        assert not np.isin(groups[train], groups[val]).any()
+
+
+def test_slide_groups_reach_the_cross_validation(toy_views):
+    y = np.array(toy_views["y"])
+    views = {"feats": toy_views["feats"], "good": toy_views["good"]}
+    slide = np.where(np.arange(len(y)) < len(y) // 2, "a", "b")
+    kw = {"sources": ["good"], "residuals": {"feats": ("linear", {})}, "solver": "lbfgs"}
+    plain = ResidualModel(**kw).fit(views, y)
+    grouped = ResidualModel(**kw).fit(views, y, groups=slide)
+    def loss(m):
+        return m.guard_report_["scratch"]["cv_loss"]
+
+    assert loss(grouped) != loss(plain)
+    ungrouped = ResidualModel(**kw, group_folds=False).fit(views, y, groups=slide)
+    assert loss(ungrouped) == loss(plain)
+    with pytest.raises(ScResidualError, match="one group per row"):
+        ResidualModel(**kw).fit(views, y, groups=slide[:10])

@@ -109,7 +109,9 @@ class SpatialRegionClassifier:
         each block's penalty by cross-validation) or ``'hops'`` (SIGN-style per-ring maps
         and an MLP, trained with Adam and early stopping).
     library_key
-        ``obs`` column naming each cell's slide: one graph per slide, no edges across.
+        ``obs`` column naming each cell's slide: one graph per slide, no edges across; when
+        the labels come from two or more slides, validation folds hold out whole slides
+        (``group_folds``, see :class:`ResidualModel`).
     spatial_key
         ``obsm`` key of the coordinates.
     layer
@@ -295,7 +297,9 @@ class SpatialRegionClassifier:
                 f"obs[{self.setup['labels_key']!r}] has no labels; label some cells first."
             )
         self._fit_feature_maps()
-        self.model.fit(self.views(self.adata), y)
+        library_key = self.setup["library_key"]
+        groups = None if library_key is None else self.adata.obs[library_key].to_numpy()
+        self.model.fit(self.views(self.adata), y, groups=groups)
         return self
 
     @property
