@@ -1,11 +1,13 @@
 """Benchmark: wall time of ``scresidual fit`` + ``scresidual predict`` on a ~5,000-spot slide.
 
 A generated lymph-node slide (``scresidual.datasets.lymph_node``, 1 slide, 80 spots a side,
-about 5,000 spots) with 10% of the regions labelled, so fitting takes the cross-fitted path
-(5 folds, below 1,000 labels), and an SCVI source pretrained beforehand on the dissociated
-reference (not timed: a lab downloads or pretrains its source once). Times the two commands
-as a user runs them, in fresh processes (imports included), default options, and the same
-with every spot labelled (one validation split).
+about 5,000 spots) with 10% of the regions labelled (the default linear encoder then
+validates by 3 rounds of 5-fold cross-validation, below 1,000 labels), and an SCVI source
+pretrained beforehand on the dissociated reference (not timed: a lab downloads or pretrains
+its source once). Times the two commands as a user runs them, in fresh processes (imports
+included), default options, and the same with every spot labelled (one round of 5 folds).
+``members`` is the number of networks saved (1 for the linear encoder; 5 for cross-fitted
+gradient-descent encoders).
 
 Run: ``python benchmarks/cli_speed.py`` (results in ``benchmarks/results/cli_speed.json``).
 """
