@@ -128,12 +128,17 @@ def test_slide_groups_reach_the_cross_validation(toy_views):
     slide = np.where(np.arange(len(y)) < len(y) // 2, "a", "b")
     kw = {"sources": ["good"], "residuals": {"feats": ("linear", {})}, "solver": "lbfgs"}
     plain = ResidualModel(**kw).fit(views, y)
-    grouped = ResidualModel(**kw).fit(views, y, groups=slide)
+    grouped = ResidualModel(**kw).fit(views, y, groups=slide)  # every cell labelled: "auto"
     def loss(m):
         return m.guard_report_["scratch"]["cv_loss"]
 
     assert loss(grouped) != loss(plain)
     ungrouped = ResidualModel(**kw, group_folds=False).fit(views, y, groups=slide)
     assert loss(ungrouped) == loss(plain)
+    partly = np.where(np.arange(len(y)) % 10 == 0, None, y)  # 10% unlabelled: "auto" is off
+    assert loss(ResidualModel(**kw).fit(views, partly, groups=slide)) == loss(
+        ResidualModel(**kw).fit(views, partly))
+    assert loss(ResidualModel(**kw, group_folds=True).fit(views, partly, groups=slide)) != loss(
+        ResidualModel(**kw).fit(views, partly))
     with pytest.raises(ScResidualError, match="one group per row"):
         ResidualModel(**kw).fit(views, y, groups=slide[:10])

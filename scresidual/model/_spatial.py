@@ -110,7 +110,7 @@ class SpatialRegionClassifier:
         and an MLP, trained with Adam and early stopping).
     library_key
         ``obs`` column naming each cell's slide: one graph per slide, no edges across; when
-        the labels come from two or more slides, validation folds hold out whole slides
+        two or more slides are labelled throughout, validation folds hold out whole slides
         (``group_folds``, see :class:`ResidualModel`).
     spatial_key
         ``obsm`` key of the coordinates.
