@@ -143,7 +143,7 @@ def harmful_source(a, name: str, *, flip: float = 0.8, epochs: int = 300,
     PCA of the slide's own values; the frozen backbone's features are the source.
     """
     from scresidual.pp import PCAFeatures
-    from scresidual.sources._pretrain import pretrain_mlp_source, source_outputs
+    from scresidual.sources import pretrain_mlp_source, source_outputs
     from scresidual.stress import flip_labels
 
     def make():

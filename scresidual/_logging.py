@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,7 +15,7 @@ if importlib.util.find_spec("ipywidgets") is not None:
 else:
     from tqdm.std import tqdm
 
-__all__ = ["quiet_loggers", "tqdm"]
+__all__ = ["quiet_lightning", "quiet_loggers", "tqdm"]
 
 
 @contextmanager
@@ -29,3 +30,31 @@ def quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
     finally:
         for lg, old in zip(loggers, levels, strict=True):
             lg.setLevel(old)
+
+
+_NOISY_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*smaller than the logging interval.*",
+    ".*GPU available but not used.*",
+    ".*LeafSpec.*",
+)
+
+
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric",
+)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's start-up chatter and its advice about data-loader workers.
+
+    Its INFO lines (seed set, GPU/TPU available, an advert, why ``fit`` stopped) describe
+    settings scresidual chose, and printed twice wherever the root logger has a handler
+    (the ``lightning`` logger has its own): progress bars are the progress. Its warnings
+    still show.
+    """
+    with warnings.catch_warnings(), quiet_loggers(*_LIGHTNING_LOGGERS):
+        for pattern in _NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", pattern)
+        yield

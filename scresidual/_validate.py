@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -125,3 +126,29 @@ def check_cells(adata: AnnData, minimum: int, purpose: str) -> None:
             f"the slide has {have}, but {purpose} needs at least {minimum}; pass a slide "
             "with more cells."
         )
+
+
+def check_labels(y, n_classes: int | None = None) -> np.ndarray:
+    """Integer class codes in ``0 … n_classes - 1`` (default ``max + 1``) or a one-line error."""
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ScResidualError("labels must be a 1-D array of integer class codes; encode them.")
+    k = int(y.max()) + 1 if n_classes is None and len(y) else int(n_classes or 0)
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise ScResidualError(
+            f"labels lie in {y.min()}..{y.max()}, outside 0..{k - 1}; re-encode the labels."
+        )
+    return y.astype(np.int64)
+
+
+def parse_spec(spec: str, kinds: Sequence[str], what: str) -> tuple[str, str | None]:
+    """``'kind:value'`` of an option (``obsm:KEY``, ``scvi:DIR``, ``pca``…) or a one-line error."""
+    spec = str(spec)
+    kind, _, value = spec.partition(":")
+    if kind not in kinds or (kind in ("obsm", "scvi") and not value):
+        raise ScResidualError(
+            f"unknown {what} {spec!r}; use one of "
+            + ", ".join(f"'{k}:…'" if k in ("obsm", "scvi") else f"'{k}'" for k in kinds)
+            + "."
+        )
+    return kind, value or None

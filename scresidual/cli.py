@@ -261,12 +261,11 @@ def _check_fraction(flag: str, value: float | None) -> None:
 
 
 def _check_source(spec: str, adata, args) -> None:
-    from ._validate import check_obsm_key
-    from .model._spatial import _parse_spec
+    from ._genes import check_gene_overlap
+    from ._validate import check_obsm_key, parse_spec
     from .sources import ScviSource
-    from .sources._genes import check_gene_overlap
 
-    kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
+    kind, value = parse_spec(spec, ("obsm", "scvi"), "source")
     if kind == "obsm":
         check_obsm_key(adata, value)
         return
@@ -297,11 +296,10 @@ def _check_fit_args(args, adata) -> None:
 
     Each failure is one line naming the flag, so nothing is trained, saved and then refused.
     """
+    from ._genes import expression_matrix
     from ._io import check_model_dir, check_output_file
-    from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial
-    from .model._spatial import _parse_spec
+    from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial, parse_spec
     from .pp import parse_graph
-    from .sources._genes import expression_matrix
 
     _check_positive(
         ("--n-hops", args.n_hops), ("--max-epochs", args.max_epochs), ("--folds", args.folds),
@@ -337,7 +335,7 @@ def _check_fit_args(args, adata) -> None:
         )
     for spec in args.features or []:
         with _flag("--features"):
-            kind, value = _parse_spec(spec, ("pca", "obsm"), "features")
+            kind, value = parse_spec(spec, ("pca", "obsm"), "features")
             if kind == "obsm":
                 check_obsm_key(adata, value)
 
@@ -427,9 +425,9 @@ def _predict(args) -> None:
 
 def _pretrain_scvi(args) -> None:
     from . import read
+    from ._genes import expression_matrix
     from ._validate import check_obs_key
     from .sources import pretrain_scvi
-    from .sources._genes import expression_matrix
 
     if Path(args.out).exists() and not args.overwrite:
         raise ScResidualError(f"--out: {args.out} exists; pass --overwrite or another --out.")

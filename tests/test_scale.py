@@ -10,10 +10,10 @@ import scipy.sparse as sp
 import torch
 
 from scresidual._errors import ScResidualError
+from scresidual._genes import align_genes, iter_aligned_genes
 from scresidual.model import SpatialRegionClassifier
 from scresidual.model._residual import ResidualModel
 from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph_matrix
-from scresidual.sources._genes import align_genes, iter_aligned_genes
 from scresidual.train import ViewsDataset, batch_loader
 
 

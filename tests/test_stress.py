@@ -16,7 +16,7 @@ from scresidual._errors import ScResidualError
 from scresidual.image import as_images, load_cifar, load_fashion_mnist, load_mnist_csv, read_idx
 from scresidual.model import ResidualModel
 from scresidual.module import ResidualNetwork
-from scresidual.sources._pretrain import pretrain_source
+from scresidual.sources import pretrain_source
 from scresidual.stress import (
     check_labels,
     confuse_classes,
@@ -26,8 +26,8 @@ from scresidual.stress import (
     main_stress_test,
     results_table,
     run_task,
+    split_indices,
 )
-from scresidual.stress._protocol import split_indices
 from scresidual.tabular import TabularEncoder, load_adult, load_german
 from scresidual.text import (
     HashedTfidf,

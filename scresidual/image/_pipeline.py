@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from .._download import locate
+from .._task import StressTask, split_indices
+from .._validate import check_labels
 from ..module import CNNEncoder
-from ..sources._pretrain import SourceClassifier, pretrain_source, source_outputs
-from ..stress._corruptions import check_labels
-from ..stress._protocol import StressTask, split_indices
+from ..sources import SourceClassifier, pretrain_source, source_outputs
 from ._data import FASHION_MNIST_CONFUSED, as_images, load_fashion_mnist, load_mnist_csv
 
 RESIDUAL_ENCODER = ("cnn", {"widths": [16, 32], "n_out": 64})

@@ -31,28 +31,14 @@ from .._validate import (
     check_obs_key,
     check_obsm_key,
     check_unique_obs_names,
+    parse_spec,
 )
-from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, spatial_graph_matrix
-from ..pp._features import read_pca
+from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, read_pca, spatial_graph_matrix
 from ._residual import ResidualModel, labelled_mask
 
 SETUP_FILE = "spatial_setup.json"
 SETUP_FORMAT = 2
 """Format of ``spatial_setup.json``; 2 added neighbour rings, source rings and encoders."""
-
-"""Residual encoders of the spatial model and how each is fitted."""
-
-
-def _parse_spec(spec: str, kinds: Sequence[str], what: str) -> tuple[str, str | None]:
-    spec = str(spec)
-    kind, _, value = spec.partition(":")
-    if kind not in kinds or (kind in ("obsm", "scvi") and not value):
-        raise ScResidualError(
-            f"unknown {what} {spec!r}; use one of "
-            + ", ".join(f"'{k}:…'" if k in ("obsm", "scvi") else f"'{k}'" for k in kinds)
-            + "."
-        )
-    return kind, value or None
 
 
 EMBED_CHUNK = 200_000
@@ -163,9 +149,9 @@ class SpatialRegionClassifier:
         sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
         features = [features] if isinstance(features, str) else list(features)
         for s in sources:
-            _parse_spec(s, ("obsm", "scvi"), "source")
+            parse_spec(s, ("obsm", "scvi"), "source")
         for f in features:
-            _parse_spec(f, ("pca", "obsm"), "features")
+            parse_spec(f, ("pca", "obsm"), "features")
         parse_graph(graph)
         if encoder not in ENCODER_SOLVERS:
             raise ScResidualError(
@@ -205,13 +191,13 @@ class SpatialRegionClassifier:
 
     # ------------------------------------------------------------------ views
     def _source(self, i: int, adata: AnnData) -> np.ndarray:
-        kind, value = _parse_spec(self.setup["sources"][i], ("obsm", "scvi"), "source")
+        kind, value = parse_spec(self.setup["sources"][i], ("obsm", "scvi"), "source")
         if kind == "obsm":
             check_obsm_key(adata, value)
             Z = np.asarray(adata.obsm[value], dtype=np.float32)
         else:
             if i not in self._frozen:
-                from ..sources._scvi import ScviSource
+                from ..sources import ScviSource
 
                 self._frozen[i] = ScviSource.load(
                     self._scvi_dir(value), layer=self.setup["layer"],
@@ -228,7 +214,7 @@ class SpatialRegionClassifier:
         return Path(value)
 
     def _features(self, j: int, adata: AnnData) -> np.ndarray:
-        kind, value = _parse_spec(self.setup["features"][j], ("pca", "obsm"), "features")
+        kind, value = parse_spec(self.setup["features"][j], ("pca", "obsm"), "features")
         if kind == "obsm":
             check_obsm_key(adata, value)
             X = np.asarray(adata.obsm[value], dtype=np.float32).reshape(adata.n_obs, -1)
@@ -375,7 +361,7 @@ class SpatialRegionClassifier:
             self.model.write(tmp)
             setup["sources"] = []
             for i, spec in enumerate(self.setup["sources"]):
-                kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
+                kind, value = parse_spec(spec, ("obsm", "scvi"), "source")
                 if kind == "scvi":
                     src = self._frozen[i].model_dir if i in self._frozen else self._scvi_dir(value)
                     shutil.copytree(src, tmp / "sources" / f"source_{i}")

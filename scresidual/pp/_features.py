@@ -11,8 +11,8 @@ from anndata import AnnData
 
 from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
+from .._genes import iter_aligned_genes, iter_row_blocks
 from .._validate import check_cells, check_finite
-from ..sources._genes import iter_aligned_genes, iter_row_blocks
 
 
 def _is_counts(X) -> bool:

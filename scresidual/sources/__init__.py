@@ -1,9 +1,10 @@
 """Frozen pretrained sources: scvi-tools models, foundation models, any torch module."""
 
+from .._genes import MIN_GENE_OVERLAP, MIN_VOCAB_OVERLAP, align_genes, gene_overlap
 from ._autoencoder import pretrain_autoencoder
 from ._base import FrozenSource, embed
 from ._geneformer import GeneformerSource
-from ._genes import MIN_GENE_OVERLAP, MIN_VOCAB_OVERLAP, align_genes, gene_overlap
+from ._pretrain import SourceClassifier, pretrain_mlp_source, pretrain_source, source_outputs
 from ._scgpt import ScGPTSource
 from ._scvi import ScviSource, pretrain_scvi
 from ._torch import ObsmSource, TorchSource
@@ -16,10 +17,14 @@ __all__ = [
     "ObsmSource",
     "ScGPTSource",
     "ScviSource",
+    "SourceClassifier",
     "TorchSource",
     "align_genes",
     "embed",
     "gene_overlap",
     "pretrain_autoencoder",
+    "pretrain_mlp_source",
     "pretrain_scvi",
+    "pretrain_source",
+    "source_outputs",
 ]

@@ -19,8 +19,8 @@ import torch
 from anndata import AnnData
 
 from .._errors import ScResidualError
+from .._genes import MIN_VOCAB_OVERLAP
 from ._base import FrozenSource
-from ._genes import MIN_VOCAB_OVERLAP
 from ._torch import TARGET_SUM, _as_device, _batches, _freeze, _gene_ids, _match_genes, _matrix
 
 logger = logging.getLogger(__name__)

@@ -129,8 +129,8 @@ def pretrain_mlp_source(
     seed: int = 0,
 ) -> SourceClassifier:
     """Pretrain an MLP backbone (one hidden layer) + linear head on flat features ``(n, d)``."""
+    from .._validate import check_labels
     from ..module import MLPEncoder
-    from ..stress._corruptions import check_labels
 
     x = np.asarray(x, dtype=np.float32)
     y = check_labels(y, n_classes)

@@ -28,8 +28,8 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from .._errors import ScResidualError
+from .._genes import MIN_VOCAB_OVERLAP
 from ._base import FrozenSource
-from ._genes import MIN_VOCAB_OVERLAP
 from ._torch import (
     TARGET_SUM,
     _as_device,

@@ -10,8 +10,8 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import ScResidualError
+from .._genes import MIN_GENE_OVERLAP, align_genes
 from ._base import FrozenSource
-from ._genes import MIN_GENE_OVERLAP, align_genes
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +161,8 @@ class ScviSource(FrozenSource):
         """Posterior mean of the latent variable for every cell (the model is never trained)."""
         from scvi.model.base import _save_load
 
-        from .._logging import quiet_loggers
+        from .._logging import quiet_lightning, quiet_loggers
         from .._safe_load import data_only_torch_load
-        from ..train import quiet_lightning
 
         q = self._query(adata)
         # scvi-tools logs "File … already downloaded" for every local load: not news here.
@@ -198,8 +197,8 @@ def pretrain_scvi(
     import scvi
 
     from .._io import atomic_path
+    from .._logging import quiet_lightning
     from .._validate import check_counts
-    from ..train import quiet_lightning
 
     check_counts(adata, layer=layer)
     ref = AnnData(

@@ -16,9 +16,9 @@ import torch
 from anndata import AnnData
 
 from .._errors import ScResidualError
+from .._genes import MIN_GENE_OVERLAP, align_genes
 from .._logging import tqdm
 from ._base import FrozenSource
-from ._genes import MIN_GENE_OVERLAP, align_genes
 
 logger = logging.getLogger(__name__)
 

@@ -11,22 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._errors import ScResidualError
+from .._validate import check_labels
 
 IMBALANCE = (0.35, 0.30, 0.10, 0.07, 0.06, 0.045, 0.03, 0.02, 0.015, 0.01)
 """Class proportions of the imbalance setting (class ``k`` gets the ``k``-th; renormalised)."""
-
-
-def check_labels(y, n_classes: int | None = None) -> np.ndarray:
-    """Integer class codes in ``0 … n_classes - 1`` (default ``max + 1``) or a one-line error."""
-    y = np.asarray(y)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ScResidualError("labels must be a 1-D array of integer class codes; encode them.")
-    k = int(y.max()) + 1 if n_classes is None and len(y) else int(n_classes or 0)
-    if len(y) and (y.min() < 0 or y.max() >= k):
-        raise ScResidualError(
-            f"labels lie in {y.min()}..{y.max()}, outside 0..{k - 1}; re-encode the labels."
-        )
-    return y.astype(np.int64)
 
 
 def flip_labels(y, rate: float, *, n_classes: int | None = None, seed: int = 0) -> np.ndarray:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sources._pretrain import SourceClassifier, pretrain_mlp_source
-from ..stress._protocol import StressTask, split_indices
+from .._task import StressTask, split_indices
+from ..sources import SourceClassifier, pretrain_mlp_source
 from ._data import ADULT_CATEGORICAL, GERMAN_CATEGORICAL, TabularEncoder, load_adult, load_german
 
 RESIDUAL_ENCODER = ("mlp", {"n_hidden": [64], "n_out": 32, "dropout": 0.2})

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..sources._pretrain import SourceClassifier, pretrain_mlp_source
-from ..stress._protocol import StressTask, split_indices
+from .._task import StressTask, split_indices
+from ..sources import SourceClassifier, pretrain_mlp_source
 from ._data import SentenceEncoder, StaticTokenEmbedding, load_rotten_tomatoes
 
 RESIDUAL_ENCODER = ("mlp", {"n_hidden": [64], "n_out": 32, "dropout": 0.3})

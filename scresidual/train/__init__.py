@@ -6,6 +6,7 @@ fitted model and predicting never import it.
 
 from importlib import import_module
 
+from .._logging import quiet_lightning
 from ._data import ViewsDataset, as_tensor, batch_loader, seed_all
 
 _LAZY = {
@@ -14,11 +15,10 @@ _LAZY = {
     "distillation_loss": "._plan",
     "KeepBestWeights": "._trainer",
     "TrainResult": "._trainer",
-    "quiet_lightning": "._trainer",
     "train_network": "._trainer",
 }
 
-__all__ = ["ViewsDataset", "as_tensor", "batch_loader", "seed_all", *_LAZY]
+__all__ = ["ViewsDataset", "as_tensor", "batch_loader", "quiet_lightning", "seed_all", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,37 +11,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .._logging import quiet_loggers
+from .._logging import quiet_lightning
 from ..module import ResidualNetwork
 from ._data import ViewsDataset, batch_loader
 from ._plan import ClassifierPlan
-
-_NOISY_WARNINGS = (
-    ".*does not have many workers.*",
-    ".*smaller than the logging interval.*",
-    ".*GPU available but not used.*",
-    ".*LeafSpec.*",
-)
-
-
-_LIGHTNING_LOGGERS = (
-    "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric",
-)
-
-
-@contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's start-up chatter and its advice about data-loader workers.
-
-    Its INFO lines (seed set, GPU/TPU available, an advert, why ``fit`` stopped) describe
-    settings scresidual chose, and printed twice wherever the root logger has a handler
-    (the ``lightning`` logger has its own): progress bars are the progress. Its warnings
-    still show.
-    """
-    with warnings.catch_warnings(), quiet_loggers(*_LIGHTNING_LOGGERS):
-        for pattern in _NOISY_WARNINGS:
-            warnings.filterwarnings("ignore", pattern)
-        yield
 
 
 @contextmanager

@@ -10,8 +10,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._constants import MIN_GENE_OVERLAP
-from .._errors import ScResidualError
+from ._constants import MIN_GENE_OVERLAP
+from ._errors import ScResidualError
 
 logger = logging.getLogger(__name__)
 
