@@ -85,6 +85,7 @@ def test_guard_rule_needs_a_difference_beyond_noise():
     assert model._guard_choice("refine", [], clear) == "refine"
 
 
+@pytest.mark.slow
 def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp_path):
     from scresidual.module import EnsembleNetwork
 
@@ -117,6 +118,7 @@ def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp
     np.testing.assert_allclose(again.predict_proba(views), model.predict_proba(views), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("platform", ["linux", "darwin"])
 def test_registered_encoder_reaches_parallel_folds(toy_views, platform, monkeypatch):
     """Forked workers (Linux) and fresh loky workers (elsewhere) fit the same folds."""

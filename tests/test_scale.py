@@ -66,6 +66,7 @@ def test_sharded_loader_covers_rows_once_per_epoch():
     assert not torch.equal(again, rows[0])
 
 
+@pytest.mark.slow
 def test_ddp_spawn_two_cpu_processes():
     rng = np.random.default_rng(0)
     n = 400

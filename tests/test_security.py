@@ -144,6 +144,7 @@ def test_crafted_scvi_source_in_a_model_runs_nothing(work, tmp_path, capsys, kin
     assert _snapshot(tmp_path) == before and not (tmp_path / "o.h5ad").exists()
 
 
+@pytest.mark.slow
 def test_crafted_scvi_source_real_command(work, tmp_path):
     """The same attack through the installed entry point, in a process of its own."""
     slide, model = work
