@@ -33,6 +33,7 @@ from .._safe_load import check_state_fits, count_members
 from .._validate import placeholder_labels, warn_placeholder_labels
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
+from ._calibration import Calibration, calibrate
 from ._convex import fit_block, mixed_log_proba, scorable_rows, weighted_losses
 
 logger = logging.getLogger("scresidual")
@@ -200,6 +201,8 @@ class ResidualModel:
         self.guard_report_: dict[str, dict] = {}
         self.oof_rows_: np.ndarray | None = None  # solver="lbfgs": rows validated out of fold
         self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
+        self.calibration_: Calibration | None = None  # fitted on them (see _calibration)
+        self.calibration_note_: str | None = None  # why there is none
 
     # ------------------------------------------------------------------ building
     @property
@@ -472,6 +475,7 @@ class ResidualModel:
         # need to know how the model does on cells it was not fitted on.
         self.oof_rows_ = labelled[rows] if folds else np.array([], dtype=np.int64)
         self.oof_proba_ = np.exp(oof[chosen][rows]) if folds else np.zeros((0, len(self.classes_)))
+        self.calibration_, self.calibration_note_ = calibrate(self, codes[self.oof_rows_])
         return self
 
     def _n_jobs(self, n_folds: int) -> int:
@@ -686,6 +690,8 @@ class ResidualModel:
             "chosen_arm": self.chosen_arm_,
             "n_members": len(net.members) if isinstance(net, EnsembleNetwork) else 1,
             "guard_report": self.guard_report_,
+            "calibration": (self.calibration_.to_dict() if self.calibration_ is not None
+                            else {"note": self.calibration_note_}),
         }
         (directory / "residual_model.json").write_text(json.dumps(meta, indent=2))
         torch.save(net.state_dict(), directory / "residual_model.pt")
@@ -761,6 +767,9 @@ class ResidualModel:
         model.shapes_ = {k: tuple(int(d) for d in v) for k, v in meta["shapes"].items()}
         model.chosen_arm_ = str(meta["chosen_arm"])
         model.guard_report_ = meta.get("guard_report", {})
+        cal = meta.get("calibration") or {}
+        model.calibration_ = Calibration.from_dict(cal) if "scores" in cal else None
+        model.calibration_note_ = str(cal["note"])[:500] if cal.get("note") else None
         return model
 
     def _network(self, n_members: int) -> ResidualNetwork | EnsembleNetwork:

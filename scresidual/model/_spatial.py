@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,10 @@ from .._validate import (
 )
 from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, spatial_graph_matrix
 from ..pp._features import read_pca
+from ._calibration import calibration_problem, check_alpha, check_method, write_uncertainty
 from ._residual import ResidualModel, labelled_mask
+
+logger = logging.getLogger("scresidual")
 
 SETUP_FILE = "spatial_setup.json"
 SETUP_FORMAT = 2
@@ -285,20 +289,38 @@ class SpatialRegionClassifier:
         """Per arm: validation loss and macro-F1, and what was chosen on validation."""
         return self.model.guard_report_
 
-    def predict_proba(self, adata: AnnData | None = None) -> pd.DataFrame:
-        """Class probabilities per cell (a DataFrame; ``adata`` is not modified)."""
+    def predict_proba(
+        self, adata: AnnData | None = None, *, calibrated: bool = True
+    ) -> pd.DataFrame:
+        """Class probabilities per cell (a DataFrame; ``adata`` is not modified).
+
+        ``calibrated``: temperature-scaled on the out-of-fold predictions when the model has a
+        calibration (:mod:`scresidual.model._calibration`); the argmax is the same either way.
+        """
         adata = self.adata if adata is None else adata
         P = self.model.predict_proba(self.views(adata))
+        if calibrated and self.model.calibration_ is not None:
+            P = self.model.calibration_.apply(P)
         return pd.DataFrame(P, index=adata.obs_names, columns=self.classes_)
 
     def predict(
-        self, adata: AnnData | None = None, *, key_added: str | None = None, copy: bool = False
+        self, adata: AnnData | None = None, *, key_added: str | None = None, copy: bool = False,
+        sets: bool | None = None, alpha: float = 0.1, method: str = "lac",
     ) -> AnnData | None:
         """Predict regions and store them in ``adata``.
 
-        Writes ``obs['<key>_pred']`` (categorical), ``obsm['<key>_proba']`` (probabilities)
-        and ``uns['<key>_proba_classes']`` (their column order), where ``key`` defaults to
-        the training ``labels_key``.
+        Writes ``obs['<key>_pred']`` (categorical), ``obsm['<key>_proba']`` (probabilities,
+        calibrated out of fold), ``uns['<key>_proba_classes']`` (their column order),
+        ``obs['<key>_uncertainty']`` (1 - the highest probability) and
+        ``uns['<key>_calibration']`` (temperature, ECE before/after, level), where ``key``
+        defaults to the training ``labels_key``.
+
+        With ``sets`` (default: when the model is calibrated; True demands it) also
+        split-conformal prediction sets at coverage ``1 - alpha``: ``obs['<key>_set']``
+        (classes joined by ``'|'``, most probable first; empty when no class is plausible at
+        that level) and ``obs['<key>_set_size']``. ``method``: ``'lac'`` (smallest sets) or
+        ``'aps'`` (sets adapt to how hard a cell is). A model that cannot be calibrated says
+        why in one line (an error with ``sets=True``, else a logged note).
 
         ``adata`` may be opened backed (``anndata.read_h5ad(path, backed=...)``): its
         expression is read in row blocks. A file opened read-only (``backed="r"``) cannot
@@ -314,6 +336,13 @@ class SpatialRegionClassifier:
                 f"adata is backed by {adata.filename} opened read-only; use predict_proba(adata) "
                 "for the probabilities, predict(adata, copy=True), or open it with backed='r+'."
             )
+        check_alpha(alpha)
+        check_method(method)
+        problem = calibration_problem(self.model)
+        if problem and sets:
+            raise ScResidualError(problem)
+        if problem and sets is None:
+            logger.warning("no prediction sets: %s", problem)
         proba = self.predict_proba(adata)
         if copy and adata.isbacked:
             # X stays on disk; the copy carries everything else and the predictions.
@@ -330,6 +359,8 @@ class SpatialRegionClassifier:
         )
         adata.obsm[proba_key(key)] = proba.to_numpy().astype(np.float32)
         adata.uns[proba_classes_key(key)] = np.asarray(self.classes_, dtype=object)
+        write_uncertainty(adata, key, proba.to_numpy(), self.classes_, self.model.calibration_,
+                          sets=sets is not False and not problem, alpha=alpha, method=method)
         return adata if copy else None
 
     # ------------------------------------------------------------------ saving
