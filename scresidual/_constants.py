@@ -58,5 +58,5 @@ def calibration_key(labels_key: str) -> str:
 
 
 def suggested_key(labels_key: str) -> str:
-    """``obs`` key marking the cells suggested for labelling next (rank, 0 if not suggested)."""
+    """``obs`` key marking (True) the cells suggested for labelling next."""
     return f"{labels_key}_suggested"

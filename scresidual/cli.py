@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("input", help="slide to label, .h5ad")
     pred.add_argument("--output", required=True, help="output .h5ad (the input is never changed)")
     pred.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    pred.add_argument(
+        "--alpha", type=float, default=0.1,
+        help="conformal sets cover the true region with probability 1 - alpha (default 0.1)",
+    )
+    pred.add_argument("--sets-method", choices=("lac", "aps"), default="lac",
+                      help="conformal score: lac (smallest sets) or aps (adaptive)")
     pred.add_argument("--quiet", action="store_true")
 
     # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
@@ -136,7 +142,7 @@ def _predict(args) -> None:
         args.input, spatial_key=model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
-    model.predict(adata)
+    model.predict(adata, alpha=args.alpha, method=args.sets_method)
     _write_h5ad(adata, args.output, [args.input], [args.model_dir])
     counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
     print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
