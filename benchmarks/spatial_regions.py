@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 import _peers  # noqa: E402
 
-CROSS = {"baristaseq": (["1", "2"], ["3"]), "lymph_node": (["A1"], ["D1"])}
+CROSS = {"baristaseq": (["Slice_1", "Slice_2"], ["Slice_3"]), "lymph_node": (["A1"], ["D1"])}
 METHODS = ["refine", "scratch", "linear-probe", "harmful:refine", "cellcharter+lr",
            "banksy+lr"]
 PEERS = ("cellcharter+lr", "banksy+lr")
@@ -92,6 +92,8 @@ def split(a, name: str, protocol: str, seed: int):
         return train, a, ~m, True
     fit_on, _ = CROSS[name]
     tr = a.obs[library].astype(str).isin(fit_on).to_numpy()
+    if not tr.any() or tr.all():
+        raise SystemExit(f"{name}: slides {fit_on} not found in obs[{library!r}]")
     train = a[tr].copy()
     train.obs["y"] = train.obs["truth"].to_numpy(dtype=object)
     test = a[~tr].copy()

@@ -21,6 +21,13 @@ COUNTS_LAYER = "counts"
 REGION_KEY = "region"
 """``obs`` key of region labels in the embedded data sets."""
 
+TRAIN_SUFFIX = "_train"
+"""Suffix of the boolean ``obs`` column marking training spots (see :func:`train_key`)."""
+
+MIN_GENE_OVERLAP = 0.5
+"""Default smallest fraction of a model's genes that must be in the query (the rest are
+zero-filled): one default for scvi sources, PCA features and ``TorchSource`` gene lists."""
+
 
 def pred_key(labels_key: str) -> str:
     """``obs`` key of predicted labels for ``labels_key``."""
@@ -60,3 +67,12 @@ def calibration_key(labels_key: str) -> str:
 def suggested_key(labels_key: str) -> str:
     """``obs`` key marking (True) the cells suggested for labelling next."""
     return f"{labels_key}_suggested"
+
+
+def train_key(labels_key: str) -> str:
+    """``obs`` key of the boolean column marking the spots whose labels were trained on.
+
+    ``fit --output`` and the demo write it next to the predictions, so a figure or a score can
+    tell training spots from predicted ones.
+    """
+    return f"{labels_key}{TRAIN_SUFFIX}"

@@ -1,10 +1,20 @@
-"""Temporarily quieter third-party loggers."""
+"""Temporarily quieter third-party loggers, and progress bars that suit the front end."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# tqdm.auto warns "IProgress not found" in notebooks without ipywidgets: fall back to text
+# bars there, as Lightning does.
+if importlib.util.find_spec("ipywidgets") is not None:
+    from tqdm.auto import tqdm
+else:
+    from tqdm.std import tqdm
+
+__all__ = ["quiet_loggers", "tqdm"]
 
 
 @contextmanager

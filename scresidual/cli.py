@@ -1,4 +1,4 @@
-"""The ``scresidual`` command line: demo, fit, predict, stress-test.
+"""The ``scresidual`` command line: demo, pretrain-scvi, fit, predict, stress-test.
 
 Bad input ends with one line ``error: …`` on stderr and exit status 2, never a traceback.
 """
@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+from ._constants import MIN_GENE_OVERLAP, TRAIN_SUFFIX, train_key
 from ._errors import ScResidualError
 
 ARM_CHOICES = ("refine", "scratch", "linear-probe", "adapter")
@@ -18,56 +22,172 @@ TRUST_HELP = (
     "model folders from people you trust"
 )
 
+NO_SOURCE_WARNING = (
+    "WARNING: no --source: fitting the spatial residual alone (arm 'scratch', no frozen "
+    "source); add one with --source scvi:DIR (make DIR with `scresidual pretrain-scvi "
+    "SLIDE.h5ad --out DIR`) or --source obsm:KEY."
+)
+
+# Python keyword arguments named in messages whose CLI flag is not their dashed spelling.
+_KWARG_FLAGS = {"min_overlap": "--min-gene-overlap"}
+_KWARG = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^']*)'|True\b|(?=[\s.,;)]|$))")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option's help; epilog examples kept as written.
+
+    Required options have no default, and for a ``None`` default the help says what it means.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _subcommand(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}",
+        formatter_class=_HelpFormatter,
+    )
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or progress messages (warnings "
+        "and errors still show)",
+    )
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scresidual",
         description="Extend a frozen single-cell model with spatial (and other) signals: REFINE.",
+        epilog="run `scresidual COMMAND --help` for a command's options and an example",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the main job on the embedded lymph-node data")
+    demo = _subcommand(
+        sub, "demo", "run the main job on the embedded lymph-node data (about 2-3 min on 2 cores)",
+        "scresidual demo --out scresidual_demo",
+    )
     demo.add_argument("--out", default="scresidual_demo", help="output folder")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (data, labels, training)")
+    _add_n_jobs(demo)
+    demo.add_argument(
+        "--quick", action="store_true",
+        help="smaller slides, fewer epochs: checks the installation, not the method",
+    )
+    _add_quiet(demo)
 
-    fit = sub.add_parser("fit", help="fit a region classifier on a slide (.h5ad)")
-    fit.add_argument("input", help="training slide, .h5ad with obsm['spatial']")
-    fit.add_argument("--labels-key", required=True, help="obs column of labels (NaN = unlabelled)")
-    fit.add_argument("--model-dir", required=True, help="where to save the fitted model")
+    pre = _subcommand(
+        sub, "pretrain-scvi",
+        "pretrain an scVI model on a slide's counts (no labels, no coordinates), to use "
+        "frozen with `fit --source scvi:DIR`",
+        "scresidual pretrain-scvi slide.h5ad --out scvi_source/ && scresidual fit slide.h5ad "
+        "--labels-key region --model-dir model/ --source scvi:scvi_source/",
+    )
+    pre.add_argument("input", help="slide or dissociated reference, .h5ad with raw counts")
+    pre.add_argument("--out", required=True, help="folder to write the scvi-tools model to")
+    pre.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    pre.add_argument(
+        "--batch-key", default=None, help="obs column of batches, e.g. slides (default: one batch)"
+    )
+    pre.add_argument("--n-latent", type=int, default=10, help="latent dimensions")
+    pre.add_argument(
+        "--max-epochs", type=int, default=100, help="most training epochs (early-stopped)"
+    )
+    pre.add_argument("--seed", type=int, default=0, help="random seed")
+    pre.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _add_quiet(pre)
+
+    fit = _subcommand(
+        sub, "fit", "fit a region classifier on a slide (.h5ad)",
+        "scresidual fit slide.h5ad --labels-key region --model-dir model/ "
+        "--source scvi:scvi_source/ --output slide_labelled.h5ad",
+    )
+    fit.add_argument("input", help="training slide, .h5ad with obsm['spatial'] and raw counts")
+    fit.add_argument(
+        "--labels-key", required=True,
+        help="obs column of labels; empty/NaN spots are unlabelled: predicted, not trained on",
+    )
+    fit.add_argument("--model-dir", required=True, help="folder to save the fitted model to")
     fit.add_argument(
         "--source", action="append", default=None,
-        help="frozen source: obsm:KEY | scvi:DIR | none (repeatable; default none)",
+        help="frozen source: obsm:KEY (a stored embedding) | scvi:DIR (an scvi-tools model "
+        "folder, e.g. from `scresidual pretrain-scvi`) | none; repeatable (default: none, "
+        "the spatial residual alone, i.e. scratch, with a warning)",
     )
-    fit.add_argument("--arm", choices=ARM_CHOICES, default="refine")
+    fit.add_argument(
+        "--arm", choices=ARM_CHOICES, default="refine",
+        help="refine: source + residual; scratch: residual only; linear-probe: source only; "
+        "adapter: source through a small MLP",
+    )
     fit.add_argument(
         "--features", action="append", default=None,
-        help="residual input: pca | obsm:KEY (repeatable; default pca)",
+        help="input of the trainable residual: pca (of the log-normalised counts) | obsm:KEY; "
+        "repeatable (default: pca)",
     )
-    fit.add_argument("--graph", default="knn:6", help="knn:K | radius:R | delaunay | none")
-    fit.add_argument("--n-hops", type=int, default=2)
-    fit.add_argument("--library-key", default=None, help="obs column naming each cell's slide")
-    fit.add_argument("--spatial-key", default="spatial")
-    fit.add_argument("--layer", default=None, help="layer with raw counts (default X)")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--max-epochs", type=int, default=200)
-    fit.add_argument("--no-guard", action="store_true", help="disable the scratch fallback")
+    fit.add_argument(
+        "--graph", default="knn:6",
+        help="spatial graph: knn:K | radius:R (coordinate units) | delaunay | none",
+    )
+    fit.add_argument(
+        "--n-hops", type=int, default=2, help="graph hops whose neighbourhood means are used"
+    )
+    fit.add_argument(
+        "--library-key", default=None,
+        help="obs column naming each spot's slide: one graph per slide (default: one slide)",
+    )
+    fit.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates")
+    fit.add_argument(
+        "--layer", default=None, help="layer with raw counts, for pca and scvi (default: X)"
+    )
+    fit.add_argument("--seed", type=int, default=0, help="random seed (splits, initialisation)")
+    fit.add_argument(
+        "--max-epochs", type=int, default=200, help="most epochs per fit (early-stopped)"
+    )
+    fit.add_argument(
+        "--no-guard", action="store_true",
+        help="keep the --arm even when scratch or the probe validates measurably better",
+    )
     fit.add_argument(
         "--folds", type=int, default=None,
-        help="cross-fitting folds (default: 5 below 1,000 labelled cells, else 1 split)",
+        help="cross-fitting folds (default: 5 below 1,000 labelled spots, else one 20%% split)",
     )
-    fit.add_argument("--output", default=None, help="also write the slide with predictions here")
+    fit.add_argument(
+        "--min-gene-overlap", type=float, default=MIN_GENE_OVERLAP,
+        help="smallest fraction of the genes of the PCA and of scvi sources a slide must have "
+        "(missing genes are zero-filled)",
+    )
+    _add_n_jobs(fit)
+    fit.add_argument(
+        "--output", default=None,
+        help=f"also write the slide with predictions and obs['<labels-key>{TRAIN_SUFFIX}'] "
+        "(training spots) to this .h5ad (default: not written)",
+    )
     fit.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing --model-dir (only a folder scresidual saved a model in)",
     )
     fit.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
-    fit.add_argument("--quiet", action="store_true")
+    _add_quiet(fit)
 
-    pred = sub.add_parser("predict", help="label a slide with a fitted model")
-    pred.add_argument("model_dir")
-    pred.add_argument("input", help="slide to label, .h5ad")
-    pred.add_argument("--output", required=True, help="output .h5ad (the input is never changed)")
+    pred = _subcommand(
+        sub, "predict", "label a slide with a fitted model",
+        "scresidual predict model/ other_slide.h5ad --output other_slide_labelled.h5ad",
+    )
+    pred.add_argument("model_dir", help="folder written by `scresidual fit --model-dir`")
+    pred.add_argument("input", help="slide to label, .h5ad (never modified)")
+    pred.add_argument(
+        "--output", required=True,
+        help="output .h5ad: the slide with obs['<labels-key>_pred'] and probabilities",
+    )
+    pred.add_argument(
+        "--min-gene-overlap", type=float, default=None,
+        help="smallest fraction of the model's genes the slide must have (default: the "
+        "value the model was fitted with)",
+    )
     pred.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     pred.add_argument(
         "--alpha", type=float, default=0.1,
@@ -75,14 +195,149 @@ def _parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--sets-method", choices=("lac", "aps"), default="lac",
                       help="conformal score: lac (smallest sets) or aps (adaptive)")
-    pred.add_argument("--quiet", action="store_true")
+    _add_quiet(pred)
 
     # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
     sub.add_parser(
         "stress-test", help="the paper's negative-transfer stress tests (image, text, tabular)",
         add_help=False,
     )
+    for parser in sub.choices.values():
+        parser.set_defaults(flags=frozenset(s for a in parser._actions for s in a.option_strings))
     return p
+
+
+def _add_n_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--n-jobs", type=int, default=None,
+        help="worker processes for the cross-fitted folds (default: one per CPU core on CPU)",
+    )
+
+
+def _cli_message(message: str, flags: frozenset[str]) -> str:
+    """Name CLI flags (``--spatial-key X``) where a message names keywords (``spatial_key='X'``)."""
+
+    def flag(match: re.Match) -> str:
+        name = _KWARG_FLAGS.get(match[1], "--" + match[1].replace("_", "-"))
+        if name not in flags:
+            return match[0]
+        return f"{name} {match[2]}" if match[2] else name
+
+    return _KWARG.sub(flag, message)
+
+
+@contextmanager
+def _flag(name: str) -> Iterator[None]:
+    """Prefix a check's error with the CLI flag it is about."""
+    try:
+        yield
+    except ScResidualError as err:
+        raise ScResidualError(f"{name}: {err}") from err
+
+
+def _check_positive(*flag_values: tuple[str, int | None]) -> None:
+    """Raise for a count below 1 (``None`` stands for an automatic default)."""
+    for flag, value in flag_values:
+        if value is not None and value < 1:
+            raise ScResidualError(f"{flag} must be at least 1, got {value}.")
+
+
+def _check_fraction(flag: str, value: float | None) -> None:
+    if value is not None and not 0 <= value <= 1:
+        raise ScResidualError(f"{flag} must be a fraction in [0, 1], got {value}.")
+
+
+def _check_source(spec: str, adata, args) -> None:
+    from ._validate import check_obsm_key
+    from .model._spatial import _parse_spec
+    from .sources import ScviSource
+    from .sources._genes import check_gene_overlap
+
+    kind, value = _parse_spec(spec, ("obsm", "scvi"), "source")
+    if kind == "obsm":
+        check_obsm_key(adata, value)
+        return
+    genes = ScviSource.load(value, trust_pickle=args.trust_pickle).genes
+    check_gene_overlap(
+        adata.var_names, genes, min_overlap=args.min_gene_overlap,
+        model_name=f"scvi model in {value}",
+    )
+
+
+def _check_labels(adata, labels_key: str) -> None:
+    from ._validate import check_obs_key
+    from .model import labelled_mask
+
+    check_obs_key(adata, labels_key)
+    y = adata.obs[labels_key].to_numpy()
+    mask = labelled_mask(y)
+    n_classes = len({str(v) for v in y[mask]})
+    if n_classes < 2:
+        raise ScResidualError(
+            f"obs[{labels_key!r}] has {n_classes} class(es) among {int(mask.sum())} labelled "
+            "spots; training needs labels of at least 2 classes: label more spots."
+        )
+
+
+def _check_fit_args(args, adata) -> None:
+    """Check every ``fit`` argument against the slide before any training.
+
+    Each failure is one line naming the flag, so nothing is trained, saved and then refused.
+    """
+    from ._io import check_model_dir, check_output_file
+    from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial
+    from .model._spatial import _parse_spec
+    from .pp import parse_graph
+    from .sources._genes import expression_matrix
+
+    _check_positive(
+        ("--n-hops", args.n_hops), ("--max-epochs", args.max_epochs), ("--folds", args.folds),
+        ("--n-jobs", args.n_jobs),
+    )
+    _check_fraction("--min-gene-overlap", args.min_gene_overlap)
+    with _flag("--model-dir"):
+        check_model_dir(
+            args.model_dir, overwrite=args.overwrite, flag="--overwrite", inputs=[args.input]
+        )
+    if args.output is not None:  # its messages name --output
+        check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
+    check_cells(adata, 2, "training")
+    with _flag("--labels-key"):
+        _check_labels(adata, args.labels_key)
+    if args.library_key is not None:
+        with _flag("--library-key"):
+            check_obs_key(adata, args.library_key)
+    with _flag("--graph"):
+        graph_on = parse_graph(args.graph)[0] != "none"
+    if graph_on:
+        with _flag("--spatial-key"):
+            check_spatial(adata, args.spatial_key)
+    with _flag("--layer"):
+        expression_matrix(adata, args.layer)
+    sources = _sources(args)
+    for spec in sources:
+        with _flag("--source"):
+            _check_source(spec, adata, args)
+    if args.arm in ("linear-probe", "adapter") and not sources:
+        raise ScResidualError(
+            f"--arm {args.arm} reads a frozen source; pass --source (obsm:KEY or scvi:DIR)."
+        )
+    for spec in args.features or []:
+        with _flag("--features"):
+            kind, value = _parse_spec(spec, ("pca", "obsm"), "features")
+            if kind == "obsm":
+                check_obsm_key(adata, value)
+
+
+def _sources(args) -> list[str]:
+    return [s for s in args.source or [] if s != "none"]
+
+
+def _mark_training_spots(adata, labels_key: str) -> None:
+    """Record which spots were training labels, next to the predictions."""
+    from .model import labelled_mask
+
+    adata.obs[train_key(labels_key)] = labelled_mask(adata.obs[labels_key].to_numpy())
 
 
 def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
@@ -97,19 +352,22 @@ def _fit(args) -> None:
     from . import read
     from ._io import check_fit_paths
     from .model import SpatialRegionClassifier
-    from .pp import parse_graph
 
-    check_fit_paths(args.input, args.model_dir, args.output, overwrite=args.overwrite)
-    adata = read.h5ad(
-        args.input, spatial_key=args.spatial_key,
-        require_spatial=parse_graph(args.graph)[0] != "none",
-    )
+    adata = read.h5ad(args.input, spatial_key=args.spatial_key, require_spatial=False)
+    _check_fit_args(args, adata)
+    arm, sources = args.arm, _sources(args)
+    if not sources and arm == "refine":
+        # Without a source REFINE is scratch: say so, and fit (and report) it by that name.
+        arm = "scratch"
+        if args.source is None:
+            print(NO_SOURCE_WARNING, file=sys.stderr)
     model = SpatialRegionClassifier(
-        adata, labels_key=args.labels_key, sources=args.source or [],
+        adata, labels_key=args.labels_key, sources=sources,
         features=args.features or ["pca"], graph=args.graph, n_hops=args.n_hops,
         library_key=args.library_key, spatial_key=args.spatial_key, layer=args.layer,
-        arm=args.arm, seed=args.seed, max_epochs=args.max_epochs, guard=not args.no_guard,
-        folds=args.folds, progress=not args.quiet,
+        min_gene_overlap=args.min_gene_overlap, arm=arm, seed=args.seed,
+        max_epochs=args.max_epochs, guard=not args.no_guard, folds=args.folds,
+        n_jobs=args.n_jobs, progress=not args.quiet,
     )
     model.trust_pickle = args.trust_pickle
     model.train()
@@ -117,12 +375,13 @@ def _fit(args) -> None:
     model.save(args.model_dir, overwrite=args.overwrite)
     report = model.model.guard_report_
     print(
-        f"fitted {args.arm} ({len(model.classes_)} classes); kept {model.model.chosen_arm_!r}; "
+        f"fitted {arm} ({len(model.classes_)} classes); kept {model.model.chosen_arm_!r}; "
         + "; ".join(f"{a}: val loss {r['val_loss']:.3f}" for a, r in report.items())
     )
     print(f"model saved to {args.model_dir}")
     if args.output:
         model.predict(adata)
+        _mark_training_spots(adata, args.labels_key)
         _write_h5ad(adata, args.output, [args.input], [args.model_dir])
         print(f"predictions written to {args.output}")
 
@@ -134,9 +393,12 @@ def _predict(args) -> None:
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
+    _check_fraction("--min-gene-overlap", args.min_gene_overlap)
     model = SpatialRegionClassifier.load(
         args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
     )
+    if args.min_gene_overlap is not None:
+        model.setup["min_gene_overlap"] = args.min_gene_overlap
     check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
     adata = read.h5ad(
         args.input, spatial_key=model.setup["spatial_key"],
@@ -149,10 +411,36 @@ def _predict(args) -> None:
     print(f"predictions written to {args.output}")
 
 
+def _pretrain_scvi(args) -> None:
+    from . import read
+    from ._validate import check_obs_key
+    from .sources import pretrain_scvi
+    from .sources._genes import expression_matrix
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ScResidualError(f"--out: {args.out} exists; pass --overwrite or another --out.")
+    _check_positive(("--n-latent", args.n_latent), ("--max-epochs", args.max_epochs))
+    adata = read.h5ad(args.input, require_spatial=False)
+    with _flag("--layer"):
+        expression_matrix(adata, args.layer)
+    if args.batch_key is not None:
+        with _flag("--batch-key"):
+            check_obs_key(adata, args.batch_key)
+    pretrain_scvi(
+        adata, args.out, layer=args.layer, batch_key=args.batch_key, n_latent=args.n_latent,
+        max_epochs=args.max_epochs, seed=args.seed, progress=not args.quiet,
+    )
+    print(f"scVI source saved to {args.out}; use it frozen with: scresidual fit {args.input} "
+          f"--labels-key KEY --model-dir DIR --source scvi:{args.out}")
+
+
 def _demo(args) -> None:
     from ._demo import run_demo
 
-    results = run_demo(args.out, seed=args.seed, progress=not args.quiet)
+    _check_positive(("--n-jobs", args.n_jobs))
+    results = run_demo(
+        args.out, seed=args.seed, n_jobs=args.n_jobs, quick=args.quick, progress=not args.quiet
+    )
     cols = ["arm", "evaluated_on", "accuracy", "macro_f1", "chosen"]
     print(results[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
@@ -175,15 +463,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {os_error_message(err)}", file=sys.stderr)
             return 2
     args = _parser().parse_args(argv)
-    # docrep (used by squidpy) warns about its own docstrings at import; nothing to act on.
-    warnings.filterwarnings("ignore", ".*is not a valid key", SyntaxWarning)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet = getattr(args, "quiet", False)
     logging.getLogger("scresidual").setLevel(logging.WARNING if quiet else logging.INFO)
+    commands = {"demo": _demo, "pretrain-scvi": _pretrain_scvi, "fit": _fit, "predict": _predict}
     try:
-        {"demo": _demo, "fit": _fit, "predict": _predict}[args.command](args)
+        commands[args.command](args)
     except ScResidualError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_cli_message(str(err), args.flags)}", file=sys.stderr)
         return 2
     except OSError as err:  # read-only folders, full disks, vanished files
         from ._io import os_error_message

@@ -138,10 +138,20 @@ def test_align_genes_reorders_and_zero_fills(small_slides):
     np.testing.assert_array_equal(X[:, 2], dense[:, 0])
 
 
+def test_align_genes_refuses_low_overlap_without_claiming_to_zero_fill(small_slides, caplog):
+    a = small_slides[:5].copy()
+    with caplog.at_level("DEBUG", logger="scresidual"):
+        with pytest.raises(ScResidualError, match=r"0 of 2 genes .* lower min_overlap="):
+            align_genes(a, ["NOT_A_GENE", "NOR_THIS"])
+    assert "zero-filled" not in caplog.text
+
+
 def test_spatial_bad_input(slides):
     a = slides[:200].copy()
     with pytest.raises(ScResidualError, match="obs key 'nope'"):
         SpatialRegionClassifier(a, labels_key="nope")
+    with pytest.raises(ScResidualError, match="obs key 'section'"):  # not silently ignored
+        SpatialRegionClassifier(a, labels_key="train", library_key="section")
     with pytest.raises(ScResidualError, match="unknown source"):
         SpatialRegionClassifier(a, labels_key="train", sources=["hub:foo"])
     with pytest.raises(ScResidualError, match="unknown graph"):

@@ -23,11 +23,11 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .. import __version__
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
+from .._logging import tqdm
 from .._process import die_with_parent
 from .._safe_load import check_state_fits, count_members
 from .._validate import placeholder_labels, warn_placeholder_labels
@@ -150,7 +150,7 @@ class ResidualModel:
     accelerator, devices, strategy
         Passed to :class:`lightning.pytorch.Trainer`.
     progress
-        Show progress bars and Lightning's messages.
+        Show progress bars.
     source_head
         For ``lora``: ``{"weight": (n_classes, n_features), "bias": (n_classes,)}``, the frozen
         source's last linear layer (saved with the model; not needed by :meth:`load`).
@@ -339,7 +339,9 @@ class ResidualModel:
         preds = {arm: np.full(len(labelled), -1) for arm in stages}
         jobs = self._n_jobs(len(splits))
         if len(splits) > 1:
-            logger.info("cross-fitting %d folds (%d in parallel)", len(splits), jobs)
+            logger.info(
+                "%s: cross-fitting %d folds (%d in parallel)", "/".join(stages), len(splits), jobs
+            )
         args = [(stages, tensors, y_t, tr, va, weights) for tr, va in splits]
         if jobs > 1:  # folds are independent: fit them in worker processes, one CPU each
             fits = self._fit_folds_in_workers(args, jobs)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._constants import SPATIAL_KEY, pred_key, proba_classes_key, proba_key
+from .._constants import MIN_GENE_OVERLAP, SPATIAL_KEY, pred_key, proba_classes_key, proba_key
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
 from .._safe_load import check_spatial_setup, path_inside
@@ -111,6 +111,9 @@ class SpatialRegionClassifier:
         Layer with counts (for ``'pca'`` and ``'scvi:'``); default ``X``.
     n_comps
         Number of PCA components.
+    min_gene_overlap
+        Smallest fraction of the genes of the PCA features and of ``'scvi:'`` sources that a
+        slide must have (the rest are zero-filled).
     arm
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     seed
@@ -140,11 +143,14 @@ class SpatialRegionClassifier:
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
         n_comps: int = 30,
+        min_gene_overlap: float = MIN_GENE_OVERLAP,
         arm: str = "refine",
         seed: int = 0,
         **kwargs,
     ):
         check_obs_key(adata, labels_key)
+        if library_key is not None:
+            check_obs_key(adata, library_key)
         check_cells(adata, 2, "training")
         check_unique_obs_names(adata)
         sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
@@ -163,7 +169,7 @@ class SpatialRegionClassifier:
             "features": features, "graph": graph, "n_hops": int(n_hops),
             "aggregate_sources": bool(aggregate_sources), "encoder": encoder,
             "library_key": library_key, "spatial_key": spatial_key, "layer": layer,
-            "n_comps": int(n_comps),
+            "n_comps": int(n_comps), "min_gene_overlap": float(min_gene_overlap),
         }
         self.adata = adata
         self._pca: dict[int, PCAFeatures] = {}
@@ -198,7 +204,7 @@ class SpatialRegionClassifier:
 
                 self._frozen[i] = ScviSource.load(
                     self._scvi_dir(value), layer=self.setup["layer"],
-                    trust_pickle=self.trust_pickle,
+                    min_overlap=self._min_gene_overlap, trust_pickle=self.trust_pickle,
                 )
             Z = _embed_in_chunks(self._frozen[i], adata, progress=self.model.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
@@ -219,7 +225,14 @@ class SpatialRegionClassifier:
             return X
         if j not in self._pca:
             raise ScResidualError("the model is not trained yet; call train() first.")
-        return self._pca[j].transform(adata, layer=self.setup["layer"])
+        return self._pca[j].transform(
+            adata, layer=self.setup["layer"], min_overlap=self._min_gene_overlap
+        )
+
+    @property
+    def _min_gene_overlap(self) -> float:
+        # Models saved before the option existed used the default.
+        return self.setup.get("min_gene_overlap", MIN_GENE_OVERLAP)
 
     def _fit_feature_maps(self) -> None:
         """Fit the PCA of each ``'pca'`` feature view on the training slide(s), once."""

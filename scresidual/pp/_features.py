@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
 from .._validate import check_cells, check_finite
 from ..sources._genes import iter_aligned_genes, iter_row_blocks
@@ -116,17 +117,23 @@ class PCAFeatures:
         )
 
     def transform(
-        self, adata: AnnData, *, layer: str | None = None, chunk_size: int = 50_000
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = None,
+        min_overlap: float = MIN_GENE_OVERLAP,
+        chunk_size: int = 50_000,
     ) -> np.ndarray:
         """Project ``adata`` (genes matched by name, missing ones zero-filled).
 
-        Reads ``chunk_size`` rows at a time (``adata`` may be opened backed); memory beyond
-        the output is one block.
+        Raises if fewer than ``min_overlap`` of the PCA's genes are in ``adata``. Reads
+        ``chunk_size`` rows at a time (``adata`` may be opened backed); memory beyond the
+        output is one block.
         """
         out = np.empty((adata.n_obs, len(self.components)), dtype=np.float32)
         offset = self.mean @ self.components.T
         blocks = iter_aligned_genes(
-            adata, self.genes, layer=layer, min_overlap=0.5, model_name="PCA features",
+            adata, self.genes, layer=layer, min_overlap=min_overlap, model_name="PCA features",
             chunk_size=chunk_size,
         )
         for start, block in blocks:

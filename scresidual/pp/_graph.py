@@ -80,7 +80,10 @@ def spatial_graph_matrix(
     Returns ``(connectivities, distances)`` as sparse matrices; with ``library_key`` each
     slide gets its own graph and no edge crosses slides.
     """
-    import squidpy as sq  # heavy import, only when a graph is needed
+    with warnings.catch_warnings():
+        # docrep, squidpy's docstring tool, warns about squidpy's own docstrings at import.
+        warnings.filterwarnings("ignore", ".*is not a valid key", SyntaxWarning)
+        import squidpy as sq  # heavy import, only when a graph is needed
 
     method, value = parse_graph(graph)
     if method == "none":

@@ -20,7 +20,7 @@ from anndata import AnnData
 
 from .._errors import ScResidualError
 from ._base import FrozenSource
-from ._genes import MIN_GENE_OVERLAP
+from ._genes import MIN_VOCAB_OVERLAP
 from ._torch import TARGET_SUM, _as_device, _batches, _freeze, _gene_ids, _match_genes, _matrix
 
 logger = logging.getLogger("scresidual")
@@ -128,7 +128,7 @@ class GeneformerSource(FrozenSource):
         gene_col: str | None = None,
         layer: str | None = None,
         model_input_size: int | None = None,
-        min_overlap: float = MIN_GENE_OVERLAP,
+        min_overlap: float = MIN_VOCAB_OVERLAP,
     ) -> None:
         self.device = _as_device(device)
         self.model = _freeze(model.to(self.device))
@@ -190,7 +190,7 @@ class GeneformerSource(FrozenSource):
         gene_col: str | None = None,
         layer: str | None = None,
         model_input_size: int | None = None,
-        min_overlap: float = MIN_GENE_OVERLAP,
+        min_overlap: float = MIN_VOCAB_OVERLAP,
     ) -> GeneformerSource:
         """Load a Geneformer model folder and its gene dictionaries.
 

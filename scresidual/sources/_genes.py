@@ -10,12 +10,14 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
 
 logger = logging.getLogger("scresidual")
 
-MIN_GENE_OVERLAP = 0.1
-"""Default smallest fraction of the model's genes that must be present in the query."""
+MIN_VOCAB_OVERLAP = 0.1
+"""Default smallest fraction of the query's genes found in a foundation model's vocabulary
+(scGPT, Geneformer): a different quantity, as their vocabularies dwarf any one data set."""
 
 WARN_GENE_OVERLAP = 0.9
 """Below this fraction of the model's genes present, zero-filling is logged as a WARNING."""
@@ -27,33 +29,53 @@ def gene_overlap(query_genes: Sequence[str], model_genes: Sequence[str]) -> floa
     return float(model.isin(pd.Index(query_genes)).mean()) if len(model) else 0.0
 
 
+def check_gene_overlap(
+    query_genes: Sequence[str],
+    model_genes: Sequence[str],
+    *,
+    min_overlap: float = MIN_GENE_OVERLAP,
+    model_name: str = "source model",
+) -> np.ndarray:
+    """Raise unless ``min_overlap`` of ``model_genes`` are in ``query_genes``.
+
+    Returns the position of each model gene in ``query_genes`` (-1 where missing).
+    """
+    model = pd.Index(model_genes)
+    position = pd.Index(query_genes).get_indexer(model)
+    present = position >= 0
+    frac = float(present.mean()) if len(model) else 0.0
+    if frac < min_overlap or not present.any():
+        example = ", ".join(map(str, model[:3]))
+        raise ScResidualError(
+            f"only {present.sum()} of {len(model)} genes of the {model_name} are in "
+            f"adata.var_names ({100 * frac:.1f}% < {100 * min_overlap:.0f}%); use the same gene "
+            f"identifiers as the model (e.g. {example}) or lower min_overlap=."
+        )
+    return position
+
+
 def _match(adata, model_genes, min_overlap, model_name):
     if adata.var_names.has_duplicates:
         raise ScResidualError(
             "adata.var_names has duplicate gene names; call adata.var_names_make_unique() first."
         )
-    model = pd.Index(model_genes)
-    position = pd.Index(adata.var_names).get_indexer(model)
+    position = check_gene_overlap(
+        adata.var_names, model_genes, min_overlap=min_overlap, model_name=model_name
+    )
     present = position >= 0
-    frac = float(present.mean()) if len(model) else 0.0
+    frac = float(present.mean())
+    # Logged only once the overlap is known to be usable (never "zero-filled", then an error).
     if frac < WARN_GENE_OVERLAP:  # a WARNING: shown even with --quiet
         logger.warning(
             "only %.0f%% (%d/%d) of the %s's genes are in the slide; missing genes are "
             "zero-filled, which can change predictions a lot: use a slide measuring the "
-            "model's genes.", 100 * frac, int(present.sum()), len(model), model_name,
+            "model's genes.", 100 * frac, int(present.sum()), len(present), model_name,
         )
     else:
         logger.log(
             logging.INFO if frac < 1 else logging.DEBUG,
             "%s: %d of %d model genes found in the query (%.1f%%); missing genes are "
-            "zero-filled.", model_name, int(present.sum()), len(model), 100 * frac,
-        )
-    if frac < min_overlap:
-        example = ", ".join(map(str, model[:3]))
-        raise ScResidualError(
-            f"only {present.sum()} of {len(model)} genes of the {model_name} are in "
-            f"adata.var_names ({100 * frac:.1f}% < {100 * min_overlap:.0f}%); use the same gene "
-            f"identifiers as the model (e.g. {example}) or lower min_overlap."
+            "zero-filled.", model_name, int(present.sum()), len(present), 100 * frac,
         )
     return position, present
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._errors import ScResidualError
 from ._base import FrozenSource
-from ._genes import MIN_GENE_OVERLAP
+from ._genes import MIN_VOCAB_OVERLAP
 from ._torch import (
     TARGET_SUM,
     _as_device,
@@ -484,7 +484,7 @@ class ScGPTSource(FrozenSource):
         gene_col: str | None = None,
         layer: str | None = None,
         max_seq_len: int | None = None,
-        min_overlap: float = MIN_GENE_OVERLAP,
+        min_overlap: float = MIN_VOCAB_OVERLAP,
         seed: int = 0,
     ) -> None:
         self.device = _as_device(device)
@@ -528,7 +528,7 @@ class ScGPTSource(FrozenSource):
         gene_col: str | None = None,
         layer: str | None = None,
         max_seq_len: int | None = None,
-        min_overlap: float = MIN_GENE_OVERLAP,
+        min_overlap: float = MIN_VOCAB_OVERLAP,
         seed: int = 0,
     ) -> ScGPTSource:
         """Load an scGPT checkpoint folder (``args.json``, ``vocab.json``, ``best_model.pt``).

@@ -169,7 +169,7 @@ class ScviSource(FrozenSource):
         # scvi-tools logs "File … already downloaded" for every local load: not news here.
         # Its loader unpickles model.pt in full: make it build data only, as load() did.
         safe = data_only_torch_load(_save_load, trust_pickle=self.trust_pickle, fix=FIX)
-        with quiet_lightning(True), quiet_loggers("scvi"), safe:
+        with quiet_lightning(), quiet_loggers("scvi"), safe:
             model = self.model_cls.load(str(self.model_dir), adata=q, accelerator="cpu")
             model.module.eval()
             for p in model.module.parameters():
@@ -207,8 +207,8 @@ def pretrain_scvi(
         obs=adata.obs[[batch_key]] if batch_key else None,
     )
     ref.obs_names, ref.var_names = adata.obs_names, adata.var_names
-    scvi.settings.seed = seed
-    with quiet_lightning(not progress):
+    with quiet_lightning():
+        scvi.settings.seed = seed  # Lightning's seed_everything, which logs "Seed set to …"
         scvi.model.SCVI.setup_anndata(ref, batch_key=batch_key)
         model = scvi.model.SCVI(ref, n_latent=n_latent)
         model.train(

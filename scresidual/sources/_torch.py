@@ -14,9 +14,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from .._errors import ScResidualError
+from .._logging import tqdm
 from ._base import FrozenSource
 from ._genes import MIN_GENE_OVERLAP, align_genes
 
@@ -124,7 +124,7 @@ def _match_genes(
         raise ScResidualError(
             f"only {n_match} of {len(query_genes)} genes of adata are in the {model_name} "
             f"vocabulary ({100 * frac:.1f}% < {100 * min_overlap:.0f}%); identify genes by "
-            f"{what} (e.g. {example}) via var_names or gene_col=, or lower min_overlap."
+            f"{what} (e.g. {example}) via var_names or gene_col=, or lower min_overlap=."
         )
     cols = np.flatnonzero(present)
     X = X[:, cols]

@@ -25,11 +25,21 @@ _NOISY_WARNINGS = (
 )
 
 
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric",
+)
+
+
 @contextmanager
-def quiet_lightning(quiet: bool) -> Iterator[None]:
-    """Silence Lightning's start-up chatter and its advice about data-loader workers."""
-    names = ("lightning.pytorch", "lightning.fabric") if quiet else ()
-    with warnings.catch_warnings(), quiet_loggers(*names):
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's start-up chatter and its advice about data-loader workers.
+
+    Its INFO lines (seed set, GPU/TPU available, an advert, why ``fit`` stopped) describe
+    settings scresidual chose, and printed twice wherever the root logger has a handler
+    (the ``lightning`` logger has its own): progress bars are the progress. Its warnings
+    still show.
+    """
+    with warnings.catch_warnings(), quiet_loggers(*_LIGHTNING_LOGGERS):
         for pattern in _NOISY_WARNINGS:
             warnings.filterwarnings("ignore", pattern)
         yield
@@ -206,7 +216,7 @@ def train_network(
     callbacks: list[pl.Callback] = [keep]
     if has_val:
         callbacks.append(pl.callbacks.EarlyStopping("val_loss", patience=patience, mode="min"))
-    with quiet_lightning(not progress):
+    with quiet_lightning():
         trainer = pl.Trainer(
             max_epochs=max_epochs,
             accelerator=accelerator,
