@@ -29,7 +29,7 @@ NO_SOURCE_WARNING = (
 )
 
 # Python keyword arguments named in messages whose CLI flag is not their dashed spelling.
-_KWARG_FLAGS = {"min_overlap": "--min-gene-overlap"}
+_KWARG_FLAGS = {"min_overlap": "--min-gene-overlap", "table_key": "--table"}
 _KWARG = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^']*)'|True\b|(?=[\s.,;)]|$))")
 
 
@@ -102,11 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_quiet(pre)
 
     fit = _subcommand(
-        sub, "fit", "fit a region classifier on a slide (.h5ad)",
+        sub, "fit", "fit a region classifier on a slide (.h5ad or SpatialData .zarr)",
         "scresidual fit slide.h5ad --labels-key region --model-dir model/ "
         "--source scvi:scvi_source/ --output slide_labelled.h5ad",
     )
-    fit.add_argument("input", help="training slide, .h5ad with obsm['spatial'] and raw counts")
+    fit.add_argument(
+        "input", help="training slide with raw counts: .h5ad with obsm['spatial'], or a "
+        "SpatialData .zarr store (coordinates from its table or the shapes/points it annotates)",
+    )
+    _add_table(fit)
     fit.add_argument(
         "--labels-key", required=True,
         help="obs column of labels; empty/NaN spots are unlabelled: predicted, not trained on",
@@ -164,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--output", default=None,
         help=f"also write the slide with predictions and obs['<labels-key>{TRAIN_SUFFIX}'] "
-        "(training spots) to this .h5ad (default: not written)",
+        "(training spots) to this .h5ad; for a .zarr input, the input store itself (adds them "
+        "to its table in place) or a new .zarr (a copy) (default: not written)",
     )
     fit.add_argument(
         "--overwrite", action="store_true",
@@ -178,10 +183,15 @@ def _parser() -> argparse.ArgumentParser:
         "scresidual predict model/ other_slide.h5ad --output other_slide_labelled.h5ad",
     )
     pred.add_argument("model_dir", help="folder written by `scresidual fit --model-dir`")
-    pred.add_argument("input", help="slide to label, .h5ad (never modified)")
+    pred.add_argument(
+        "input", help="slide to label, .h5ad (never modified) or SpatialData .zarr store"
+    )
+    _add_table(pred)
     pred.add_argument(
         "--output", required=True,
-        help="output .h5ad: the slide with obs['<labels-key>_pred'] and probabilities",
+        help="output .h5ad: the slide with obs['<labels-key>_pred'] and probabilities; for a "
+        ".zarr input, the input store itself (adds them to its table in place, atomically) or "
+        "a new .zarr path (a copy)",
     )
     pred.add_argument(
         "--min-gene-overlap", type=float, default=None,
@@ -205,6 +215,13 @@ def _parser() -> argparse.ArgumentParser:
     for parser in sub.choices.values():
         parser.set_defaults(flags=frozenset(s for a in parser._actions for s in a.option_strings))
     return p
+
+
+def _add_table(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--table", default=None,
+        help="table of a .zarr input to use (default: its only table)",
+    )
 
 
 def _add_n_jobs(parser: argparse.ArgumentParser) -> None:
@@ -284,10 +301,11 @@ def _check_fit_args(args, adata) -> None:
 
     Each failure is one line naming the flag, so nothing is trained, saved and then refused.
     """
-    from ._io import check_model_dir, check_output_file
+    from ._io import check_model_dir
     from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial
     from .model._spatial import _parse_spec
     from .pp import parse_graph
+    from .read._spatialdata import check_outside_store, is_zarr
     from .sources._genes import expression_matrix
 
     _check_positive(
@@ -299,8 +317,10 @@ def _check_fit_args(args, adata) -> None:
         check_model_dir(
             args.model_dir, overwrite=args.overwrite, flag="--overwrite", inputs=[args.input]
         )
+        if is_zarr(args.input):
+            check_outside_store(args.model_dir, args.input)
     if args.output is not None:  # its messages name --output
-        check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
+        _check_output(args, [args.model_dir])
     check_cells(adata, 2, "training")
     with _flag("--labels-key"):
         _check_labels(adata, args.labels_key)
@@ -340,6 +360,37 @@ def _mark_training_spots(adata, labels_key: str) -> None:
     adata.obs[train_key(labels_key)] = labelled_mask(adata.obs[labels_key].to_numpy())
 
 
+def _read_slide(args, spatial_key: str, require_spatial: bool):
+    """The input slide as an AnnData, and the ``.zarr`` store it came from (or None)."""
+    from . import read
+    from .read._spatialdata import ZarrSlide, is_zarr
+
+    if is_zarr(args.input):
+        store, adata = ZarrSlide.read(args.input, table_key=args.table, spatial_key=spatial_key)
+        return adata, store
+    if args.table is not None:
+        raise ScResidualError("--table names a table of a .zarr store; drop it for an .h5ad input.")
+    return read.h5ad(args.input, spatial_key=spatial_key, require_spatial=require_spatial), None
+
+
+def _check_output(args, model_dirs: list) -> None:
+    from ._io import check_output_file
+    from .read._spatialdata import check_zarr_output, is_zarr
+
+    if is_zarr(args.input):
+        check_zarr_output(args.output, args.input, model_dirs=model_dirs)
+    else:
+        check_output_file(args.output, inputs=[args.input], model_dirs=model_dirs)
+
+
+def _write_slide(adata, args, store, labels_key: str, model_dirs: list) -> None:
+    """Write ``adata`` to ``--output``; for a ``.zarr`` input, its predictions into the table."""
+    if store is None:
+        _write_h5ad(adata, args.output, [args.input], model_dirs)
+    else:
+        store.write(adata, labels_key, args.output, model_dirs=model_dirs)
+
+
 def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
     from ._io import atomic_path, check_output_file
 
@@ -349,11 +400,13 @@ def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
 
 
 def _fit(args) -> None:
-    from . import read
     from ._io import check_fit_paths
     from .model import SpatialRegionClassifier
+    from .read._spatialdata import warn_several_regions
 
-    adata = read.h5ad(args.input, spatial_key=args.spatial_key, require_spatial=False)
+    adata, store = _read_slide(args, args.spatial_key, require_spatial=False)
+    if store is not None:
+        warn_several_regions(adata, args.library_key)
     _check_fit_args(args, adata)
     arm, sources = args.arm, _sources(args)
     if not sources and arm == "refine":
@@ -371,7 +424,11 @@ def _fit(args) -> None:
     )
     model.trust_pickle = args.trust_pickle
     model.train()
-    check_fit_paths(args.input, args.model_dir, args.output, overwrite=args.overwrite)
+    check_fit_paths(
+        args.input, args.model_dir, None if store else args.output, overwrite=args.overwrite
+    )
+    if store is not None and args.output:
+        _check_output(args, [args.model_dir])
     model.save(args.model_dir, overwrite=args.overwrite)
     report = model.model.guard_report_
     print(
@@ -382,14 +439,12 @@ def _fit(args) -> None:
     if args.output:
         model.predict(adata)
         _mark_training_spots(adata, args.labels_key)
-        _write_h5ad(adata, args.output, [args.input], [args.model_dir])
+        _write_slide(adata, args, store, args.labels_key, [args.model_dir])
         print(f"predictions written to {args.output}")
 
 
 def _predict(args) -> None:
-    from . import read
     from ._constants import pred_key
-    from ._io import check_output_file
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
@@ -399,13 +454,13 @@ def _predict(args) -> None:
     )
     if args.min_gene_overlap is not None:
         model.setup["min_gene_overlap"] = args.min_gene_overlap
-    check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
-    adata = read.h5ad(
-        args.input, spatial_key=model.setup["spatial_key"],
+    _check_output(args, [args.model_dir])
+    adata, store = _read_slide(
+        args, model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     model.predict(adata, alpha=args.alpha, method=args.sets_method)
-    _write_h5ad(adata, args.output, [args.input], [args.model_dir])
+    _write_slide(adata, args, store, model.setup["labels_key"], [args.model_dir])
     counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
     print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"predictions written to {args.output}")

@@ -7,6 +7,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,17 @@ from .._validate import (
 )
 from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, spatial_graph_matrix
 from ..pp._features import read_pca
+from ..read._spatialdata import (
+    is_spatialdata,
+    predict_spatialdata,
+    spatialdata,
+    warn_several_regions,
+)
 from ._calibration import calibration_problem, check_alpha, check_method, write_uncertainty
 from ._residual import ResidualModel, labelled_mask
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 logger = logging.getLogger("scresidual")
 
@@ -80,7 +90,9 @@ class SpatialRegionClassifier:
     Parameters
     ----------
     adata
-        Training slide(s). Cells whose label is missing (NaN or empty) are not trained on.
+        Training slide(s), an AnnData or a :class:`spatialdata.SpatialData` (its table
+        ``table_key`` is used, as :func:`scresidual.read.spatialdata` reads it). Cells whose
+        label is missing (NaN or empty) are not trained on.
     labels_key
         ``obs`` column with the region labels.
     sources
@@ -118,6 +130,9 @@ class SpatialRegionClassifier:
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     seed
         Random seed.
+    table_key
+        For a SpatialData ``adata``: the table to fit on (may be left out when there is only
+        one).
     trust_pickle
         (attribute) Let ``'scvi:'`` sources hold arbitrary Python objects (see
         :meth:`ScviSource.load`); off by default, for folders from people you trust.
@@ -130,7 +145,7 @@ class SpatialRegionClassifier:
 
     def __init__(
         self,
-        adata: AnnData,
+        adata: AnnData | SpatialData,
         *,
         labels_key: str,
         sources: Sequence[str] = (),
@@ -146,8 +161,16 @@ class SpatialRegionClassifier:
         min_gene_overlap: float = MIN_GENE_OVERLAP,
         arm: str = "refine",
         seed: int = 0,
+        table_key: str | None = None,
         **kwargs,
     ):
+        if is_spatialdata(adata):
+            adata = spatialdata(adata, table_key=table_key, spatial_key=spatial_key)
+            warn_several_regions(adata, library_key)
+        elif table_key is not None:
+            raise ScResidualError(
+                "table_key= names a table of a SpatialData; drop it for an AnnData."
+            )
         check_obs_key(adata, labels_key)
         if library_key is not None:
             check_obs_key(adata, library_key)
@@ -317,9 +340,10 @@ class SpatialRegionClassifier:
         return pd.DataFrame(P, index=adata.obs_names, columns=self.classes_)
 
     def predict(
-        self, adata: AnnData | None = None, *, key_added: str | None = None, copy: bool = False,
-        sets: bool | None = None, alpha: float = 0.1, method: str = "lac",
-    ) -> AnnData | None:
+        self, adata: AnnData | SpatialData | None = None, *, key_added: str | None = None,
+        copy: bool = False, sets: bool | None = None, alpha: float = 0.1, method: str = "lac",
+        table_key: str | None = None,
+    ) -> AnnData | SpatialData | None:
         """Predict regions and store them in ``adata``.
 
         Writes ``obs['<key>_pred']`` (categorical), ``obsm['<key>_proba']`` (probabilities,
@@ -341,7 +365,23 @@ class SpatialRegionClassifier:
         an in-memory AnnData with ``obs``, ``var``, ``obsm``, ``uns`` and the predictions but
         without ``X`` (it stays on disk). With ``backed="r+"`` the predictions are added in
         memory; ``adata.write()`` stores them in the file.
+
+        ``adata`` may be a :class:`spatialdata.SpatialData`: the same keys are written into its
+        table ``table_key`` (which may be left out when there is only one), in memory, rows in
+        the table's order; ``copy=True`` leaves it unchanged and returns a new SpatialData
+        with a predicted copy of the table and the other elements shared. Coordinates come
+        as :func:`scresidual.read.spatialdata` reads them. ``scresidual predict MODEL
+        SLIDE.zarr`` writes them into a ``.zarr`` store atomically.
         """
+        if is_spatialdata(adata):
+            return predict_spatialdata(
+                self, adata, table_key=table_key, key_added=key_added, copy=copy, sets=sets,
+                alpha=alpha, method=method,
+            )
+        if table_key is not None:
+            raise ScResidualError(
+                "table_key= names a table of a SpatialData; drop it for an AnnData."
+            )
         adata = self.adata if adata is None else adata
         key = key_added or self.setup["labels_key"]
         if _read_only(adata) and not copy:
