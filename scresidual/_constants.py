@@ -24,6 +24,18 @@ REGION_KEY = "region"
 TRAIN_SUFFIX = "_train"
 """Suffix of the boolean ``obs`` column marking training spots (see :func:`train_key`)."""
 
+DEFAULT_GRAPH = "delaunay"
+"""Default spatial graph of the region classifier (CellCharter's: Delaunay, long links dropped)."""
+
+DEFAULT_N_HOPS = 3
+"""Default number of neighbour rings averaged around each spot."""
+
+ENCODER_SOLVERS = {"linear": "lbfgs", "hops": "adam"}
+"""Residual encoders of the region classifier and how each is fitted: ``linear`` (ring means,
+fitted exactly by logistic regression) or ``hops`` (a SIGN-style graph encoder, by Adam)."""
+
+DEFAULT_ENCODER = "linear"
+
 MIN_GENE_OVERLAP = 0.5
 """Default smallest fraction of a model's genes that must be in the query (the rest are
 zero-filled): one default for scvi sources, PCA features and ``TorchSource`` gene lists."""

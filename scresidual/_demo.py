@@ -72,7 +72,7 @@ def run_demo(
     results, models = tl.compare_arms(
         train, labels_key="region_given", truth_key=REGION_KEY, test={"held-out slide": held_out},
         sources=[f"obsm:{SOURCE_KEY}"], seed=seed, max_epochs=max_epochs, n_jobs=n_jobs,
-        encoder="hops", progress=progress,  # graph encoder: the exact linear solver has no adapter
+        progress=progress,
     )
     print(f"[3/4] four arms fitted on {int(keep.sum())} labelled spots ({time.time() - t0:.0f} s)")
     refine = models["refine"]

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._constants import MIN_GENE_OVERLAP, TRAIN_SUFFIX, train_key
+from ._constants import (
+    DEFAULT_ENCODER,
+    DEFAULT_GRAPH,
+    DEFAULT_N_HOPS,
+    ENCODER_SOLVERS,
+    MIN_GENE_OVERLAP,
+    TRAIN_SUFFIX,
+    train_key,
+)
 from ._errors import ScResidualError
 
 ARM_CHOICES = ("refine", "scratch", "linear-probe", "adapter")
@@ -133,11 +141,18 @@ def _parser() -> argparse.ArgumentParser:
         "repeatable (default: pca)",
     )
     fit.add_argument(
-        "--graph", default="knn:6",
-        help="spatial graph: knn:K | radius:R (coordinate units) | delaunay | none",
+        "--graph", default=DEFAULT_GRAPH,
+        help="spatial graph: delaunay (long links dropped) | knn:K | radius:R (coordinate "
+        "units) | none",
     )
     fit.add_argument(
-        "--n-hops", type=int, default=2, help="graph hops whose neighbourhood means are used"
+        "--n-hops", type=int, default=DEFAULT_N_HOPS,
+        help="neighbour rings averaged around each spot (of the features and the sources)",
+    )
+    fit.add_argument(
+        "--encoder", choices=tuple(ENCODER_SOLVERS), default=DEFAULT_ENCODER,
+        help="residual encoder: linear (ring means, fitted exactly) | hops (a graph encoder "
+        "trained by gradient descent)",
     )
     fit.add_argument(
         "--library-key", default=None,
@@ -149,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--seed", type=int, default=0, help="random seed (splits, initialisation)")
     fit.add_argument(
-        "--max-epochs", type=int, default=200, help="most epochs per fit (early-stopped)"
+        "--max-epochs", type=int, default=200,
+        help="most epochs per gradient-descent fit, early-stopped (--encoder hops, --arm "
+        "adapter; the linear encoder is fitted exactly)"
     )
     fit.add_argument(
         "--no-guard", action="store_true",
@@ -157,7 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--folds", type=int, default=None,
-        help="cross-fitting folds (default: 5 below 1,000 labelled spots, else one 20%% split)",
+        help="validation folds: cross-validation folds of the linear encoder (default 5, "
+        "repeated 3 times); cross-fitted members of gradient-descent fits (default: 5 below "
+        "1,000 labelled spots, else one 20%% split)",
     )
     fit.add_argument(
         "--min-gene-overlap", type=float, default=MIN_GENE_OVERLAP,
@@ -417,7 +436,8 @@ def _fit(args) -> None:
     model = SpatialRegionClassifier(
         adata, labels_key=args.labels_key, sources=sources,
         features=args.features or ["pca"], graph=args.graph, n_hops=args.n_hops,
-        library_key=args.library_key, spatial_key=args.spatial_key, layer=args.layer,
+        encoder=args.encoder, library_key=args.library_key, spatial_key=args.spatial_key,
+        layer=args.layer,
         min_gene_overlap=args.min_gene_overlap, arm=arm, seed=args.seed,
         max_epochs=args.max_epochs, guard=not args.no_guard, folds=args.folds,
         n_jobs=args.n_jobs, progress=not args.quiet,

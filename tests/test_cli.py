@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scresidual.cli import _cli_message, _HelpFormatter, _parser, main
+from scresidual.model import SpatialRegionClassifier
 
 from .conftest import file_hash
 
@@ -44,6 +45,10 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
     assert out.startswith("fitted scratch ")
     meta = json.loads((tmp_path / "m" / "residual_model.json").read_text())
     assert meta["config"]["folds"] == 2  # --folds reached the model
+    setup = json.loads((tmp_path / "m" / "spatial_setup.json").read_text())
+    defaults = SpatialRegionClassifier.__init__.__kwdefaults__
+    for key in ("graph", "n_hops", "encoder"):  # the CLI's defaults are the class's
+        assert setup[key] == defaults[key]
     other = small_slides[small_slides.obs["slide"] == "slide2"].copy()
     other.write_h5ad(tmp_path / "other.h5ad")
     code, out, err = _run(

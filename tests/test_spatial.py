@@ -215,3 +215,13 @@ def test_sign_encoder_still_trains_with_adam(slides):
     assert model.model.config.solver == "adam" and model.chosen_arm_ == "refine"
     with pytest.raises(ScResidualError, match="unknown encoder"):
         SpatialRegionClassifier(one, labels_key="train", encoder="gat")
+
+
+def test_adapter_arm_trains_by_gradient_descent_under_the_linear_encoder(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    one.obsm["X_emb"] = np.random.default_rng(0).normal(size=(one.n_obs, 4)).astype(np.float32)
+    model = SpatialRegionClassifier(
+        one, labels_key="train", sources=["obsm:X_emb"], arm="adapter", **FAST
+    ).train()
+    assert model.setup["encoder"] == "linear" and model.model.config.solver == "adam"
+    assert model.model.config.arm == "adapter" and model.predict_proba(one).shape[0] == one.n_obs

@@ -68,7 +68,7 @@ class ResidualConfig:
     guard_z: float = 1.0
     validation_size: float = 0.2
     folds: int | None = None
-    cv_repeats: int = 3
+    cv_repeats: int | None = None
     source_shares: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     n_jobs: int | None = None
     class_weight: str | None = "balanced"
@@ -141,6 +141,14 @@ class ResidualModel:
         ``k`` members' probabilities, so no label is only spent on validation. ``None``
         (default): 5 folds below 1,000 labelled cells, else one ``validation_size`` split
         (none with ``validation_size=0``).
+    solver
+        (in ``config``) ``"adam"`` (default): every arm trained by gradient descent with
+        early stopping, as above. ``"lbfgs"``: linear arms only (``refine``, ``scratch``,
+        ``linear-probe`` with ``linear`` residual encoders and head), fitted exactly as
+        logistic regressions with cross-validated penalties; see :mod:`._convex`.
+    cv_repeats
+        (in ``config``) With ``solver="lbfgs"``: rounds of ``folds``-fold cross-validation
+        (``None``: 3 below 1,000 labelled cells, else 1).
     n_jobs
         (in ``config``) Processes fitting the folds in parallel. ``None`` (default): one per
         available CPU when training on one CPU device, else 1 (GPUs and DDP fit folds in
@@ -409,9 +417,9 @@ class ResidualModel:
         and residual inputs, each with its penalty chosen on out-of-fold losses; REFINE is
         the linear head on both, weighted by the source share whose out-of-fold mixture
         validates best (the starting point of the ``adam`` solver, here exact). Validated by
-        ``cv_repeats`` (3) rounds of ``folds``-fold (5) cross-validation, whose out-of-fold
-        predictions are averaged (a few hundred labels make one round's choice noisy), then
-        refitted on every labelled cell.
+        ``cv_repeats`` rounds (default 3 below 1,000 labelled cells, else 1) of ``folds``-fold
+        (5) cross-validation, whose out-of-fold predictions are averaged (a few hundred labels
+        make one round's choice noisy), then refitted on every labelled cell.
         """
         cfg = self.config
         if (cfg.arm not in ("refine", "scratch", "linear-probe") or cfg.head != "linear"
@@ -428,7 +436,7 @@ class ResidualModel:
         y = codes[labelled]
         folds = [
             (np.searchsorted(labelled, tr), np.searchsorted(labelled, va))
-            for r in range(max(1, int(cfg.cv_repeats)))
+            for r in range(self._cv_repeats(len(labelled)))
             for tr, va in self._splits(labelled, y, n_folds=int(cfg.folds or AUTO_FOLDS),
                                        repeat=r)
         ]
@@ -479,6 +487,14 @@ class ResidualModel:
         self.oof_proba_ = np.exp(oof[chosen][rows]) if folds else np.zeros((0, len(self.classes_)))
         self.calibration_, self.calibration_note_ = calibrate(self, codes[self.oof_rows_])
         return self
+
+    def _cv_repeats(self, n_labelled: int) -> int:
+        """Rounds of cross-validation: ``cv_repeats``, or by default 3 below 1,000 labelled
+        cells (one round's choice of penalty is noisy on a few hundred) and 1 above."""
+        repeats = self.config.cv_repeats
+        if repeats is None:
+            repeats = 3 if n_labelled < AUTO_FOLDS_BELOW else 1
+        return max(1, int(repeats))
 
     def _n_jobs(self, n_folds: int) -> int:
         """Worker processes for the folds: one per CPU when training on CPU, else 1."""

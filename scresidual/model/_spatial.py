@@ -13,7 +13,17 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._constants import MIN_GENE_OVERLAP, SPATIAL_KEY, pred_key, proba_classes_key, proba_key
+from .._constants import (
+    DEFAULT_ENCODER,
+    DEFAULT_GRAPH,
+    DEFAULT_N_HOPS,
+    ENCODER_SOLVERS,
+    MIN_GENE_OVERLAP,
+    SPATIAL_KEY,
+    pred_key,
+    proba_classes_key,
+    proba_key,
+)
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
 from .._safe_load import check_spatial_setup, path_inside
@@ -44,7 +54,6 @@ SETUP_FILE = "spatial_setup.json"
 SETUP_FORMAT = 2
 """Format of ``spatial_setup.json``; 2 added neighbour rings, source rings and encoders."""
 
-ENCODER_SOLVERS = {"linear": "lbfgs", "hops": "adam"}
 """Residual encoders of the spatial model and how each is fitted."""
 
 
@@ -150,10 +159,10 @@ class SpatialRegionClassifier:
         labels_key: str,
         sources: Sequence[str] = (),
         features: Sequence[str] = ("pca",),
-        graph: str = "delaunay",
-        n_hops: int = 3,
+        graph: str = DEFAULT_GRAPH,
+        n_hops: int = DEFAULT_N_HOPS,
         aggregate_sources: bool = True,
-        encoder: str = "linear",
+        encoder: str = DEFAULT_ENCODER,
         library_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
@@ -197,9 +206,13 @@ class SpatialRegionClassifier:
         self.adata = adata
         self._pca: dict[int, PCAFeatures] = {}
         self._frozen: dict[int, object] = {}
+        # The exact solver fits linear models only: the adapter arm and deeper heads train
+        # by gradient descent whatever the encoder.
+        linear = arm != "adapter" and kwargs.get("head", "linear") == "linear"
+        kwargs.setdefault("solver", ENCODER_SOLVERS[encoder] if linear else "adam")
         self.model = ResidualModel(
             arm=arm, sources=[f"source_{i}" for i in range(len(sources))],
-            residuals=self._residuals(), seed=seed, solver=ENCODER_SOLVERS[encoder], **kwargs,
+            residuals=self._residuals(), seed=seed, **kwargs,
         )
 
     def _residuals(self) -> dict[str, tuple[str, dict]]:
