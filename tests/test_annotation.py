@@ -115,8 +115,9 @@ def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
         few.predict(one, copy=True, sets=True)
     assert "\n" not in str(err.value) and "label more" in str(err.value)
     hops = SpatialRegionClassifier(one, labels_key="train", encoder="hops", **FAST).train()
-    with pytest.raises(ScResidualError, match="linear encoder"):
+    with pytest.raises(ScResidualError, match="folds=5") as err:
         hops.predict(one, copy=True, sets=True)
+    assert "\n" not in str(err.value)
     with caplog.at_level(logging.WARNING, logger="scresidual"):
         out = hops.predict(one, copy=True)
     assert "no prediction sets" in caplog.text and "train_set" not in out.obs
@@ -152,3 +153,16 @@ def test_cli_predict_writes_sets(fitted, tmp_path, capsys):
                  str(tmp_path / "p2.h5ad"), "--alpha", "0", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: alpha") and err.count("\n") == 1
+
+
+def test_cross_fitted_hops_model_is_calibrated_on_its_out_of_fold_predictions(fitted):
+    a, _ = fitted
+    hops = SpatialRegionClassifier(a, labels_key="train", library_key="slide", encoder="hops",
+                                   **{**FAST, "folds": 3}).train()
+    m = hops.model
+    assert m.calibration_ is not None and len(m.oof_rows_) == a.obs["train"].notna().sum()
+    assert np.allclose(m.oof_proba_.sum(1), 1, atol=1e-5)
+    out = hops.predict(a, copy=True)
+    unl = out.obs["train"].isna().to_numpy()
+    sets = out.obs["train_set"].astype(str).to_numpy()
+    assert 0.8 <= _coverage(sets[unl], out.obs["region"].astype(str)[unl]) <= 0.98

@@ -1,8 +1,10 @@
 """Calibrated probabilities and split-conformal prediction sets from out-of-fold predictions.
 
-The exact (``lbfgs``) fit keeps the out-of-fold probabilities of the arm it kept: predictions
-on labelled cells by models that never saw them. They calibrate the final model the way a
-held-out set would, without spending labels on it:
+A fit keeps the out-of-fold probabilities of the arm it kept: predictions on labelled cells
+by models that never saw them (the exact ``lbfgs`` fit: its cross-validation, for REFINE the
+mixture at the chosen source share; the ``adam`` fit: its cross-fitted members, each on its
+validation fold). They calibrate the final model the way a held-out set would, without
+spending labels on it:
 
 * **temperature scaling** (Guo et al. 2017): one scale of the log-probabilities, fitted by
   unweighted log-loss. Each block is already scaled out of fold, but with balanced class
@@ -14,8 +16,10 @@ held-out set would, without spending labels on it:
   at least ``1 - alpha``. ``"lac"`` scores ``1 - p(true class)`` (smallest sets); ``"aps"``
   scores the probability mass ranked at or above the true class (sets adapt to difficulty).
 
-Models cross-fitted with the final fit slightly better than out of fold, so sets are, if
-anything, slightly conservative.
+The final model (refitted on every labelled cell, or the average of the cross-fitted
+members) fits slightly better than out of fold, so sets are, if anything, slightly
+conservative; the ``adam`` members were early-stopped on the fold they predict, which leans
+the other way a little.
 """
 
 from __future__ import annotations
@@ -81,8 +85,10 @@ class Calibration:
             return 1 - proba <= q
         order = np.argsort(-proba, axis=1)
         mass = np.cumsum(np.take_along_axis(proba, order, 1), axis=1)
-        # A class enters while the mass ranked above it is still below the threshold.
-        keep = (mass - np.take_along_axis(proba, order, 1)) < q
+        # A class enters when its score (the mass ranked at or above it) passes: the rule
+        # the threshold was calibrated with, so coverage is exact (a very confident cell
+        # whose top class alone exceeds the threshold gets an empty set, as with "lac").
+        keep = mass <= q + 1e-12
         out = np.zeros_like(keep)
         np.put_along_axis(out, order, keep, 1)
         return out
@@ -148,9 +154,9 @@ def calibration_problem(model) -> str | None:
     if model.calibration_note_:
         return model.calibration_note_
     if model.config.solver != "lbfgs":
-        return ("the model was fitted without cross-fitting (encoder 'hops', Adam), so it has "
-                "no out-of-fold predictions to calibrate on: refit it with the default linear "
-                "encoder for calibrated probabilities and prediction sets.")
+        return ("the model was fitted without cross-fitting, so it has no out-of-fold "
+                "predictions to calibrate on: refit it with folds=5 (CLI --folds 5) for "
+                "calibrated probabilities and prediction sets.")
     return "the model was saved without calibration: refit it with this version."
 
 

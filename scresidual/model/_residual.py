@@ -207,7 +207,7 @@ class ResidualModel:
         self.shapes_: dict[str, tuple[int, ...]] = {}
         self.chosen_arm_: str | None = None
         self.guard_report_: dict[str, dict] = {}
-        self.oof_rows_: np.ndarray | None = None  # solver="lbfgs": rows validated out of fold
+        self.oof_rows_: np.ndarray | None = None  # labelled rows predicted out of fold
         self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
         self.calibration_: Calibration | None = None  # fitted on them (see _calibration)
         self.calibration_note_: str | None = None  # why there is none
@@ -345,6 +345,7 @@ class ResidualModel:
         # cross-fitting every labelled cell is validated once (out of fold).
         losses = {arm: np.full(len(labelled), np.nan) for arm in stages}
         preds = {arm: np.full(len(labelled), -1) for arm in stages}
+        probas = {arm: np.zeros((len(labelled), len(self.classes_))) for arm in stages}
         jobs = self._n_jobs(len(splits))
         if len(splits) > 1:
             logger.info(
@@ -369,6 +370,7 @@ class ResidualModel:
                     slot = np.searchsorted(labelled, val_idx)
                     losses[arm][slot] = (per_cell / w[y_val].mean()).numpy()
                     preds[arm][slot] = logits.argmax(1).numpy()
+                    probas[arm][slot] = torch.softmax(logits, 1).numpy()
         validated = ~np.isnan(losses[stages[0]])
         reports = {}
         for arm in stages:
@@ -378,9 +380,26 @@ class ResidualModel:
         y_val = codes[labelled][validated]
         val = {a: (losses[a][validated], preds[a][validated]) for a in stages}
         val = val if validated.any() else None
-        chosen = members[self._choose(cfg.arm, stages, reports, val, y_val)]
+        arm = self._choose(cfg.arm, stages, reports, val, y_val)
+        chosen = members[arm]
         self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
+        if len(splits) > 1:  # cross-fitted: every labelled cell was predicted out of fold
+            self._keep_oof(labelled[validated], probas[arm][validated], codes)
+        else:
+            self._keep_oof(np.array([], dtype=np.int64), None, codes, note=(
+                "the model was fitted on one validation split, without cross-fitting, so it "
+                "has no out-of-fold predictions of every labelled cell to calibrate on: refit "
+                "it with folds=5 (CLI --folds 5) for calibrated probabilities and sets."))
         return self
+
+    def _keep_oof(self, rows, proba, codes, note: str | None = None) -> None:
+        """Keep the kept arm's out-of-fold predictions of ``rows`` and calibrate on them."""
+        self.oof_rows_ = rows
+        self.oof_proba_ = proba if proba is not None else np.zeros((0, len(self.classes_)))
+        if note is not None:
+            self.calibration_, self.calibration_note_ = None, note
+            return
+        self.calibration_, self.calibration_note_ = calibrate(self, codes[rows])
 
     def _choose(self, arm, stages, reports, val, y_val) -> str:
         """Fill :attr:`guard_report_` and keep ``arm``, or the fallback the guard prefers.
@@ -481,16 +500,20 @@ class ResidualModel:
         val = val if folds else None
         chosen = self._choose(arm, stages, reports, val, y[rows])
         self.network = nets[chosen].eval()
-        # Out-of-fold predictions of the kept arm: what calibration and label suggestions
-        # need to know how the model does on cells it was not fitted on.
-        self.oof_rows_ = labelled[rows] if folds else np.array([], dtype=np.int64)
-        self.oof_proba_ = np.exp(oof[chosen][rows]) if folds else np.zeros((0, len(self.classes_)))
-        self.calibration_, self.calibration_note_ = calibrate(self, codes[self.oof_rows_])
+        # Out-of-fold predictions of the kept arm (for REFINE the mixture at the chosen
+        # source share): how the model does on cells it was not fitted on, for calibration.
+        if folds:
+            self._keep_oof(labelled[rows], np.exp(oof[chosen][rows]), codes)
+        else:
+            self._keep_oof(np.array([], dtype=np.int64), None, codes)
         return self
 
     def _cv_repeats(self, n_labelled: int) -> int:
-        """Rounds of cross-validation: ``cv_repeats``, or by default 3 below 1,000 labelled
-        cells (one round's choice of penalty is noisy on a few hundred) and 1 above."""
+        """Rounds of cross-validation.
+
+        ``cv_repeats``, or by default 3 below 1,000 labelled cells (one round's choice of
+        penalty is noisy on a few hundred) and 1 above.
+        """
         repeats = self.config.cv_repeats
         if repeats is None:
             repeats = 3 if n_labelled < AUTO_FOLDS_BELOW else 1
