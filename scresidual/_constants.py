@@ -36,6 +36,9 @@ fitted exactly by logistic regression) or ``hops`` (a SIGN-style graph encoder, 
 
 DEFAULT_ENCODER = "linear"
 
+SUGGEST_STRATEGIES = ("diverse", "uncertainty", "random")
+"""Strategies of :func:`scresidual.tl.suggest_labels`, the default first."""
+
 MIN_GENE_OVERLAP = 0.5
 """Default smallest fraction of a model's genes that must be in the query (the rest are
 zero-filled): one default for scvi sources, PCA features and ``TorchSource`` gene lists."""

@@ -1,4 +1,4 @@
-"""The ``scresidual`` command line: demo, pretrain-scvi, fit, predict, stress-test.
+"""The ``scresidual`` command line: demo, pretrain-scvi, fit, predict, suggest, stress-test.
 
 Bad input ends with one line ``error: …`` on stderr and exit status 2, never a traceback.
 """
@@ -19,6 +19,7 @@ from ._constants import (
     DEFAULT_N_HOPS,
     ENCODER_SOLVERS,
     MIN_GENE_OVERLAP,
+    SUGGEST_STRATEGIES,
     TRAIN_SUFFIX,
     train_key,
 )
@@ -225,6 +226,36 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--sets-method", choices=("lac", "aps"), default="lac",
                       help="conformal score: lac (smallest sets) or aps (adaptive)")
     _add_quiet(pred)
+
+    sug = _subcommand(
+        sub, "suggest", "suggest the unlabelled spots to label next (uncertain, spread out, "
+        "rare classes first)",
+        "scresidual suggest model/ slide.h5ad --n 50 --output suggestions.csv",
+    )
+    sug.add_argument("model_dir", help="folder written by `scresidual fit --model-dir`")
+    sug.add_argument(
+        "input", help="the slide being annotated, .h5ad (never modified) or SpatialData .zarr "
+        "store (never modified), with the labels so far",
+    )
+    _add_table(sug)
+    sug.add_argument("--n", type=int, default=50, help="spots to suggest")
+    sug.add_argument(
+        "--output", required=True,
+        help="CSV of the suggestions (obs name, coordinates, current prediction, score), "
+        "in the order picked",
+    )
+    sug.add_argument(
+        "--labels-key", default=None,
+        help="obs column of the labels so far (default: the model's labels key)",
+    )
+    sug.add_argument(
+        "--strategy", choices=SUGGEST_STRATEGIES, default="diverse",
+        help="diverse: uncertain spots, rare classes boosted, spread over the tissue; "
+        "uncertainty: the most uncertain; random",
+    )
+    sug.add_argument("--seed", type=int, default=0, help="random seed (same seed, same spots)")
+    sug.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    _add_quiet(sug)
 
     # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
     sub.add_parser(
@@ -486,6 +517,35 @@ def _predict(args) -> None:
     print(f"predictions written to {args.output}")
 
 
+def _suggest(args) -> None:
+    from ._io import atomic_path, check_output_file
+    from .model import SpatialRegionClassifier
+    from .pp import parse_graph
+    from .tl import suggest_labels
+    from .tl._suggest import check_suggest_args
+
+    _check_positive(("--n", args.n))
+    with _flag("--output"):
+        check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir],
+                          suffix=".csv")
+    model = SpatialRegionClassifier.load(
+        args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
+    )
+    adata, _ = _read_slide(
+        args, model.setup["spatial_key"],
+        require_spatial=parse_graph(model.setup["graph"])[0] != "none",
+    )
+    labels_key = args.labels_key or model.setup["labels_key"]
+    check_suggest_args(adata, labels_key, args.n, args.strategy)
+    table = suggest_labels(adata, model, n=args.n, labels_key=labels_key,
+                           strategy=args.strategy, seed=args.seed)
+    with atomic_path(args.output) as tmp:
+        table.to_csv(tmp, index_label="obs_name")
+    counts = table["prediction"].value_counts()
+    print(f"suggested {len(table)} spots to label (currently predicted: "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"); written to {args.output}")
+
+
 def _pretrain_scvi(args) -> None:
     from . import read
     from ._validate import check_obs_key
@@ -541,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet = getattr(args, "quiet", False)
     logging.getLogger("scresidual").setLevel(logging.WARNING if quiet else logging.INFO)
-    commands = {"demo": _demo, "pretrain-scvi": _pretrain_scvi, "fit": _fit, "predict": _predict}
+    commands = {"demo": _demo, "pretrain-scvi": _pretrain_scvi, "fit": _fit, "predict": _predict,
+                "suggest": _suggest}
     try:
         commands[args.command](args)
     except ScResidualError as err:

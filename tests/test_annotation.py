@@ -110,10 +110,19 @@ def test_predict_writes_uncertainty_and_sets_that_cover(fitted, tmp_path):
 
 def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
     one = _labelled(small_slides[small_slides.obs["slide"] == "slide1"], 0.1)
-    few = SpatialRegionClassifier(one, labels_key="train", progress=False).train()
-    with pytest.raises(ScResidualError, match="out-of-fold cells per class") as err:
+    few = SpatialRegionClassifier(one.copy(), labels_key="train", progress=False)
+    few.adata.obs["train"] = _labelled(one, 0.05).obs["train"]
+    few.train()
+    with pytest.raises(ScResidualError, match="out-of-fold cells") as err:
         few.predict(one, copy=True, sets=True)
     assert "\n" not in str(err.value) and "label more" in str(err.value)
+    rare = one.copy()
+    rare.obs["train"] = rare.obs["region"].astype(object)
+    first = np.flatnonzero(rare.obs["region"] == rare.obs["region"].iloc[0])
+    rare.obs.iloc[first[2:], rare.obs.columns.get_loc("train")] = None  # 2 labels of it
+    thin = SpatialRegionClassifier(rare, labels_key="train", progress=False).train()
+    with pytest.raises(ScResidualError, match="out-of-fold cells per class"):
+        thin.predict(rare, copy=True, sets=True)
     hops = SpatialRegionClassifier(one, labels_key="train", encoder="hops", **FAST).train()
     with pytest.raises(ScResidualError, match="folds=5") as err:
         hops.predict(one, copy=True, sets=True)

@@ -33,8 +33,13 @@ from .._constants import calibration_key, set_key, set_size_key, uncertainty_key
 from .._errors import ScResidualError
 from ._convex import PROBA_FLOOR, log_softmax, temperature
 
-MIN_PER_CLASS = 10
-"""Out-of-fold cells per class needed to calibrate (fewer: a note, no sets)."""
+MIN_PER_CLASS = 3
+"""Out-of-fold cells per class needed to calibrate (fewer: a note, no sets). Coverage is
+marginal, over cells drawn like the labelled ones, so a rare class needs no more than to be
+cross-validated at all; too few cells in all is :data:`MIN_CELLS`."""
+
+MIN_CELLS = 50
+"""Out-of-fold cells needed to calibrate (90% sets need 9; a temperature a few dozen)."""
 
 MAX_SCORES = 100_000
 """Conformity scores kept in a saved model (a seeded subsample beyond; still valid)."""
@@ -167,6 +172,9 @@ def calibrate(model, y: np.ndarray) -> tuple[Calibration | None, str | None]:
         return None, ("the model has no out-of-fold predictions (too few labels to "
                       "cross-validate): label more cells and refit for calibrated probabilities "
                       "and prediction sets.")
+    if len(y) < MIN_CELLS:
+        return None, (f"calibration needs {MIN_CELLS} out-of-fold cells but the model has "
+                      f"{len(y)}: label more cells and refit.")
     low = int(np.argmin(counts))
     if counts[low] < MIN_PER_CLASS:
         return None, (f"calibration needs {MIN_PER_CLASS} out-of-fold cells per class but "
