@@ -119,7 +119,7 @@ def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
     rare = one.copy()
     rare.obs["train"] = rare.obs["region"].astype(object)
     first = np.flatnonzero(rare.obs["region"] == rare.obs["region"].iloc[0])
-    rare.obs.iloc[first[2:], rare.obs.columns.get_loc("train")] = None  # 2 labels of it
+    rare.obs.iloc[first[1:], rare.obs.columns.get_loc("train")] = None  # 1 label of it
     thin = SpatialRegionClassifier(rare, labels_key="train", progress=False).train()
     with pytest.raises(ScResidualError, match="out-of-fold cells per class"):
         thin.predict(rare, copy=True, sets=True)

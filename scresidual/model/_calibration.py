@@ -33,7 +33,7 @@ from .._constants import calibration_key, set_key, set_size_key, uncertainty_key
 from .._errors import ScResidualError
 from ._convex import PROBA_FLOOR, log_softmax, temperature
 
-MIN_PER_CLASS = 3
+MIN_PER_CLASS = 2
 """Out-of-fold cells per class needed to calibrate (fewer: a note, no sets). Coverage is
 marginal, over cells drawn like the labelled ones, so a rare class needs no more than to be
 cross-validated at all; too few cells in all is :data:`MIN_CELLS`."""
