@@ -71,6 +71,34 @@ def test_temperature_scaling_fixes_an_over_confident_model():
     assert (cal.apply(fresh).argmax(1) == fresh.argmax(1)).all()  # labels unchanged
 
 
+def test_temperature_is_kept_only_where_the_out_of_fold_cells_support_it():
+    rng = np.random.default_rng(3)
+    z, y = _draw(rng, 300)
+    honest = Calibration.fit(_softmax(z), y)  # already calibrated: T = 1 is not rejected
+    assert honest.temperature == 1.0 and honest.fitted_temperature != 1.0
+    assert Calibration.fit(_softmax(z), y, test=False).temperature == (
+        honest.fitted_temperature)
+    sharp = Calibration.fit(_softmax(3 * z), y)  # clearly over-confident: scaled
+    assert sharp.temperature == sharp.fitted_temperature < 0.6
+
+
+def test_uncalibrated_means_the_logistic_regressions_own_probabilities(fitted, tmp_path):
+    a, model = fitted
+    m = model.model
+    assert m.unscaled_ and m.unscaled_["head_residual"] > 0
+    raw = model.predict_proba(a, calibrated=False).to_numpy()
+    scaled = m.predict_proba(model.views(a))
+    assert np.allclose(raw.sum(1), 1) and not np.allclose(raw, scaled, atol=1e-3)
+    labelled = a.obs["train"].notna().to_numpy()
+    y = np.searchsorted(model.classes_, a.obs["region"].astype(str).to_numpy())
+    cal = model.predict_proba(a).to_numpy()
+    assert expected_calibration_error(cal[~labelled], y[~labelled]) < (
+        expected_calibration_error(raw[~labelled], y[~labelled]))
+    model.save(tmp_path / "m")
+    loaded = SpatialRegionClassifier.load(tmp_path / "m", progress=False)
+    assert np.allclose(loaded.predict_proba(a, calibrated=False).to_numpy(), raw, atol=1e-5)
+
+
 def test_calibration_round_trips_and_refuses_bad_values():
     rng = np.random.default_rng(2)
     z, y = _draw(rng, 200)
@@ -120,9 +148,20 @@ def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
     rare.obs["train"] = rare.obs["region"].astype(object)
     first = np.flatnonzero(rare.obs["region"] == rare.obs["region"].iloc[0])
     rare.obs.iloc[first[1:], rare.obs.columns.get_loc("train")] = None  # 1 label of it
-    thin = SpatialRegionClassifier(rare, labels_key="train", progress=False).train()
-    with pytest.raises(ScResidualError, match="out-of-fold cells per class"):
-        thin.predict(rare, copy=True, sets=True)
+    with caplog.at_level(logging.WARNING, logger="scresidual"):
+        thin = SpatialRegionClassifier(rare, labels_key="train", progress=False).train()
+    name = str(rare.obs["region"].iloc[0])
+    # calibrated on the other classes; one line names the class without a guarantee
+    assert thin.model.calibration_ is not None and thin.model.calibration_.thin_classes == (
+        name,)
+    line = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert line and "\n" not in line[0] and "not guaranteed" in line[0]
+    assert "label more" in line[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scresidual"):
+        sets = thin.predict(rare, copy=True, sets=True)
+    assert "train_set" in sets.obs and name in caplog.text
+    assert sets.uns["train_calibration"]["classes_without_guarantee"] == [name]
     hops = SpatialRegionClassifier(one, labels_key="train", encoder="hops", **FAST).train()
     with pytest.raises(ScResidualError, match="folds=5") as err:
         hops.predict(one, copy=True, sets=True)

@@ -75,8 +75,12 @@ def test_block_penalty_prefers_strong_regularisation_on_noise():
     y = rng.integers(0, 3, 120)  # labels unrelated to X
     folds = [(np.setdiff1d(np.arange(120), v), v) for v in np.array_split(np.arange(120), 5)]
     fit = fit_block(X, y, folds, n_classes=3, weights=None)
-    assert fit.C <= 0.01
-    assert np.abs(fit.coef).max() < 0.5  # close to the uninformative model
+    # Calibrated out-of-fold losses are flat on noise (any C, scaled down, says "don't
+    # know"): what matters is that the scaled model is close to the uninformative one.
+    assert fit.C <= 0.1
+    assert np.abs(fit.coef).max() < 0.5
+    proba = np.exp(fit.oof_log_proba)
+    assert np.abs(proba - 1 / 3).max() < 0.2
 
 
 def test_rows_of_classes_missing_from_a_fold_are_not_scored():

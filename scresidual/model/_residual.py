@@ -8,6 +8,7 @@ arms, training, the negative-transfer guard, prediction, saving — lives here, 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -211,6 +212,9 @@ class ResidualModel:
         self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
         self.calibration_: Calibration | None = None  # fitted on them (see _calibration)
         self.calibration_note_: str | None = None  # why there is none
+        # Exact linear fits: each head's out-of-fold logit scale and the unscaled bias, to
+        # undo every temperature (``predict_proba(raw=True)``, the uncalibrated baseline).
+        self.unscaled_: dict | None = None
 
     # ------------------------------------------------------------------ building
     @property
@@ -313,6 +317,7 @@ class ResidualModel:
         mask = labelled_mask(y)
         labels = np.array([str(v) for v in y[mask]], dtype=object)
         self.classes_ = sorted(set(labels))
+        self.unscaled_ = None
         if len(self.classes_) < 2:
             raise ScResidualError(
                 f"need labels of at least 2 classes to train, found {len(self.classes_)} "
@@ -500,6 +505,7 @@ class ResidualModel:
         val = val if folds else None
         chosen = self._choose(arm, stages, reports, val, y[rows])
         self.network = nets[chosen].eval()
+        self.unscaled_ = _unscaled(chosen, fits, reports.get("refine", {}).get("source_share"))
         # Out-of-fold predictions of the kept arm (for REFINE the mixture at the chosen
         # source share): how the model does on cells it was not fitted on, for calibration.
         if folds:
@@ -709,9 +715,25 @@ class ResidualModel:
             raise ScResidualError("the model is not fitted yet; call fit() or load() first.")
         return self.network
 
-    def predict_proba(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Class probabilities, columns in the order of :attr:`classes_`."""
+    def predict_proba(self, views: Mapping[str, np.ndarray], *, raw: bool = False) -> np.ndarray:
+        """Class probabilities, columns in the order of :attr:`classes_`.
+
+        ``raw``: of an exact linear fit, the logistic regressions' own probabilities, without
+        the out-of-fold scale of each block (the uncalibrated baseline); other models have
+        no such scale and give the same either way.
+        """
         net = self._check_fitted()
+        if raw and self.unscaled_:
+            net = copy.deepcopy(net)
+            u = self.unscaled_
+            with torch.no_grad():
+                for name in ("head_source", "head_residual"):
+                    head = getattr(net, name, None)
+                    if head is None or u.get(name) is None:
+                        continue
+                    head.weight.div_(u[name])
+                    if head.bias is not None:
+                        head.bias.copy_(torch.tensor(u["bias"], dtype=head.bias.dtype))
         return torch.softmax(self._logits(net, self._tensors(views)), 1).numpy()
 
     def predict(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -733,6 +755,7 @@ class ResidualModel:
             "guard_report": self.guard_report_,
             "calibration": (self.calibration_.to_dict() if self.calibration_ is not None
                             else {"note": self.calibration_note_}),
+            "unscaled": self.unscaled_,
         }
         (directory / "residual_model.json").write_text(json.dumps(meta, indent=2))
         torch.save(net.state_dict(), directory / "residual_model.pt")
@@ -811,6 +834,7 @@ class ResidualModel:
         cal = meta.get("calibration") or {}
         model.calibration_ = Calibration.from_dict(cal) if "scores" in cal else None
         model.calibration_note_ = str(cal["note"])[:500] if cal.get("note") else None
+        model.unscaled_ = _read_unscaled(meta.get("unscaled"), len(model.classes_))
         return model
 
     def _network(self, n_members: int) -> ResidualNetwork | EnsembleNetwork:
@@ -818,3 +842,27 @@ class ResidualModel:
         if n_members == 1:
             return self._build(self.chosen_arm_)
         return EnsembleNetwork([self._build(self.chosen_arm_) for _ in range(n_members)])
+
+
+def _unscaled(chosen: str, fits: dict, share: float | None) -> dict | None:
+    """Each linear head's out-of-fold logit scale and the bias without it (see ``raw``)."""
+    scale = {a: f.scale for a, f in fits.items()}
+    if chosen == "refine":
+        p, s = fits["linear-probe"], fits["scratch"]
+        bias = share * p.intercept / p.scale + (1 - share) * s.intercept / s.scale
+        return {"head_source": scale["linear-probe"], "head_residual": scale["scratch"],
+                "bias": bias.tolist()}
+    head = "head_source" if chosen == "linear-probe" else "head_residual"
+    return {head: scale[chosen], "bias": (fits[chosen].intercept / scale[chosen]).tolist()}
+
+
+def _read_unscaled(d, n_classes: int) -> dict | None:
+    """:func:`_unscaled`'s saved form, or None when absent or malformed."""
+    try:
+        out = {k: float(d[k]) for k in ("head_source", "head_residual") if d.get(k) is not None}
+        bias = [float(b) for b in d["bias"]]
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+    ok = (len(bias) == n_classes and all(np.isfinite(bias))
+          and all(np.isfinite(v) and v > 0 for v in out.values()))
+    return {**out, "bias": bias} if ok and out else None

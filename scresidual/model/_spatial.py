@@ -42,7 +42,13 @@ from ..read._spatialdata import (
     spatialdata,
     warn_several_regions,
 )
-from ._calibration import calibration_problem, check_alpha, check_method, write_uncertainty
+from ._calibration import (
+    calibration_problem,
+    check_alpha,
+    check_method,
+    thin_note,
+    write_uncertainty,
+)
 from ._residual import ResidualModel, labelled_mask
 
 if TYPE_CHECKING:
@@ -343,11 +349,16 @@ class SpatialRegionClassifier:
     ) -> pd.DataFrame:
         """Class probabilities per cell (a DataFrame; ``adata`` is not modified).
 
-        ``calibrated``: temperature-scaled on the out-of-fold predictions when the model has a
-        calibration (:mod:`scresidual.model._calibration`); the argmax is the same either way.
+        ``calibrated``: calibrated on the out-of-fold predictions when the model has a
+        calibration (:mod:`scresidual.model._calibration`). ``False``: the uncalibrated
+        probabilities, the classifier's own with no temperature at all (for the exact linear
+        fit, the logistic regressions' probabilities without each block's out-of-fold
+        scale; since those scales also weigh REFINE's two blocks, their mixture's argmax may
+        differ from the calibrated model's on a few cells). Calibration alone never changes
+        the argmax.
         """
         adata = self.adata if adata is None else adata
-        P = self.model.predict_proba(self.views(adata))
+        P = self.model.predict_proba(self.views(adata), raw=not calibrated)
         if calibrated and self.model.calibration_ is not None:
             P = self.model.calibration_.apply(P)
         return pd.DataFrame(P, index=adata.obs_names, columns=self.classes_)
@@ -425,8 +436,11 @@ class SpatialRegionClassifier:
         )
         adata.obsm[proba_key(key)] = proba.to_numpy().astype(np.float32)
         adata.uns[proba_classes_key(key)] = np.asarray(self.classes_, dtype=object)
+        write_sets = sets is not False and not problem
+        if write_sets and self.model.calibration_.thin_classes:
+            logger.warning("%s", thin_note(self.model.calibration_.thin_classes))
         write_uncertainty(adata, key, proba.to_numpy(), self.classes_, self.model.calibration_,
-                          sets=sets is not False and not problem, alpha=alpha, method=method)
+                          sets=write_sets, alpha=alpha, method=method)
         return adata if copy else None
 
     # ------------------------------------------------------------------ saving
