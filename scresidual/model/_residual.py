@@ -678,8 +678,9 @@ class ResidualModel:
         k = self.n_folds(len(labelled)) if n_folds is None else min(n_folds, len(labelled) // 2)
         counts = np.bincount(codes)
         if k > 1:
-            # Stratify when every class can appear in each fold's training part.
-            if counts[counts > 0].min() >= 2:
+            # Stratify when every class can appear in each fold's training part (and
+            # sklearn can: some class must have at least k cells).
+            if counts[counts > 0].min() >= 2 and counts.max() >= k:
                 with warnings.catch_warnings():  # classes rarer than k: sklearn warns
                     warnings.simplefilter("ignore", UserWarning)
                     folds = StratifiedKFold(k, shuffle=True, random_state=seed)

@@ -28,6 +28,12 @@ from ..model import SpatialRegionClassifier, labelled_mask
 POOL = 5
 """The diverse strategy clusters the ``POOL * n`` highest-scoring unlabelled cells."""
 
+EXPLORE = 0.3
+"""Share of each round of ``"diverse"`` drawn at random from the candidates (exploration)."""
+
+BOOST_POWER = 0.5
+"""Exponent of the rarity boost: ``(most labels of a class / labels of the class) ** power``."""
+
 N_COMPONENTS = 20
 """Principal components of the model's inputs in which cells are clustered."""
 
@@ -64,10 +70,12 @@ def margin_uncertainty(proba: np.ndarray) -> np.ndarray:
     return 1 - (top[:, 1] - top[:, 0])
 
 
-def rarity_boost(proba: np.ndarray, labels: np.ndarray, classes: list[str]) -> np.ndarray:
-    """Expected ``sqrt(most labels of a class / labels of the class)`` under ``proba``."""
+def rarity_boost(
+    proba: np.ndarray, labels: np.ndarray, classes: list[str], power: float = BOOST_POWER
+) -> np.ndarray:
+    """Expected ``(most labels of a class / labels of the class) ** power`` under ``proba``."""
     counts = pd.Series(labels).value_counts().reindex(classes, fill_value=0).to_numpy(float)
-    return proba @ np.sqrt(counts.max() / (counts + 1))
+    return proba @ (counts.max() / (counts + 1)) ** power
 
 
 def _representation(views: dict, rows: np.ndarray, seed: int) -> np.ndarray:
@@ -166,7 +174,12 @@ def suggest_labels(
         labels = adata.obs[labels_key].to_numpy()
         labels = labels[labelled_mask(labels)].astype(str)
         score = uncertainty * rarity_boost(p, labels, model.classes_)
-        picked = _pick_diverse(score, _representation(views, rows, seed), n, seed)
+        n_random = int(round(EXPLORE * n))
+        picked = _pick_diverse(score, _representation(views, rows, seed), n - n_random, seed)
+        if n_random:
+            rest = np.setdiff1d(np.arange(len(rows)), picked)
+            extra = np.random.default_rng(seed).choice(rest, n_random, replace=False)
+            picked = np.concatenate([picked, extra])
     cells = rows[picked]
     xy = np.asarray(adata.obsm[model.setup["spatial_key"]])[cells, :2] if (
         model.setup["spatial_key"] in adata.obsm) else np.full((len(cells), 2), np.nan)
