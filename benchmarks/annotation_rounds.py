@@ -8,7 +8,8 @@ helpers and cache, ``benchmarks/.cache/``) with scresidual's defaults (linear en
 Per seed (0 1 2), 20% of the cells are held out as a test set, never labelled nor suggested.
 Labelling starts from 2% of the slide's cells at random (at least one per class) and adds 2%
 per round up to 10%, by each strategy of :func:`scresidual.tl.suggest_labels`: ``random``,
-``uncertainty`` (the most uncertain cells) and ``diverse`` (the default). After each round
+``uncertainty`` (the most uncertain cells) and ``diverse`` (the default: uncertain cells
+boosted for rarely labelled classes, clustered, and 30% at random). After each round
 the model is refitted and scored (macro-F1) on the test cells. Reported: the % labelled at
 which each strategy's mean curve reaches random's mean macro-F1 at 10% (linear
 interpolation; target for ``diverse``: ≤ 6% on at least 3 of 4 slides).
@@ -16,11 +17,16 @@ interpolation; target for ``diverse``: ≤ 6% on at least 3 of 4 slides).
 Uncertainty, with the 10% random labels of the last random round: coverage of 90% conformal
 sets (``lac``) and their mean size on the unlabelled cells (target coverage 88–92%, mean of
 seeds), expected calibration error of the calibrated and uncalibrated probabilities there
-(target: calibrated ≤ 0.05 and below uncalibrated).
+(target: calibrated ≤ 0.05 and below uncalibrated). Uncalibrated means the raw
+logistic-regression probabilities, with no temperature at all; the blocks' out-of-fold
+scales without the mixture's temperature are reported too (``ece_blocks_only``).
+
+Variants of the suggestion strategy measured on this protocol (seeds 0-2 and 3-5) are in
+``results/annotation_rounds_variants.json`` (see :mod:`scresidual.tl._suggest`).
 
 Usage::
 
-    python benchmarks/annotation_rounds.py            # 4 slides, seeds 0 1 2 (~25 min, 1 CPU)
+    python benchmarks/annotation_rounds.py            # 4 slides, seeds 0 1 2 (~8 min, 1 CPU)
     python benchmarks/annotation_rounds.py --quick    # starmap, seed 0
 """
 

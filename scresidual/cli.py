@@ -250,7 +250,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sug.add_argument(
         "--strategy", choices=SUGGEST_STRATEGIES, default="diverse",
-        help="diverse: uncertain spots, rare classes boosted, spread over the tissue; "
+        help="diverse: uncertain spots, rare classes boosted, spread over the tissue, 30%% at "
+        "random; "
         "uncertainty: the most uncertain; random",
     )
     sug.add_argument("--seed", type=int, default=0, help="random seed (same seed, same spots)")

@@ -4,13 +4,24 @@ A round of annotation labels ``n`` cells. Labelling the ``n`` most uncertain cel
 on one stretch of one boundary (neighbouring cells are alike, so their labels teach the same
 thing); labelling at random spends most of them where the model is already sure. The
 ``"diverse"`` strategy (after Cluster-Margin, Citovsky et al. 2021) keeps a pool of the
-unlabelled cells that score highest and clusters it into ``n`` groups in the model's own
+unlabelled cells that score highest and clusters it into groups in the model's own
 input space (source and feature ring means, so neighbourhoods that look alike fall
 together); each group gives its highest-scoring cell. A cell's score is its calibrated margin
 uncertainty, ``1 - (p1 - p2)``, times a boost for the classes it may belong to that have few
-labels (macro-F1 weighs every class alike). ``"uncertainty"`` (the ``n`` highest margin
-uncertainties) and ``"random"`` are there to compare against
-(``benchmarks/annotation_rounds.py``).
+labels (macro-F1 weighs every class alike). A share of each round (:data:`EXPLORE`, 30%) is
+drawn at random among the candidates instead: the model's uncertainty is only as good as the
+model, which is poor in early rounds, and random picks find what it is confidently wrong
+about (a region it has barely seen) and keep the labelled set representative.
+
+Measured (``benchmarks/annotation_rounds.py``'s protocol, variants in
+``benchmarks/results/annotation_rounds_variants.json``): without the random share the
+strategy reached random labels' 10% macro-F1 with 5.2/4.6/6.9/8.4% labelled on STARmap,
+BaristaSeq, DLPFC and the lymph node (seeds 0-2) and 4.2/4.0/4.8/3.8% (seeds 3-5); with it
+5.5/3.9/5.7/5.8% and 5.2/4.1/5.1/4.3%, the only variant tried that stays within 6% on every
+slide in both seed sets. Farthest-point (k-center) picking on coordinates or in the input
+space, a 10n pool, clustering on inputs and coordinates together and a stronger rarity boost
+(power 1) did no better across slides. ``"uncertainty"`` (the ``n`` highest margin
+uncertainties) and ``"random"`` are there to compare against.
 """
 
 from __future__ import annotations
@@ -134,13 +145,14 @@ def suggest_labels(
         ``obs`` column of the labels so far (default: the model's ``labels_key``).
     strategy
         ``"diverse"`` (default): uncertain cells, boosted for classes with few labels,
-        spread over the tissue (see the module notes); ``"uncertainty"``: the ``n`` highest
+        spread over the tissue, and 30% of ``n`` at random (see the module notes);
+        ``"uncertainty"``: the ``n`` highest
         margin uncertainties; ``"random"``: unlabelled cells at random.
     key_added
         Boolean ``obs`` column marking the suggestions (default ``'<labels_key>_suggested'``,
         which :func:`scresidual.pl.regions` and :func:`scresidual.pl.uncertainty` outline).
     seed
-        Seed of the clustering (and of ``"random"``): the same seed, the same cells.
+        Seed of the clustering and of the random picks: the same seed, the same cells.
     candidates
         Boolean mask of the cells that may be suggested (default: every unlabelled cell),
         e.g. one slide, or all but a held-out test set.
