@@ -418,9 +418,9 @@ class SpatialRegionClassifier:
         problem = calibration_problem(self.model)
         if problem and sets:
             raise ScResidualError(problem)
+        proba = self.predict_proba(adata)  # first: a source that cannot load fails alone
         if problem and sets is None:
             logger.warning("no prediction sets: %s", problem)
-        proba = self.predict_proba(adata)
         if copy and adata.isbacked:
             # X stays on disk; the copy carries everything else and the predictions.
             adata = AnnData(
