@@ -36,6 +36,9 @@ fitted exactly by logistic regression) or ``hops`` (a SIGN-style graph encoder, 
 
 DEFAULT_ENCODER = "linear"
 
+SUGGEST_STRATEGIES = ("diverse", "uncertainty", "random")
+"""Strategies of :func:`scresidual.tl.suggest_labels`, the default first."""
+
 MIN_GENE_OVERLAP = 0.5
 """Default smallest fraction of a model's genes that must be in the query (the rest are
 zero-filled): one default for scvi sources, PCA features and ``TorchSource`` gene lists."""
@@ -54,6 +57,31 @@ def proba_key(labels_key: str) -> str:
 def proba_classes_key(labels_key: str) -> str:
     """``uns`` key of the class order of the ``proba_key`` columns."""
     return f"{labels_key}_proba_classes"
+
+
+def uncertainty_key(labels_key: str) -> str:
+    """``obs`` key of per-cell uncertainty: 1 - the highest calibrated class probability."""
+    return f"{labels_key}_uncertainty"
+
+
+def set_key(labels_key: str) -> str:
+    """``obs`` key of conformal prediction sets: classes joined by ``'|'``, most probable first."""
+    return f"{labels_key}_set"
+
+
+def set_size_key(labels_key: str) -> str:
+    """``obs`` key of the number of classes in each conformal prediction set."""
+    return f"{labels_key}_set_size"
+
+
+def calibration_key(labels_key: str) -> str:
+    """``uns`` key of how probabilities were calibrated and sets made (temperature, level)."""
+    return f"{labels_key}_calibration"
+
+
+def suggested_key(labels_key: str) -> str:
+    """``obs`` key marking (True) the cells suggested for labelling next."""
+    return f"{labels_key}_suggested"
 
 
 def train_key(labels_key: str) -> str:

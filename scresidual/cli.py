@@ -1,4 +1,4 @@
-"""The ``scresidual`` command line: demo, pretrain-scvi, fit, predict, stress-test.
+"""The ``scresidual`` command line: demo, pretrain-scvi, fit, predict, suggest, stress-test.
 
 Bad input ends with one line ``error: …`` on stderr and exit status 2, never a traceback.
 """
@@ -19,6 +19,7 @@ from ._constants import (
     DEFAULT_N_HOPS,
     ENCODER_SOLVERS,
     MIN_GENE_OVERLAP,
+    SUGGEST_STRATEGIES,
     TRAIN_SUFFIX,
     train_key,
 )
@@ -37,7 +38,7 @@ NO_SOURCE_WARNING = (
 )
 
 # Python keyword arguments named in messages whose CLI flag is not their dashed spelling.
-_KWARG_FLAGS = {"min_overlap": "--min-gene-overlap"}
+_KWARG_FLAGS = {"min_overlap": "--min-gene-overlap", "table_key": "--table"}
 _KWARG = re.compile(r"\b([a-z][a-z0-9_]*)=(?:'([^']*)'|True\b|(?=[\s.,;)]|$))")
 
 
@@ -110,11 +111,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_quiet(pre)
 
     fit = _subcommand(
-        sub, "fit", "fit a region classifier on a slide (.h5ad)",
+        sub, "fit", "fit a region classifier on a slide (.h5ad or SpatialData .zarr)",
         "scresidual fit slide.h5ad --labels-key region --model-dir model/ "
         "--source scvi:scvi_source/ --output slide_labelled.h5ad",
     )
-    fit.add_argument("input", help="training slide, .h5ad with obsm['spatial'] and raw counts")
+    fit.add_argument(
+        "input", help="training slide with raw counts: .h5ad with obsm['spatial'], or a "
+        "SpatialData .zarr store (coordinates from its table or the shapes/points it annotates)",
+    )
+    _add_table(fit)
     fit.add_argument(
         "--labels-key", required=True,
         help="obs column of labels; empty/NaN spots are unlabelled: predicted, not trained on",
@@ -183,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--output", default=None,
         help=f"also write the slide with predictions and obs['<labels-key>{TRAIN_SUFFIX}'] "
-        "(training spots) to this .h5ad (default: not written)",
+        "(training spots) to this .h5ad; for a .zarr input, the input store itself (adds them "
+        "to its table in place) or a new .zarr (a copy) (default: not written)",
     )
     fit.add_argument(
         "--overwrite", action="store_true",
@@ -197,10 +203,15 @@ def _parser() -> argparse.ArgumentParser:
         "scresidual predict model/ other_slide.h5ad --output other_slide_labelled.h5ad",
     )
     pred.add_argument("model_dir", help="folder written by `scresidual fit --model-dir`")
-    pred.add_argument("input", help="slide to label, .h5ad (never modified)")
+    pred.add_argument(
+        "input", help="slide to label, .h5ad (never modified) or SpatialData .zarr store"
+    )
+    _add_table(pred)
     pred.add_argument(
         "--output", required=True,
-        help="output .h5ad: the slide with obs['<labels-key>_pred'] and probabilities",
+        help="output .h5ad: the slide with obs['<labels-key>_pred'] and probabilities; for a "
+        ".zarr input, the input store itself (adds them to its table in place, atomically) or "
+        "a new .zarr path (a copy)",
     )
     pred.add_argument(
         "--min-gene-overlap", type=float, default=None,
@@ -208,7 +219,44 @@ def _parser() -> argparse.ArgumentParser:
         "value the model was fitted with)",
     )
     pred.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    pred.add_argument(
+        "--alpha", type=float, default=0.1,
+        help="conformal sets cover the true region with probability 1 - alpha (default 0.1)",
+    )
+    pred.add_argument("--sets-method", choices=("lac", "aps"), default="lac",
+                      help="conformal score: lac (smallest sets) or aps (adaptive)")
     _add_quiet(pred)
+
+    sug = _subcommand(
+        sub, "suggest", "suggest the unlabelled spots to label next (uncertain, spread out, "
+        "rare classes first)",
+        "scresidual suggest model/ slide.h5ad --n 50 --output suggestions.csv",
+    )
+    sug.add_argument("model_dir", help="folder written by `scresidual fit --model-dir`")
+    sug.add_argument(
+        "input", help="the slide being annotated, .h5ad (never modified) or SpatialData .zarr "
+        "store (never modified), with the labels so far",
+    )
+    _add_table(sug)
+    sug.add_argument("--n", type=int, default=50, help="spots to suggest")
+    sug.add_argument(
+        "--output", required=True,
+        help="CSV of the suggestions (obs name, coordinates, current prediction, score), "
+        "in the order picked",
+    )
+    sug.add_argument(
+        "--labels-key", default=None,
+        help="obs column of the labels so far (default: the model's labels key)",
+    )
+    sug.add_argument(
+        "--strategy", choices=SUGGEST_STRATEGIES, default="diverse",
+        help="diverse: uncertain spots, rare classes boosted, spread over the tissue, 30%% at "
+        "random; "
+        "uncertainty: the most uncertain; random",
+    )
+    sug.add_argument("--seed", type=int, default=0, help="random seed (same seed, same spots)")
+    sug.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    _add_quiet(sug)
 
     # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
     sub.add_parser(
@@ -218,6 +266,13 @@ def _parser() -> argparse.ArgumentParser:
     for parser in sub.choices.values():
         parser.set_defaults(flags=frozenset(s for a in parser._actions for s in a.option_strings))
     return p
+
+
+def _add_table(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--table", default=None,
+        help="table of a .zarr input to use (default: its only table)",
+    )
 
 
 def _add_n_jobs(parser: argparse.ArgumentParser) -> None:
@@ -297,9 +352,10 @@ def _check_fit_args(args, adata) -> None:
     Each failure is one line naming the flag, so nothing is trained, saved and then refused.
     """
     from ._genes import expression_matrix
-    from ._io import check_model_dir, check_output_file
+    from ._io import check_model_dir
     from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial, parse_spec
     from .pp import parse_graph
+    from .read.sdata import check_outside_store, is_zarr
 
     _check_positive(
         ("--n-hops", args.n_hops), ("--max-epochs", args.max_epochs), ("--folds", args.folds),
@@ -310,8 +366,10 @@ def _check_fit_args(args, adata) -> None:
         check_model_dir(
             args.model_dir, overwrite=args.overwrite, flag="--overwrite", inputs=[args.input]
         )
+        if is_zarr(args.input):
+            check_outside_store(args.model_dir, args.input)
     if args.output is not None:  # its messages name --output
-        check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
+        _check_output(args, [args.model_dir])
     check_cells(adata, 2, "training")
     with _flag("--labels-key"):
         _check_labels(adata, args.labels_key)
@@ -351,6 +409,37 @@ def _mark_training_spots(adata, labels_key: str) -> None:
     adata.obs[train_key(labels_key)] = labelled_mask(adata.obs[labels_key].to_numpy())
 
 
+def _read_slide(args, spatial_key: str, require_spatial: bool):
+    """The input slide as an AnnData, and the ``.zarr`` store it came from (or None)."""
+    from . import read
+    from .read.sdata import ZarrSlide, is_zarr
+
+    if is_zarr(args.input):
+        store, adata = ZarrSlide.read(args.input, table_key=args.table, spatial_key=spatial_key)
+        return adata, store
+    if args.table is not None:
+        raise ScResidualError("--table names a table of a .zarr store; drop it for an .h5ad input.")
+    return read.h5ad(args.input, spatial_key=spatial_key, require_spatial=require_spatial), None
+
+
+def _check_output(args, model_dirs: list) -> None:
+    from ._io import check_output_file
+    from .read.sdata import check_zarr_output, is_zarr
+
+    if is_zarr(args.input):
+        check_zarr_output(args.output, args.input, model_dirs=model_dirs)
+    else:
+        check_output_file(args.output, inputs=[args.input], model_dirs=model_dirs)
+
+
+def _write_slide(adata, args, store, labels_key: str, model_dirs: list) -> None:
+    """Write ``adata`` to ``--output``; for a ``.zarr`` input, its predictions into the table."""
+    if store is None:
+        _write_h5ad(adata, args.output, [args.input], model_dirs)
+    else:
+        store.write(adata, labels_key, args.output, model_dirs=model_dirs)
+
+
 def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
     from ._io import atomic_path, check_output_file
 
@@ -360,11 +449,13 @@ def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
 
 
 def _fit(args) -> None:
-    from . import read
     from ._io import check_fit_paths
     from .model import SpatialRegionClassifier
+    from .read.sdata import warn_several_regions
 
-    adata = read.h5ad(args.input, spatial_key=args.spatial_key, require_spatial=False)
+    adata, store = _read_slide(args, args.spatial_key, require_spatial=False)
+    if store is not None:
+        warn_several_regions(adata, args.library_key)
     _check_fit_args(args, adata)
     arm, sources = args.arm, _sources(args)
     if not sources and arm == "refine":
@@ -383,7 +474,11 @@ def _fit(args) -> None:
     )
     model.trust_pickle = args.trust_pickle
     model.train()
-    check_fit_paths(args.input, args.model_dir, args.output, overwrite=args.overwrite)
+    check_fit_paths(
+        args.input, args.model_dir, None if store else args.output, overwrite=args.overwrite
+    )
+    if store is not None and args.output:
+        _check_output(args, [args.model_dir])
     model.save(args.model_dir, overwrite=args.overwrite)
     report = model.guard_report_
     print(
@@ -394,14 +489,12 @@ def _fit(args) -> None:
     if args.output:
         model.predict(adata)
         _mark_training_spots(adata, args.labels_key)
-        _write_h5ad(adata, args.output, [args.input], [args.model_dir])
+        _write_slide(adata, args, store, args.labels_key, [args.model_dir])
         print(f"predictions written to {args.output}")
 
 
 def _predict(args) -> None:
-    from . import read
     from ._constants import pred_key
-    from ._io import check_output_file
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
 
@@ -411,16 +504,45 @@ def _predict(args) -> None:
     )
     if args.min_gene_overlap is not None:
         model.setup["min_gene_overlap"] = args.min_gene_overlap
-    check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir])
-    adata = read.h5ad(
-        args.input, spatial_key=model.setup["spatial_key"],
+    _check_output(args, [args.model_dir])
+    adata, store = _read_slide(
+        args, model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
-    model.predict(adata)
-    _write_h5ad(adata, args.output, [args.input], [args.model_dir])
+    model.predict(adata, alpha=args.alpha, method=args.sets_method)
+    _write_slide(adata, args, store, model.setup["labels_key"], [args.model_dir])
     counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
     print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"predictions written to {args.output}")
+
+
+def _suggest(args) -> None:
+    from ._io import atomic_path, check_output_file
+    from ._validate import check_suggest_args
+    from .model import SpatialRegionClassifier
+    from .pp import parse_graph
+    from .tl import suggest_labels
+
+    _check_positive(("--n", args.n))
+    with _flag("--output"):
+        check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir],
+                          suffix=".csv")
+    model = SpatialRegionClassifier.load(
+        args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
+    )
+    adata, _ = _read_slide(
+        args, model.setup["spatial_key"],
+        require_spatial=parse_graph(model.setup["graph"])[0] != "none",
+    )
+    labels_key = args.labels_key or model.setup["labels_key"]
+    check_suggest_args(adata, labels_key, args.n, args.strategy)
+    table = suggest_labels(adata, model, n=args.n, labels_key=labels_key,
+                           strategy=args.strategy, seed=args.seed)
+    with atomic_path(args.output) as tmp:
+        table.to_csv(tmp, index_label="obs_name")
+    counts = table["prediction"].value_counts()
+    print(f"suggested {len(table)} spots to label (currently predicted: "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"); written to {args.output}")
 
 
 def _pretrain_scvi(args) -> None:
@@ -478,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet = getattr(args, "quiet", False)
     logging.getLogger("scresidual").setLevel(logging.WARNING if quiet else logging.INFO)
-    commands = {"demo": _demo, "pretrain-scvi": _pretrain_scvi, "fit": _fit, "predict": _predict}
+    commands = {"demo": _demo, "pretrain-scvi": _pretrain_scvi, "fit": _fit, "predict": _predict,
+                "suggest": _suggest}
     try:
         commands[args.command](args)
     except ScResidualError as err:

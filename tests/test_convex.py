@@ -142,3 +142,15 @@ def test_slide_groups_reach_the_cross_validation(toy_views):
         ResidualModel(**kw).fit(views, partly))
     with pytest.raises(ScResidualError, match="one group per row"):
         ResidualModel(**kw).fit(views, y, groups=slide[:10])
+
+
+def test_every_class_below_the_number_of_folds_still_cross_validates(toy_views):
+    # 3 classes x 4 labels, folds=5: stratifying is impossible (sklearn refuses), so the
+    # folds are plain; the model fits and predicts every class.
+    y = toy_views["y"]
+    rows = np.concatenate([np.flatnonzero(y == c)[:4] for c in np.unique(y)[:3]])
+    y_train = np.full(len(y), None, dtype=object)
+    y_train[rows] = y[rows]
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    model = ResidualModel(arm="refine", sources=["src"], folds=5, **LINEAR).fit(views, y_train)
+    assert len(model.classes_) == 3 and model.predict(views).shape == (len(y),)

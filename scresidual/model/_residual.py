@@ -8,6 +8,7 @@ arms, training, the negative-transfer guard, prediction, saving — lives here, 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -30,9 +31,10 @@ from .._io import atomic_path, check_model_dir, recover
 from .._logging import tqdm
 from .._process import die_with_parent
 from .._safe_load import check_state_fits, count_members
-from .._validate import placeholder_labels, warn_placeholder_labels
+from .._validate import labelled_mask, warn_placeholder_labels
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
+from ._calibration import Calibration, calibrate
 from ._convex import fit_block, mixed_log_proba, scorable_rows, weighted_losses
 
 logger = logging.getLogger(__name__)
@@ -88,12 +90,6 @@ def _available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def labelled_mask(y) -> np.ndarray:
-    """True where a label is present (not NaN/None/empty string, nor text such as "nan")."""
-    s = pd.Series(np.asarray(y, dtype=object))
-    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy() & ~placeholder_labels(y)
 
 
 _FORKED_FOLDS: tuple | None = None
@@ -220,8 +216,13 @@ class ResidualModel:
         self.shapes_: dict[str, tuple[int, ...]] = {}
         self.chosen_arm_: str | None = None
         self.guard_report_: dict[str, dict] = {}
-        self.oof_rows_: np.ndarray | None = None  # solver="lbfgs": rows validated out of fold
+        self.oof_rows_: np.ndarray | None = None  # labelled rows predicted out of fold
         self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
+        self.calibration_: Calibration | None = None  # fitted on them (see _calibration)
+        self.calibration_note_: str | None = None  # why there is none
+        # Exact linear fits: each head's out-of-fold logit scale and the unscaled bias, to
+        # undo every temperature (``predict_proba(raw=True)``, the uncalibrated baseline).
+        self.unscaled_: dict | None = None
 
     # ------------------------------------------------------------------ building
     @property
@@ -326,6 +327,7 @@ class ResidualModel:
         mask = labelled_mask(y)
         labels = np.array([str(v) for v in y[mask]], dtype=object)
         self.classes_ = sorted(set(labels))
+        self.unscaled_ = None
         if len(self.classes_) < 2:
             raise ScResidualError(
                 f"need labels of at least 2 classes to train, found {len(self.classes_)} "
@@ -359,6 +361,7 @@ class ResidualModel:
         # cross-fitting every labelled cell is validated once (out of fold).
         losses = {arm: np.full(len(labelled), np.nan) for arm in stages}
         preds = {arm: np.full(len(labelled), -1) for arm in stages}
+        probas = {arm: np.zeros((len(labelled), len(self.classes_))) for arm in stages}
         jobs = self._n_jobs(len(splits))
         if len(splits) > 1:
             logger.info(
@@ -383,6 +386,7 @@ class ResidualModel:
                     slot = np.searchsorted(labelled, val_idx)
                     losses[arm][slot] = (per_cell / w[y_val].mean()).numpy()
                     preds[arm][slot] = logits.argmax(1).numpy()
+                    probas[arm][slot] = torch.softmax(logits, 1).numpy()
         validated = ~np.isnan(losses[stages[0]])
         reports = {}
         for arm in stages:
@@ -392,9 +396,26 @@ class ResidualModel:
         y_val = codes[labelled][validated]
         val = {a: (losses[a][validated], preds[a][validated]) for a in stages}
         val = val if validated.any() else None
-        chosen = members[self._choose(cfg.arm, stages, reports, val, y_val)]
+        arm = self._choose(cfg.arm, stages, reports, val, y_val)
+        chosen = members[arm]
         self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
+        if len(splits) > 1:  # cross-fitted: every labelled cell was predicted out of fold
+            self._keep_oof(labelled[validated], probas[arm][validated], codes)
+        else:
+            self._keep_oof(np.array([], dtype=np.int64), None, codes, note=(
+                "the model was fitted on one validation split, without cross-fitting, so it "
+                "has no out-of-fold predictions of every labelled cell to calibrate on: refit "
+                "it with folds=5 (CLI --folds 5) for calibrated probabilities and sets."))
         return self
+
+    def _keep_oof(self, rows, proba, codes, note: str | None = None) -> None:
+        """Keep the kept arm's out-of-fold predictions of ``rows`` and calibrate on them."""
+        self.oof_rows_ = rows
+        self.oof_proba_ = proba if proba is not None else np.zeros((0, len(self.classes_)))
+        if note is not None:
+            self.calibration_, self.calibration_note_ = None, note
+            return
+        self.calibration_, self.calibration_note_ = calibrate(self, codes[rows])
 
     def _choose(self, arm, stages, reports, val, y_val) -> str:
         """Fill :attr:`guard_report_` and keep ``arm``, or the fallback the guard prefers.
@@ -496,10 +517,13 @@ class ResidualModel:
         val = val if folds else None
         chosen = self._choose(arm, stages, reports, val, y[rows])
         self.network = nets[chosen].eval()
-        # Out-of-fold predictions of the kept arm: what calibration and label suggestions
-        # need to know how the model does on cells it was not fitted on.
-        self.oof_rows_ = labelled[rows] if folds else np.array([], dtype=np.int64)
-        self.oof_proba_ = np.exp(oof[chosen][rows]) if folds else np.zeros((0, len(self.classes_)))
+        self.unscaled_ = _unscaled(chosen, fits, reports.get("refine", {}).get("source_share"))
+        # Out-of-fold predictions of the kept arm (for REFINE the mixture at the chosen
+        # source share): how the model does on cells it was not fitted on, for calibration.
+        if folds:
+            self._keep_oof(labelled[rows], np.exp(oof[chosen][rows]), codes)
+        else:
+            self._keep_oof(np.array([], dtype=np.int64), None, codes)
         return self
 
     def _cv_repeats(self, n_labelled: int) -> int:
@@ -685,8 +709,9 @@ class ResidualModel:
             return [(labelled[tr], labelled[va])
                     for tr, va in GroupKFold(k).split(labelled, codes, g)]
         if k > 1:
-            # Stratify when every class can appear in each fold's training part.
-            if counts[counts > 0].min() >= 2:
+            # Stratify when every class can appear in each fold's training part (and
+            # sklearn can: some class must have at least k cells).
+            if counts[counts > 0].min() >= 2 and counts.max() >= k:
                 with warnings.catch_warnings():  # classes rarer than k: sklearn warns
                     warnings.simplefilter("ignore", UserWarning)
                     folds = StratifiedKFold(k, shuffle=True, random_state=seed)
@@ -722,9 +747,25 @@ class ResidualModel:
             raise ScResidualError("the model is not fitted yet; call fit() or load() first.")
         return self.network
 
-    def predict_proba(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Class probabilities, columns in the order of :attr:`classes_`."""
+    def predict_proba(self, views: Mapping[str, np.ndarray], *, raw: bool = False) -> np.ndarray:
+        """Class probabilities, columns in the order of :attr:`classes_`.
+
+        ``raw``: of an exact linear fit, the logistic regressions' own probabilities, without
+        the out-of-fold scale of each block (the uncalibrated baseline); other models have
+        no such scale and give the same either way.
+        """
         net = self._check_fitted()
+        if raw and self.unscaled_:
+            net = copy.deepcopy(net)
+            u = self.unscaled_
+            with torch.no_grad():
+                for name in ("head_source", "head_residual"):
+                    head = getattr(net, name, None)
+                    if head is None or u.get(name) is None:
+                        continue
+                    head.weight.div_(u[name])
+                    if head.bias is not None:
+                        head.bias.copy_(torch.tensor(u["bias"], dtype=head.bias.dtype))
         return torch.softmax(self._logits(net, self._tensors(views)), 1).numpy()
 
     def predict(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -744,6 +785,9 @@ class ResidualModel:
             "chosen_arm": self.chosen_arm_,
             "n_members": len(net.members) if isinstance(net, EnsembleNetwork) else 1,
             "guard_report": self.guard_report_,
+            "calibration": (self.calibration_.to_dict() if self.calibration_ is not None
+                            else {"note": self.calibration_note_}),
+            "unscaled": self.unscaled_,
         }
         (directory / "residual_model.json").write_text(json.dumps(meta, indent=2))
         torch.save(net.state_dict(), directory / "residual_model.pt")
@@ -819,6 +863,10 @@ class ResidualModel:
         model.shapes_ = {k: tuple(int(d) for d in v) for k, v in meta["shapes"].items()}
         model.chosen_arm_ = str(meta["chosen_arm"])
         model.guard_report_ = meta.get("guard_report", {})
+        cal = meta.get("calibration") or {}
+        model.calibration_ = Calibration.from_dict(cal) if "scores" in cal else None
+        model.calibration_note_ = str(cal["note"])[:500] if cal.get("note") else None
+        model.unscaled_ = _read_unscaled(meta.get("unscaled"), len(model.classes_))
         return model
 
     def _network(self, n_members: int) -> ResidualNetwork | EnsembleNetwork:
@@ -826,3 +874,27 @@ class ResidualModel:
         if n_members == 1:
             return self._build(self.chosen_arm_)
         return EnsembleNetwork([self._build(self.chosen_arm_) for _ in range(n_members)])
+
+
+def _unscaled(chosen: str, fits: dict, share: float | None) -> dict | None:
+    """Each linear head's out-of-fold logit scale and the bias without it (see ``raw``)."""
+    scale = {a: f.scale for a, f in fits.items()}
+    if chosen == "refine":
+        p, s = fits["linear-probe"], fits["scratch"]
+        bias = share * p.intercept / p.scale + (1 - share) * s.intercept / s.scale
+        return {"head_source": scale["linear-probe"], "head_residual": scale["scratch"],
+                "bias": bias.tolist()}
+    head = "head_source" if chosen == "linear-probe" else "head_residual"
+    return {head: scale[chosen], "bias": (fits[chosen].intercept / scale[chosen]).tolist()}
+
+
+def _read_unscaled(d, n_classes: int) -> dict | None:
+    """:func:`_unscaled`'s saved form, or None when absent or malformed."""
+    try:
+        out = {k: float(d[k]) for k in ("head_source", "head_residual") if d.get(k) is not None}
+        bias = [float(b) for b in d["bias"]]
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+    ok = (len(bias) == n_classes and all(np.isfinite(bias))
+          and all(np.isfinite(v) and v > 0 for v in out.values()))
+    return {**out, "bias": bias} if ok and out else None

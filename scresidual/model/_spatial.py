@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,25 @@ from .._validate import (
     parse_spec,
 )
 from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, read_pca, spatial_graph_matrix
+from ..read.sdata import (
+    is_spatialdata,
+    predict_spatialdata,
+    spatialdata,
+    warn_several_regions,
+)
+from ._calibration import (
+    calibration_problem,
+    check_alpha,
+    check_method,
+    thin_note,
+    write_uncertainty,
+)
 from ._residual import ResidualModel, labelled_mask
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+logger = logging.getLogger("scresidual")
 
 SETUP_FILE = "spatial_setup.json"
 SETUP_FORMAT = 2
@@ -71,7 +91,9 @@ class SpatialRegionClassifier:
     Parameters
     ----------
     adata
-        Training slide(s). Cells whose label is missing (NaN or empty) are not trained on.
+        Training slide(s), an AnnData or a :class:`spatialdata.SpatialData` (its table
+        ``table_key`` is used, as :func:`scresidual.read.spatialdata` reads it). Cells whose
+        label is missing (NaN or empty) are not trained on.
     labels_key
         ``obs`` column with the region labels.
     sources
@@ -111,6 +133,9 @@ class SpatialRegionClassifier:
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     seed
         Random seed.
+    table_key
+        For a SpatialData ``adata``: the table to fit on (may be left out when there is only
+        one).
     trust_pickle
         (attribute) Let ``'scvi:'`` sources hold arbitrary Python objects (see
         :meth:`ScviSource.load`); off by default, for folders from people you trust.
@@ -123,7 +148,7 @@ class SpatialRegionClassifier:
 
     def __init__(
         self,
-        adata: AnnData,
+        adata: AnnData | SpatialData,
         *,
         labels_key: str,
         sources: Sequence[str] = (),
@@ -139,8 +164,16 @@ class SpatialRegionClassifier:
         min_gene_overlap: float = MIN_GENE_OVERLAP,
         arm: str = "refine",
         seed: int = 0,
+        table_key: str | None = None,
         **kwargs,
     ):
+        if is_spatialdata(adata):
+            adata = spatialdata(adata, table_key=table_key, spatial_key=spatial_key)
+            warn_several_regions(adata, library_key)
+        elif table_key is not None:
+            raise ScResidualError(
+                "table_key= names a table of a SpatialData; drop it for an AnnData."
+            )
         check_obs_key(adata, labels_key)
         if library_key is not None:
             check_obs_key(adata, library_key)
@@ -303,20 +336,44 @@ class SpatialRegionClassifier:
         """Per arm: validation loss and macro-F1, and what was chosen on validation."""
         return self.model.guard_report_
 
-    def predict_proba(self, adata: AnnData | None = None) -> pd.DataFrame:
-        """Class probabilities per cell (a DataFrame; ``adata`` is not modified)."""
+    def predict_proba(
+        self, adata: AnnData | None = None, *, calibrated: bool = True
+    ) -> pd.DataFrame:
+        """Class probabilities per cell (a DataFrame; ``adata`` is not modified).
+
+        ``calibrated``: calibrated on the out-of-fold predictions when the model has a
+        calibration (:mod:`scresidual.model._calibration`). ``False``: the uncalibrated
+        probabilities, the classifier's own with no temperature at all (for the exact linear
+        fit, the logistic regressions' probabilities without each block's out-of-fold
+        scale; since those scales also weigh REFINE's two blocks, their mixture's argmax may
+        differ from the calibrated model's on a few cells). Calibration alone never changes
+        the argmax.
+        """
         adata = self.adata if adata is None else adata
-        P = self.model.predict_proba(self.views(adata))
+        P = self.model.predict_proba(self.views(adata), raw=not calibrated)
+        if calibrated and self.model.calibration_ is not None:
+            P = self.model.calibration_.apply(P)
         return pd.DataFrame(P, index=adata.obs_names, columns=self.classes_)
 
     def predict(
-        self, adata: AnnData | None = None, *, key_added: str | None = None, copy: bool = False
-    ) -> AnnData | None:
+        self, adata: AnnData | SpatialData | None = None, *, key_added: str | None = None,
+        copy: bool = False, sets: bool | None = None, alpha: float = 0.1, method: str = "lac",
+        table_key: str | None = None,
+    ) -> AnnData | SpatialData | None:
         """Predict regions and store them in ``adata``.
 
-        Writes ``obs['<key>_pred']`` (categorical), ``obsm['<key>_proba']`` (probabilities)
-        and ``uns['<key>_proba_classes']`` (their column order), where ``key`` defaults to
-        the training ``labels_key``.
+        Writes ``obs['<key>_pred']`` (categorical), ``obsm['<key>_proba']`` (probabilities,
+        calibrated out of fold), ``uns['<key>_proba_classes']`` (their column order),
+        ``obs['<key>_uncertainty']`` (1 - the highest probability) and
+        ``uns['<key>_calibration']`` (temperature, ECE before/after, level), where ``key``
+        defaults to the training ``labels_key``.
+
+        With ``sets`` (default: when the model is calibrated; True demands it) also
+        split-conformal prediction sets at coverage ``1 - alpha``: ``obs['<key>_set']``
+        (classes joined by ``'|'``, most probable first; empty when no class is plausible at
+        that level) and ``obs['<key>_set_size']``. ``method``: ``'lac'`` (smallest sets) or
+        ``'aps'`` (sets adapt to how hard a cell is). A model that cannot be calibrated says
+        why in one line (an error with ``sets=True``, else a logged note).
 
         ``adata`` may be opened backed (``anndata.read_h5ad(path, backed=...)``): its
         expression is read in row blocks. A file opened read-only (``backed="r"``) cannot
@@ -324,7 +381,23 @@ class SpatialRegionClassifier:
         an in-memory AnnData with ``obs``, ``var``, ``obsm``, ``uns`` and the predictions but
         without ``X`` (it stays on disk). With ``backed="r+"`` the predictions are added in
         memory; ``adata.write()`` stores them in the file.
+
+        ``adata`` may be a :class:`spatialdata.SpatialData`: the same keys are written into its
+        table ``table_key`` (which may be left out when there is only one), in memory, rows in
+        the table's order; ``copy=True`` leaves it unchanged and returns a new SpatialData
+        with a predicted copy of the table and the other elements shared. Coordinates come
+        as :func:`scresidual.read.spatialdata` reads them. ``scresidual predict MODEL
+        SLIDE.zarr`` writes them into a ``.zarr`` store atomically.
         """
+        if is_spatialdata(adata):
+            return predict_spatialdata(
+                self, adata, table_key=table_key, key_added=key_added, copy=copy, sets=sets,
+                alpha=alpha, method=method,
+            )
+        if table_key is not None:
+            raise ScResidualError(
+                "table_key= names a table of a SpatialData; drop it for an AnnData."
+            )
         adata = self.adata if adata is None else adata
         key = key_added or self.setup["labels_key"]
         if _read_only(adata) and not copy:
@@ -332,7 +405,14 @@ class SpatialRegionClassifier:
                 f"adata is backed by {adata.filename} opened read-only; use predict_proba(adata) "
                 "for the probabilities, predict(adata, copy=True), or open it with backed='r+'."
             )
-        proba = self.predict_proba(adata)
+        check_alpha(alpha)
+        check_method(method)
+        problem = calibration_problem(self.model)
+        if problem and sets:
+            raise ScResidualError(problem)
+        proba = self.predict_proba(adata)  # first: a source that cannot load fails alone
+        if problem and sets is None:
+            logger.warning("no prediction sets: %s", problem)
         if copy and adata.isbacked:
             # X stays on disk; the copy carries everything else and the predictions.
             adata = AnnData(
@@ -348,6 +428,11 @@ class SpatialRegionClassifier:
         )
         adata.obsm[proba_key(key)] = proba.to_numpy().astype(np.float32)
         adata.uns[proba_classes_key(key)] = np.asarray(self.classes_, dtype=object)
+        write_sets = sets is not False and not problem
+        if write_sets and self.model.calibration_.thin_classes:
+            logger.warning("%s", thin_note(self.model.calibration_.thin_classes))
+        write_uncertainty(adata, key, proba.to_numpy(), self.classes_, self.model.calibration_,
+                          sets=write_sets, alpha=alpha, method=method)
         return adata if copy else None
 
     # ------------------------------------------------------------------ saving

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from .._constants import SPATIAL_KEY, pred_key, train_key
+from .._constants import SPATIAL_KEY, pred_key, suggested_key, train_key
 from .._validate import check_obs_key, check_spatial
 
 UNLABELLED = "unlabelled"
@@ -74,6 +74,7 @@ def regions(
     labels_key: str,
     pred_key_: str | None = None,
     train_key_: str | None = None,
+    highlight: str | None = None,
     spatial_key: str = SPATIAL_KEY,
     library_key: str | None = None,
     slide: str | None = None,
@@ -100,6 +101,10 @@ def regions(
     train_key_
         Boolean ``obs`` column of training spots (default ``'<labels_key>_train'`` when
         present, as written by ``scresidual fit --output`` and the demo).
+    highlight
+        Boolean ``obs`` column of spots to mark with a red ring on both panels (legend:
+        ``'suggested for labelling'``); default ``'<labels_key>_suggested'`` when present,
+        as written by :func:`scresidual.tl.suggest_labels`.
     spatial_key
         Coordinates.
     library_key, slide
@@ -120,6 +125,9 @@ def regions(
     tk = train_key_ or train_key(labels_key)
     if train_key_ is not None:
         check_obs_key(adata, tk)
+    hk = highlight or suggested_key(labels_key)
+    if highlight is not None:
+        check_obs_key(adata, hk)
     xy = check_spatial(adata, spatial_key)
     mask = np.ones(adata.n_obs, bool)
     if library_key is not None and slide is not None:
@@ -129,6 +137,7 @@ def regions(
     truth = np.where(unlabelled, UNLABELLED, adata.obs[labels_key].astype(str).to_numpy())
     pred = adata.obs[pk].astype(str).to_numpy()
     trained = adata.obs[tk].to_numpy(bool) if tk in adata.obs else np.zeros(adata.n_obs, bool)
+    marked = mask & (adata.obs[hk].to_numpy(bool) if hk in adata.obs else False)
     cats = class_order(adata, labels_key, pk, order)
     colours = _palette(cats)
     size = point_size or max(2.0, 8000 / max(mask.sum(), 1))
@@ -142,6 +151,9 @@ def regions(
             t = mask & trained
             ax.scatter(xy[t, 0], xy[t, 1], s=size, facecolors="none", edgecolors="black",
                        linewidths=0.6)
+        if marked.any():
+            ax.scatter(xy[marked, 0], xy[marked, 1], s=6 * size, facecolors="none",
+                       edgecolors="red", linewidths=1.0)
         ax.set_title(f"{name} regions")
         ax.set_aspect("equal")
         ax.invert_yaxis()
@@ -153,6 +165,9 @@ def regions(
     if trained[mask].any():
         handles.append(plt.Line2D([], [], ls="", marker="o", markerfacecolor="none",
                                   markeredgecolor="black", label="training spot"))
+    if marked.any():
+        handles.append(plt.Line2D([], [], ls="", marker="o", markerfacecolor="none",
+                                  markeredgecolor="red", label="suggested for labelling"))
     fig.legend(handles=handles, loc="outside right center", frameon=False)
     where = f", {library_key} {slide}" if library_key is not None and slide is not None else ""
     fig.suptitle(title or f"{labels_key}: true and predicted regions{where}")

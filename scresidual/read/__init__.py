@@ -1,4 +1,6 @@
-"""Loaders for spatial data: ``.h5ad``, 10x Visium and Xenium output folders, and plain tables.
+"""Loaders for spatial data: ``.h5ad``, 10x Visium and Xenium folders, tables, SpatialData.
+
+A SpatialData comes as an object or a ``.zarr`` store; one of its tables is read.
 
 Every loader returns an :class:`~anndata.AnnData` with coordinates in ``obsm['spatial']`` and
 checks its input up front; bad files raise :class:`~scresidual._errors.ScResidualError` with a
@@ -11,5 +13,6 @@ from ._h5ad import h5ad
 from ._table import table
 from ._visium import visium
 from ._xenium import xenium
+from .sdata import spatialdata
 
-__all__ = ["h5ad", "table", "visium", "xenium"]
+__all__ = ["h5ad", "spatialdata", "table", "visium", "xenium"]

@@ -180,7 +180,7 @@ class TorchSource(FrozenSource):
         get ``requires_grad=False``; they are moved to ``device``.
     genes
         Gene names the model expects, in order. When given, ``adata`` is aligned to them with
-        :func:`~scresidual.sources._genes.align_genes` (missing genes zero-filled); otherwise
+        :func:`~scresidual.sources.align_genes` (missing genes zero-filled); otherwise
         ``adata``'s columns are passed as they are.
     layer
         Layer to read instead of ``X``.

@@ -18,8 +18,9 @@ from ..model import SpatialRegionClassifier, labelled_mask
 def fit_regions(adata: AnnData, *, labels_key: str, **kwargs) -> SpatialRegionClassifier:
     """Fit a :class:`~scresidual.model.SpatialRegionClassifier` and return it.
 
-    ``kwargs`` are the classifier's options (``sources``, ``features``, ``graph``, ``arm``,
-    ``seed``, ``max_epochs``, …). ``adata`` is not modified.
+    ``adata`` may be a :class:`spatialdata.SpatialData` (pass ``table_key=`` when it has
+    several tables). ``kwargs`` are the classifier's options (``sources``, ``features``,
+    ``graph``, ``arm``, ``seed``, ``max_epochs``, …). ``adata`` is not modified.
     """
     return SpatialRegionClassifier(adata, labels_key=labels_key, **kwargs).train()
 
@@ -30,12 +31,15 @@ def predict_regions(
     *,
     key_added: str | None = None,
     copy: bool = False,
-) -> AnnData | None:
+    table_key: str | None = None,
+):
     """Predict regions on ``adata`` with a fitted model.
 
-    Writes ``obs['<key>_pred']``, ``obsm['<key>_proba']`` and ``uns['<key>_proba_classes']``.
+    Writes ``obs['<key>_pred']``, ``obsm['<key>_proba']`` and ``uns['<key>_proba_classes']``
+    (see :meth:`SpatialRegionClassifier.predict`); for a :class:`spatialdata.SpatialData`,
+    into its table ``table_key``.
     """
-    return model.predict(adata, key_added=key_added, copy=copy)
+    return model.predict(adata, key_added=key_added, copy=copy, table_key=table_key)
 
 
 def evaluate(y_true, y_pred) -> dict[str, float]:

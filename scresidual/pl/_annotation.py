@@ -1,0 +1,76 @@
+"""Maps for the annotation loop: per-cell uncertainty and the cells suggested for labelling."""
+
+from __future__ import annotations
+
+import numpy as np
+from anndata import AnnData
+from matplotlib import pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .._constants import SPATIAL_KEY, suggested_key, uncertainty_key
+from .._validate import check_obs_key, check_spatial
+from ._plots import _finish
+
+
+def uncertainty(
+    adata: AnnData,
+    *,
+    key: str,
+    spatial_key: str = SPATIAL_KEY,
+    library_key: str | None = None,
+    slide: str | None = None,
+    point_size: float | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | None = None,
+) -> Figure | None:
+    """Map of ``obs['<key>_uncertainty']`` (written by ``predict``) on the slide.
+
+    Cells suggested for labelling (``obs['<key>_suggested']``, written by
+    :func:`scresidual.tl.suggest_labels`) are outlined in black.
+
+    Parameters
+    ----------
+    adata
+        Slide with predictions.
+    key
+        The predictions' key (the training ``labels_key`` unless ``key_added`` was given).
+    spatial_key
+        Coordinates.
+    library_key, slide
+        Show only cells of ``slide`` in ``obs[library_key]``.
+    point_size
+        Marker size (default from the number of cells).
+    ax
+        Axes to draw on (default: a new figure).
+    show, save
+        Show the figure / save it to a file; returns the figure unless shown.
+
+    """
+    uk = uncertainty_key(key)
+    check_obs_key(adata, uk)
+    xy = check_spatial(adata, spatial_key)
+    mask = np.ones(adata.n_obs, bool)
+    if library_key is not None and slide is not None:
+        check_obs_key(adata, library_key)
+        mask = (adata.obs[library_key].astype(str) == str(slide)).to_numpy()
+    size = point_size or max(2.0, 8000 / max(mask.sum(), 1))
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 5.5))
+    values = adata.obs[uk].to_numpy(float)[mask]
+    im = ax.scatter(xy[mask, 0], xy[mask, 1], c=values, s=size, cmap="magma_r", vmin=0,
+                    vmax=max(float(values.max(initial=0)), 1e-6), linewidths=0)
+    sk = suggested_key(key)
+    if sk in adata.obs:
+        picked = mask & adata.obs[sk].to_numpy(bool)
+        ax.scatter(xy[picked, 0], xy[picked, 1], s=4 * size, facecolors="none",
+                   edgecolors="black", linewidths=0.8, label="suggested for labelling")
+        if picked.any():
+            ax.legend(loc="upper right", frameon=False, fontsize=8)
+    ax.set_title(f"{key}: uncertainty (1 - max probability)")
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(im, ax=ax, fraction=0.046, label="uncertainty")
+    return _finish(fig, save, show)

@@ -1,0 +1,185 @@
+"""Which cells to label next: uncertain, spread over the tissue, favouring rarely labelled classes.
+
+A round of annotation labels ``n`` cells. Labelling the ``n`` most uncertain cells spends them
+on one stretch of one boundary (neighbouring cells are alike, so their labels teach the same
+thing); labelling at random spends most of them where the model is already sure. The
+``"diverse"`` strategy (after Cluster-Margin, Citovsky et al. 2021) keeps a pool of the
+unlabelled cells that score highest and clusters it into groups in the model's own
+input space (source and feature ring means, so neighbourhoods that look alike fall
+together); each group gives its highest-scoring cell. A cell's score is its calibrated margin
+uncertainty, ``1 - (p1 - p2)``, times a boost for the classes it may belong to that have few
+labels (macro-F1 weighs every class alike). A share of each round (:data:`EXPLORE`, 30%) is
+drawn at random among the candidates instead: the model's uncertainty is only as good as the
+model, which is poor in early rounds, and random picks find what it is confidently wrong
+about (a region it has barely seen) and keep the labelled set representative.
+
+Measured (``benchmarks/annotation_rounds.py``'s protocol, variants in
+``benchmarks/results/annotation_rounds_variants.json``): without the random share the
+strategy reached random labels' 10% macro-F1 with 5.2/4.6/6.9/8.4% labelled on STARmap,
+BaristaSeq, DLPFC and the lymph node (seeds 0-2) and 4.2/4.0/4.8/3.8% (seeds 3-5); with it
+5.5/3.9/5.7/5.8% and 5.2/4.1/5.1/4.3%, the only variant tried that stays within 6% on every
+slide in both seed sets. Farthest-point (k-center) picking on coordinates or in the input
+space, a 10n pool, clustering on inputs and coordinates together and a stronger rarity boost
+(power 1) did no better across slides. ``"uncertainty"`` (the ``n`` highest margin
+uncertainties) and ``"random"`` are there to compare against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._constants import suggested_key
+from .._validate import check_suggest_args, labelled_mask
+from ..model import SpatialRegionClassifier
+
+POOL = 5
+"""The diverse strategy clusters the ``POOL * n`` highest-scoring unlabelled cells."""
+
+EXPLORE = 0.3
+"""Share of each round of ``"diverse"`` drawn at random from the candidates (exploration)."""
+
+BOOST_POWER = 0.5
+"""Exponent of the rarity boost: ``(most labels of a class / labels of the class) ** power``."""
+
+N_COMPONENTS = 20
+"""Principal components of the model's inputs in which cells are clustered."""
+
+
+def margin_uncertainty(proba: np.ndarray) -> np.ndarray:
+    """``1 - (p1 - p2)``: 1 where the two likeliest classes tie, 0 where one is certain."""
+    top = np.sort(proba, axis=1)[:, -2:]
+    return 1 - (top[:, 1] - top[:, 0])
+
+
+def rarity_boost(
+    proba: np.ndarray, labels: np.ndarray, classes: list[str], power: float = BOOST_POWER
+) -> np.ndarray:
+    """Expected ``(most labels of a class / labels of the class) ** power`` under ``proba``."""
+    counts = pd.Series(labels).value_counts().reindex(classes, fill_value=0).to_numpy(float)
+    return proba @ (counts.max() / (counts + 1)) ** power
+
+
+def _representation(views: dict, rows: np.ndarray, seed: int) -> np.ndarray:
+    """The model's inputs of ``rows``, standardised, in their first principal components."""
+    from sklearn.decomposition import PCA
+
+    X = np.concatenate([np.asarray(v, dtype=np.float32).reshape(len(v), -1)[rows]
+                        for v in views.values()], axis=1)
+    X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    k = min(N_COMPONENTS, *X.shape)
+    return PCA(k, random_state=seed).fit_transform(X) if k < X.shape[1] else X
+
+
+def _pick_diverse(score: np.ndarray, rep: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Cluster the top ``POOL * n`` scores into ``n`` groups; each group's best cell."""
+    from sklearn.cluster import KMeans
+
+    pool = np.argsort(-score, kind="stable")[: POOL * n]
+    if len(pool) <= n:
+        return pool
+    groups = KMeans(n, n_init=1, random_state=seed).fit_predict(rep[pool])
+    best = pd.DataFrame({"g": groups, "s": score[pool], "i": pool})
+    picked = best.sort_values("s", ascending=False, kind="stable").drop_duplicates("g")["i"]
+    picked = picked.to_numpy()
+    if len(picked) < n:  # empty clusters: fill with the best remaining scores
+        rest = pool[~np.isin(pool, picked)]
+        picked = np.concatenate([picked, rest[: n - len(picked)]])
+    return picked
+
+
+def suggest_labels(
+    adata: AnnData,
+    model: SpatialRegionClassifier,
+    *,
+    n: int = 50,
+    labels_key: str | None = None,
+    strategy: str = "diverse",
+    key_added: str | None = None,
+    seed: int = 0,
+    candidates=None,
+    copy: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, AnnData]:
+    """The ``n`` unlabelled cells whose labels should help the model most.
+
+    Parameters
+    ----------
+    adata
+        The slide being annotated; ``obs[labels_key]`` holds the labels so far (missing for
+        unlabelled cells). Its cells need the model's inputs (as for ``predict``).
+    model
+        A fitted :class:`~scresidual.model.SpatialRegionClassifier` (usually fitted on these
+        labels; probabilities are calibrated when the model is).
+    n
+        Cells to suggest.
+    labels_key
+        ``obs`` column of the labels so far (default: the model's ``labels_key``).
+    strategy
+        ``"diverse"`` (default): uncertain cells, boosted for classes with few labels,
+        spread over the tissue, and 30% of ``n`` at random (see the module notes);
+        ``"uncertainty"``: the ``n`` highest
+        margin uncertainties; ``"random"``: unlabelled cells at random.
+    key_added
+        Boolean ``obs`` column marking the suggestions (default ``'<labels_key>_suggested'``,
+        which :func:`scresidual.pl.regions` and :func:`scresidual.pl.uncertainty` outline).
+    seed
+        Seed of the clustering and of the random picks: the same seed, the same cells.
+    candidates
+        Boolean mask of the cells that may be suggested (default: every unlabelled cell),
+        e.g. one slide, or all but a held-out test set.
+    copy
+        Leave ``adata`` unchanged and also return a marked copy.
+
+    Returns
+    -------
+    A DataFrame indexed by obs names, in the order picked: ``x``, ``y`` (coordinates),
+    the model's current ``prediction``, its calibrated ``probability``, ``uncertainty``
+    (margin, ``1 - (p1 - p2)``) and ``score`` (what the strategy ranked by). With ``copy``,
+    ``(table, marked copy of adata)``.
+
+    """
+    labels_key = labels_key or model.setup["labels_key"]
+    unlabelled = check_suggest_args(adata, labels_key, n, strategy, candidates)
+    views = model.views(adata)
+    proba = model.model.predict_proba(views)
+    if model.model.calibration_ is not None:
+        proba = model.model.calibration_.apply(proba)
+    rows = np.flatnonzero(unlabelled)
+    p = proba[rows]
+    uncertainty = margin_uncertainty(p)
+    if strategy == "random":
+        score = np.random.default_rng(seed).random(len(rows))
+        picked = np.argsort(-score)[:n]
+    elif strategy == "uncertainty":
+        score = uncertainty
+        picked = np.argsort(-score, kind="stable")[:n]
+    else:
+        labels = adata.obs[labels_key].to_numpy()
+        labels = labels[labelled_mask(labels)].astype(str)
+        score = uncertainty * rarity_boost(p, labels, model.classes_)
+        n_random = int(round(EXPLORE * n))
+        picked = _pick_diverse(score, _representation(views, rows, seed), n - n_random, seed)
+        if n_random:
+            rest = np.setdiff1d(np.arange(len(rows)), picked)
+            extra = np.random.default_rng(seed).choice(rest, n_random, replace=False)
+            picked = np.concatenate([picked, extra])
+    cells = rows[picked]
+    xy = np.asarray(adata.obsm[model.setup["spatial_key"]])[cells, :2] if (
+        model.setup["spatial_key"] in adata.obsm) else np.full((len(cells), 2), np.nan)
+    classes = np.asarray(model.classes_, dtype=object)
+    table = pd.DataFrame({
+        "x": xy[:, 0], "y": xy[:, 1],
+        "prediction": classes[p[picked].argmax(1)],
+        "probability": p[picked].max(1),
+        "uncertainty": uncertainty[picked],
+        "score": score[picked],
+    }, index=adata.obs_names[cells])
+    library = model.setup.get("library_key")
+    if library is not None and library in adata.obs:
+        table.insert(0, library, adata.obs[library].to_numpy()[cells])
+    target = adata.copy() if copy else adata
+    mark = np.zeros(adata.n_obs, dtype=bool)
+    mark[cells] = True
+    target.obs[key_added or suggested_key(labels_key)] = mark
+    return (table, target) if copy else table
