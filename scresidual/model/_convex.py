@@ -54,9 +54,11 @@ def _full_log_proba(model: LogisticRegression, X: np.ndarray, n_classes: int) ->
 def _model(C: float, weights: np.ndarray | None, seed: int) -> LogisticRegression:
     cw = None if weights is None else dict(enumerate(weights.tolist()))
     # newton-cg: a handful of Newton steps on these small problems (5x faster than lbfgs
-    # here); warm_start: along the increasing C path each fit starts from the previous one.
+    # here); warm_start: along the increasing C path each fit starts from the previous one;
+    # tol 1e-3 (sklearn: 1e-4) halves the time on a few thousand labels and moved no
+    # benchmark macro-F1 by more than 0.005 (lymph node half, STARmap, DLPFC).
     return LogisticRegression(C=C, class_weight=cw, solver="newton-cg", max_iter=200,
-                              warm_start=True, random_state=seed)
+                              tol=1e-3, warm_start=True, random_state=seed)
 
 
 def fit_block(
