@@ -198,6 +198,16 @@ def check_model_dir(
             )
 
 
+def check_outside_model_dirs(path: Path, model_dirs, flag: str) -> None:
+    """Refuse an output inside a model folder, which a later ``--overwrite`` replaces."""
+    for folder in model_dirs:
+        if Path(path).resolve().is_relative_to(Path(folder).resolve()):
+            raise ScResidualError(
+                f"{flag} {path} lies inside the model folder {folder}, which a later "
+                f"--overwrite replaces; write {flag} elsewhere."
+            )
+
+
 def check_output_file(
     path: str | os.PathLike, *, inputs: Iterable = (), model_dirs: Iterable = (),
     suffix: str = ".h5ad", flag: str = "--output",
@@ -222,12 +232,7 @@ def check_output_file(
                 f"{flag} {path} is the input {inp}; pass another {flag} (inputs are never "
                 "changed)."
             )
-    for folder in model_dirs:
-        if path.resolve().is_relative_to(Path(folder).resolve()):
-            raise ScResidualError(
-                f"{flag} {path} lies inside the model folder {folder}, which a later "
-                f"--overwrite replaces; write {flag} elsewhere."
-            )
+    check_outside_model_dirs(path, model_dirs, flag)
     _writable(path.parent, flag)
 
 

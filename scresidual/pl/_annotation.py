@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from anndata import AnnData
 from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
@@ -10,7 +9,7 @@ from matplotlib.figure import Figure
 
 from .._constants import SPATIAL_KEY, suggested_key, uncertainty_key
 from .._validate import check_obs_key, check_spatial
-from ._plots import _finish
+from ._plots import _finish, _slide_mask
 
 
 def uncertainty(
@@ -51,10 +50,7 @@ def uncertainty(
     uk = uncertainty_key(key)
     check_obs_key(adata, uk)
     xy = check_spatial(adata, spatial_key)
-    mask = np.ones(adata.n_obs, bool)
-    if library_key is not None and slide is not None:
-        check_obs_key(adata, library_key)
-        mask = (adata.obs[library_key].astype(str) == str(slide)).to_numpy()
+    mask = _slide_mask(adata, library_key, slide)
     size = point_size or max(2.0, 8000 / max(mask.sum(), 1))
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 5.5))
     values = adata.obs[uk].to_numpy(float)[mask]

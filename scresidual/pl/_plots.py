@@ -55,6 +55,14 @@ def class_order(
     return [c for c in order if c in present] + sorted(present - set(order))
 
 
+def _slide_mask(adata: AnnData, library_key: str | None, slide) -> np.ndarray:
+    """Cells of ``slide`` in ``obs[library_key]``; every cell when either is None."""
+    if library_key is None or slide is None:
+        return np.ones(adata.n_obs, bool)
+    check_obs_key(adata, library_key)
+    return (adata.obs[library_key].astype(str) == str(slide)).to_numpy()
+
+
 def _figsize(
     xy: np.ndarray, n_panels: int, height: float = 5.0, max_width: float = 14.0
 ) -> tuple[float, float]:
@@ -129,10 +137,7 @@ def regions(
     if highlight is not None:
         check_obs_key(adata, hk)
     xy = check_spatial(adata, spatial_key)
-    mask = np.ones(adata.n_obs, bool)
-    if library_key is not None and slide is not None:
-        check_obs_key(adata, library_key)
-        mask = (adata.obs[library_key].astype(str) == str(slide)).to_numpy()
+    mask = _slide_mask(adata, library_key, slide)
     unlabelled = adata.obs[labels_key].isna().to_numpy()
     truth = np.where(unlabelled, UNLABELLED, adata.obs[labels_key].astype(str).to_numpy())
     pred = adata.obs[pk].astype(str).to_numpy()

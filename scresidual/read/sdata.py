@@ -46,7 +46,7 @@ from .._constants import (
     uncertainty_key,
 )
 from .._errors import ScResidualError
-from .._io import _writable, atomic_path
+from .._io import _writable, atomic_path, check_outside_model_dirs
 from .._validate import check_spatial
 from ._common import _first_line, as_path, require_dir
 
@@ -406,12 +406,7 @@ def check_zarr_output(
             "place, or a new .zarr path for a copy."
         )
     check_outside_store(output, store, flag=flag)
-    for folder in model_dirs:
-        if output.resolve().is_relative_to(Path(folder).resolve()):
-            raise ScResidualError(
-                f"{flag} {output} lies inside the model folder {folder}, which a later "
-                f"--overwrite replaces; write {flag} elsewhere."
-            )
+    check_outside_model_dirs(output, model_dirs, flag)
     _writable(output.parent, flag)
     return False
 
