@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from ._constants import SPATIAL_KEY, SUGGEST_STRATEGIES
+from ._constants import SPATIAL_KEY
 from ._errors import ScResidualError
 
 logger = logging.getLogger(__name__)
@@ -158,31 +158,3 @@ def labelled_mask(y) -> np.ndarray:
     """True where a label is present (not NaN/None/empty string, nor text such as "nan")."""
     s = pd.Series(np.asarray(y, dtype=object))
     return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy() & ~placeholder_labels(y)
-
-
-def check_suggest_args(
-    adata: AnnData, labels_key: str, n: int, strategy: str, candidates=None
-) -> np.ndarray:
-    """Check the options against ``adata``; the mask of the cells that may be suggested."""
-    if strategy not in SUGGEST_STRATEGIES:
-        raise ScResidualError(
-            f"unknown strategy {strategy!r}; use one of {', '.join(SUGGEST_STRATEGIES)}."
-        )
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ScResidualError(f"n={n!r} must be a whole number of cells, at least 1.")
-    check_obs_key(adata, labels_key)
-    unlabelled = ~labelled_mask(adata.obs[labels_key].to_numpy())
-    if candidates is not None:
-        candidates = np.asarray(candidates)
-        if candidates.dtype != bool or candidates.shape != (adata.n_obs,):
-            raise ScResidualError(
-                f"candidates= must be a boolean mask of the {adata.n_obs} cells, got "
-                f"{candidates.dtype} of shape {candidates.shape}."
-            )
-        unlabelled &= candidates
-    if n > unlabelled.sum():
-        raise ScResidualError(
-            f"n={n} but only {int(unlabelled.sum())} cells of obs[{labels_key!r}] are "
-            "unlabelled (and candidates); ask for fewer cells."
-        )
-    return unlabelled

@@ -518,7 +518,6 @@ def _predict(args) -> None:
 
 def _suggest(args) -> None:
     from ._io import atomic_path, check_output_file
-    from ._validate import check_suggest_args
     from .model import SpatialRegionClassifier
     from .pp import parse_graph
     from .tl import suggest_labels
@@ -535,7 +534,6 @@ def _suggest(args) -> None:
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     labels_key = args.labels_key or model.setup["labels_key"]
-    check_suggest_args(adata, labels_key, args.n, args.strategy)
     table = suggest_labels(adata, model, n=args.n, labels_key=labels_key,
                            strategy=args.strategy, seed=args.seed)
     with atomic_path(args.output) as tmp:

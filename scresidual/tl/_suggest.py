@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._constants import suggested_key
-from .._validate import check_suggest_args, labelled_mask
+from .._constants import SUGGEST_STRATEGIES, suggested_key
+from .._errors import ScResidualError
+from .._validate import check_obs_key, labelled_mask
 from ..model import SpatialRegionClassifier
 
 POOL = 5
@@ -45,6 +46,34 @@ BOOST_POWER = 0.5
 
 N_COMPONENTS = 20
 """Principal components of the model's inputs in which cells are clustered."""
+
+
+def check_suggest_args(
+    adata: AnnData, labels_key: str, n: int, strategy: str, candidates=None
+) -> np.ndarray:
+    """Check the options against ``adata``; the mask of the cells that may be suggested."""
+    if strategy not in SUGGEST_STRATEGIES:
+        raise ScResidualError(
+            f"unknown strategy {strategy!r}; use one of {', '.join(SUGGEST_STRATEGIES)}."
+        )
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ScResidualError(f"n={n!r} must be a whole number of cells, at least 1.")
+    check_obs_key(adata, labels_key)
+    unlabelled = ~labelled_mask(adata.obs[labels_key].to_numpy())
+    if candidates is not None:
+        candidates = np.asarray(candidates)
+        if candidates.dtype != bool or candidates.shape != (adata.n_obs,):
+            raise ScResidualError(
+                f"candidates= must be a boolean mask of the {adata.n_obs} cells, got "
+                f"{candidates.dtype} of shape {candidates.shape}."
+            )
+        unlabelled &= candidates
+    if n > unlabelled.sum():
+        raise ScResidualError(
+            f"n={n} but only {int(unlabelled.sum())} cells of obs[{labels_key!r}] are "
+            "unlabelled (and candidates); ask for fewer cells."
+        )
+    return unlabelled
 
 
 def margin_uncertainty(proba: np.ndarray) -> np.ndarray:
