@@ -192,14 +192,13 @@ def fit_arm(train, test, mask, *, arm, sources, features, graph, library, seed, 
     Predictions are made on the whole ``test`` slide (its graph needs every cell) and scored on
     the evaluated cells only.
     """
-    from scresidual.model import SpatialRegionClassifier
+    from scresidual.tl import fit_regions
 
     t = time.time()
-    clf = SpatialRegionClassifier(
+    clf = fit_regions(
         train, labels_key="y", sources=sources, features=features, graph=graph,
         library_key=library, arm=arm, seed=seed, progress=False, guard=guard, **kw,
     )
-    clf.train()
     P = clf.predict_proba(test)
     pred = np.asarray(clf.classes_, dtype=object)[P.to_numpy().argmax(1)]
     out = metrics(test.obs["truth"].to_numpy()[mask], pred[mask])

@@ -63,11 +63,11 @@ def load(name: str, ddir: Path, epochs: int):
 
 
 def fit(a, y, *, library, seed):
-    from scresidual.model import SpatialRegionClassifier
+    from scresidual.tl import fit_regions
 
     a.obs["y"] = y
-    return SpatialRegionClassifier(a, labels_key="y", sources=["obsm:X_scVI"],
-                                   library_key=library, seed=seed, progress=False).train()
+    return fit_regions(a, labels_key="y", sources=["obsm:X_scVI"], library_key=library,
+                       seed=seed, progress=False)
 
 
 def uncertainty_report(model, a, hidden) -> dict:
@@ -81,8 +81,9 @@ def uncertainty_report(model, a, hidden) -> dict:
     """
     from scresidual.model._calibration import expected_calibration_error
 
-    if model.model.calibration_ is None:
-        return {"note": model.model.calibration_note_}
+    core = model.residual_model_
+    if core.calibration_ is None:
+        return {"note": core.calibration_note_}
     truth = a.obs["truth"].to_numpy()[hidden]
     y = np.searchsorted(model.classes_, truth)
     known = np.isin(truth, model.classes_)
@@ -90,8 +91,8 @@ def uncertainty_report(model, a, hidden) -> dict:
     sets = out.obs["y_set"].astype(str).to_numpy()[hidden]
     cal = model.predict_proba(a).to_numpy()[hidden]
     raw = model.predict_proba(a, calibrated=False).to_numpy()[hidden]
-    blocks = model.model.predict_proba(model.views(a))[hidden]
-    c = model.model.calibration_
+    blocks = core.predict_proba(model.views(a))[hidden]
+    c = core.calibration_
     return {
         "coverage": float(np.mean([t in s.split("|") for s, t in zip(sets, truth,
                                                                      strict=True)])),

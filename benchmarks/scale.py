@@ -130,27 +130,33 @@ def worker_scresidual(n: int, n_genes: int, scvi_dir: str, seed: int) -> dict:
     import squidpy  # noqa: F401  (import once, outside the timed graph stage)
     import torch
 
-    from scresidual.model import SpatialRegionClassifier
-    from scresidual.pp import neighbourhood_hops, spatial_graph_matrix
+    from scresidual.model import ResidualModel
+    from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph_matrix
+    from scresidual.sources import ScviSource
 
     torch.set_num_threads(max(os.cpu_count() or 1, 1))
     st = Stages()
     adata = st.run("generate", n, make_slide, n, n_genes, seed)
-    clf = SpatialRegionClassifier(
-        adata, labels_key="region", sources=[f"scvi:{scvi_dir}"], features=["pca"],
-        graph="knn:6", n_hops=2, guard=False, max_epochs=EPOCHS, progress=False,
-        accelerator="cpu", devices=1, seed=seed,
-    )
+    source = ScviSource.load(scvi_dir)
     conn, _ = st.run("graph", n, spatial_graph_matrix, adata, "knn:6")
-    z = st.run("source_embedding", n, clf._source, 0, adata)
-    pca = st.run("pca_features", n, clf._features, 0, adata)
-    hops = st.run("hops", n, neighbourhood_hops, pca, conn, 2)
-    views = {"source_0": z, "features_0": hops.reshape(n, -1)}
+    z = st.run("source_embedding", n, source.embed, adata, progress=False)
+
+    def pca_features():
+        return PCAFeatures.fit(adata, n_comps=30, seed=seed).transform(adata)
+
+    pca = st.run("pca_features", n, pca_features)
+    hops = st.run("hops", n, neighbourhood_rings, pca, conn, 2)
+    views = {"source": z, "features": hops.reshape(n, -1)}
     y = adata.obs["region"].to_numpy()
     n_lab = int(adata.obs["region"].notna().sum())
-    st.run("train", n_lab * EPOCHS, clf.model.fit, views, y)
-    proba = st.run("predict", n, clf.model.predict_proba, views)
-    pred = np.asarray(clf.classes_)[proba.argmax(1)]
+    # The spatial classifier's default: linear residual, fitted exactly (no epochs).
+    model = ResidualModel(
+        sources=["source"], residuals={"features": ("linear", {})}, solver="lbfgs",
+        guard=False, progress=False, accelerator="cpu", devices=1, seed=seed,
+    )
+    st.run("train", n_lab, model.fit, views, y)
+    proba = st.run("predict", n, model.predict_proba, views)
+    pred = np.asarray(model.classes_)[proba.argmax(1)]
     unl = adata.obs["region"].isna().to_numpy()
     acc = float((pred[unl] == adata.obs["truth"].to_numpy()[unl]).mean())
     return {"stages": st.rows, "accuracy_unlabelled": acc}

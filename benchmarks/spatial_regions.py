@@ -107,12 +107,11 @@ def labelled(train) -> np.ndarray:
 
 def run_scresidual(train, test, mask, *, library, seed, arm="refine", sources=("obsm:X_scVI",)):
     """One arm of :class:`scresidual.model.SpatialRegionClassifier`, library defaults."""
-    from scresidual.model import SpatialRegionClassifier
+    from scresidual.tl import fit_regions
 
     t = cpu_seconds()
-    clf = SpatialRegionClassifier(train, labels_key="y", sources=list(sources),
-                                  library_key=library, arm=arm, seed=seed, progress=False)
-    clf.train()
+    clf = fit_regions(train, labels_key="y", sources=list(sources), library_key=library,
+                      arm=arm, seed=seed, progress=False)
     P = clf.predict_proba(test).to_numpy()
     pred = np.asarray(clf.classes_, dtype=object)[P.argmax(1)]
     out = bc.metrics(test.obs["truth"].to_numpy()[mask], pred[mask])

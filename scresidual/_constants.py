@@ -36,6 +36,10 @@ fitted exactly by logistic regression) or ``hops`` (a SIGN-style graph encoder, 
 
 DEFAULT_ENCODER = "linear"
 
+SETUP_KEY = "_scresidual_setup"
+"""``uns`` key where ``SpatialRegionClassifier.setup_anndata`` registers an AnnData (its
+setup arguments and fitted feature maps, plain data), as scvi-tools' ``setup_anndata`` does."""
+
 SUGGEST_STRATEGIES = ("diverse", "uncertainty", "random")
 """Strategies of :func:`scresidual.tl.suggest_labels`, the default first."""
 

@@ -449,6 +449,7 @@ def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
 
 
 def _fit(args) -> None:
+    from ._constants import SETUP_KEY
     from ._io import check_fit_paths
     from .model import SpatialRegionClassifier
     from .read.sdata import warn_several_regions
@@ -463,17 +464,18 @@ def _fit(args) -> None:
         arm = "scratch"
         if args.source is None:
             print(NO_SOURCE_WARNING, file=sys.stderr)
-    model = SpatialRegionClassifier(
+    SpatialRegionClassifier.setup_anndata(
         adata, labels_key=args.labels_key, sources=sources,
         features=args.features or ["pca"], graph=args.graph, n_hops=args.n_hops,
-        encoder=args.encoder, library_key=args.library_key, spatial_key=args.spatial_key,
-        layer=args.layer,
-        min_gene_overlap=args.min_gene_overlap, arm=arm, seed=args.seed,
-        max_epochs=args.max_epochs, guard=not args.no_guard, folds=args.folds,
-        n_jobs=args.n_jobs, progress=not args.quiet,
+        library_key=args.library_key, spatial_key=args.spatial_key, layer=args.layer,
+        min_gene_overlap=args.min_gene_overlap,
     )
-    model.trust_pickle = args.trust_pickle
-    model.train()
+    model = SpatialRegionClassifier(
+        adata, arm=arm, encoder=args.encoder, guard=not args.no_guard, seed=args.seed,
+        trust_pickle=args.trust_pickle,
+    )
+    model.train(args.max_epochs, folds=args.folds, n_jobs=args.n_jobs, progress=not args.quiet)
+    del adata.uns[SETUP_KEY]  # the written slide carries predictions, not a registration
     check_fit_paths(
         args.input, args.model_dir, None if store else args.output, overwrite=args.overwrite
     )

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib import pyplot as plt
 
-from scresidual import ScResidualError, pl
+from scresidual import ScResidualError, pl, tl
 from scresidual.cli import main
 from scresidual.model import SpatialRegionClassifier
 from scresidual.model._calibration import Calibration, expected_calibration_error
@@ -24,8 +24,8 @@ def _labelled(a, frac, seed=0):
 def fitted(small_slides):
     """Both slides, 30% labelled, and the default (exact, cross-validated) model on them."""
     a = _labelled(small_slides, 0.3)
-    model = SpatialRegionClassifier(a, labels_key="train", library_key="slide", progress=False)
-    return a, model.train()
+    SpatialRegionClassifier.setup_anndata(a, labels_key="train", library_key="slide")
+    return a, SpatialRegionClassifier(a).train(progress=False)
 
 
 def _coverage(sets, truth) -> float:
@@ -84,7 +84,7 @@ def test_temperature_is_kept_only_where_the_out_of_fold_cells_support_it():
 
 def test_uncalibrated_means_the_logistic_regressions_own_probabilities(fitted, tmp_path):
     a, model = fitted
-    m = model.model
+    m = model.residual_model_
     assert m.unscaled_ and m.unscaled_["head_residual"] > 0
     raw = model.predict_proba(a, calibrated=False).to_numpy()
     scaled = m.predict_proba(model.views(a))
@@ -138,9 +138,10 @@ def test_predict_writes_uncertainty_and_sets_that_cover(fitted, tmp_path):
 
 def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
     one = _labelled(small_slides[small_slides.obs["slide"] == "slide1"], 0.1)
-    few = SpatialRegionClassifier(one.copy(), labels_key="train", progress=False)
-    few.adata.obs["train"] = _labelled(one, 0.05).obs["train"]
-    few.train()
+    few = one.copy()
+    SpatialRegionClassifier.setup_anndata(few, labels_key="train")
+    few.obs["train"] = _labelled(one, 0.05).obs["train"]  # labels are read when training
+    few = SpatialRegionClassifier(few).train(progress=False)
     with pytest.raises(ScResidualError, match="out-of-fold cells") as err:
         few.predict(one, copy=True, sets=True)
     assert "\n" not in str(err.value) and "label more" in str(err.value)
@@ -149,11 +150,11 @@ def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
     first = np.flatnonzero(rare.obs["region"] == rare.obs["region"].iloc[0])
     rare.obs.iloc[first[1:], rare.obs.columns.get_loc("train")] = None  # 1 label of it
     with caplog.at_level(logging.WARNING, logger="scresidual"):
-        thin = SpatialRegionClassifier(rare, labels_key="train", progress=False).train()
+        thin = tl.fit_regions(rare, labels_key="train", progress=False)
     name = str(rare.obs["region"].iloc[0])
     # calibrated on the other classes; one line names the class without a guarantee
-    assert thin.model.calibration_ is not None and thin.model.calibration_.thin_classes == (
-        name,)
+    calibration = thin.residual_model_.calibration_
+    assert calibration is not None and calibration.thin_classes == (name,)
     line = [r.getMessage() for r in caplog.records if name in r.getMessage()]
     assert line and "\n" not in line[0] and "not guaranteed" in line[0]
     assert "label more" in line[0]
@@ -162,7 +163,7 @@ def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
         sets = thin.predict(rare, copy=True, sets=True)
     assert "train_set" in sets.obs and name in caplog.text
     assert sets.uns["train_calibration"]["classes_without_guarantee"] == [name]
-    hops = SpatialRegionClassifier(one, labels_key="train", encoder="hops", **FAST).train()
+    hops = tl.fit_regions(one, labels_key="train", encoder="hops", **FAST)
     with pytest.raises(ScResidualError, match="folds=5") as err:
         hops.predict(one, copy=True, sets=True)
     assert "\n" not in str(err.value)
@@ -205,9 +206,9 @@ def test_cli_predict_writes_sets(fitted, tmp_path, capsys):
 
 def test_cross_fitted_hops_model_is_calibrated_on_its_out_of_fold_predictions(fitted):
     a, _ = fitted
-    hops = SpatialRegionClassifier(a, labels_key="train", library_key="slide", encoder="hops",
-                                   **{**FAST, "folds": 3}).train()
-    m = hops.model
+    hops = tl.fit_regions(a, labels_key="train", library_key="slide", encoder="hops",
+                          **{**FAST, "folds": 3})
+    m = hops.residual_model_
     assert m.calibration_ is not None and len(m.oof_rows_) == a.obs["train"].notna().sum()
     assert np.allclose(m.oof_proba_.sum(1), 1, atol=1e-5)
     out = hops.predict(a, copy=True)

@@ -46,9 +46,11 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
     meta = json.loads((tmp_path / "m" / "residual_model.json").read_text())
     assert meta["config"]["folds"] == 2  # --folds reached the model
     setup = json.loads((tmp_path / "m" / "spatial_setup.json").read_text())
-    defaults = SpatialRegionClassifier.__init__.__kwdefaults__
+    defaults = {**SpatialRegionClassifier.setup_anndata.__kwdefaults__,
+                **SpatialRegionClassifier.__init__.__kwdefaults__}
     for key in ("graph", "n_hops", "encoder"):  # the CLI's defaults are the class's
         assert setup[key] == defaults[key]
+    assert "_scresidual_setup" not in ad.read_h5ad(tmp_path / "f.h5ad").uns
     other = small_slides[small_slides.obs["slide"] == "slide2"].copy()
     other.write_h5ad(tmp_path / "other.h5ad")
     code, out, err = _run(

@@ -9,10 +9,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from scresidual import tl
 from scresidual._errors import ScResidualError
 from scresidual._genes import align_genes, iter_aligned_genes
-from scresidual.model import SpatialRegionClassifier
-from scresidual.model._residual import ResidualModel
+from scresidual.model import ResidualModel, SpatialRegionClassifier
 from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph_matrix
 from scresidual.train import ViewsDataset, batch_loader
 
@@ -39,11 +39,10 @@ def _slide(n: int = 300, n_genes: int = 40, seed: int = 0) -> ad.AnnData:
 
 
 def _fit(adata, **kwargs) -> SpatialRegionClassifier:
-    clf = SpatialRegionClassifier(
+    return tl.fit_regions(
         adata, labels_key="region", n_comps=5, max_epochs=8, progress=False,
         accelerator="cpu", devices=1, guard=False, **kwargs,
     )
-    return clf.train()
 
 
 # ------------------------------------------------------------------ loaders and DDP

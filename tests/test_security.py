@@ -349,7 +349,7 @@ def test_api_save_replaces_only_model_folders(work, tmp_path):
     with pytest.raises(ScResidualError, match="not a scresidual model folder"):
         clf.save(folder, overwrite=True)
     with pytest.raises(ScResidualError, match="not a scresidual model folder"):
-        clf.model.save(folder, overwrite=True)
+        clf.residual_model_.save(folder, overwrite=True)
     with pytest.raises(ScResidualError, match="overwrite=True"):
         clf.save(model)
     assert _snapshot(tmp_path) == before

@@ -84,13 +84,13 @@ def test_fit_predict_save_load(slides, tmp_path, scvi_dir):
     train = slides[slides.obs["slide"] == "slide1"].copy()
     test = slides[slides.obs["slide"] == "slide2"].copy()
     before = train.copy()
-    model = SpatialRegionClassifier(
-        train, labels_key="train", sources=[f"scvi:{scvi_dir}"], seed=0, **FAST
-    ).train()
-    # the training AnnData is left as it was
+    SpatialRegionClassifier.setup_anndata(train, labels_key="train", sources=[f"scvi:{scvi_dir}"])
+    model = SpatialRegionClassifier(train, seed=0).train(**FAST)
+    # training leaves the AnnData as setup_anndata registered it
     assert set(train.obs.columns) == set(before.obs.columns) and not train.obsm.keys() - {
         "spatial"
     }
+    assert set(train.uns) - set(before.uns) == {"_scresidual_setup"}
     out = model.predict(test, copy=True)
     assert "train_pred" not in test.obs
     assert list(out.uns["train_proba_classes"]) == model.classes_
@@ -108,8 +108,8 @@ def test_spatial_residual_beats_expression_alone(slides):
     unl = one.obs["train"].isna().to_numpy()
     scores = {}
     for graph in ("knn:6", "none"):
-        m = SpatialRegionClassifier(one, labels_key="train", graph=graph, arm="scratch", **FAST)
-        pred = m.train().predict_proba(one).idxmax(axis=1).to_numpy()
+        m = tl.fit_regions(one, labels_key="train", graph=graph, arm="scratch", **FAST)
+        pred = m.predict_proba(one).idxmax(axis=1).to_numpy()
         scores[graph] = tl.evaluate(one.obs["region"].to_numpy()[unl], pred[unl])["macro_f1"]
     assert scores["knn:6"] > scores["none"] + 0.03
 
@@ -148,25 +148,50 @@ def test_align_genes_refuses_low_overlap_without_claiming_to_zero_fill(small_sli
 
 def test_spatial_bad_input(slides):
     a = slides[:200].copy()
+    setup = SpatialRegionClassifier.setup_anndata
     with pytest.raises(ScResidualError, match="obs key 'nope'"):
-        SpatialRegionClassifier(a, labels_key="nope")
+        setup(a, labels_key="nope")
     with pytest.raises(ScResidualError, match="obs key 'section'"):  # not silently ignored
-        SpatialRegionClassifier(a, labels_key="train", library_key="section")
+        setup(a, labels_key="train", library_key="section")
     with pytest.raises(ScResidualError, match="unknown source"):
-        SpatialRegionClassifier(a, labels_key="train", sources=["hub:foo"])
+        setup(a, labels_key="train", sources=["hub:foo"])
     with pytest.raises(ScResidualError, match="unknown graph"):
-        SpatialRegionClassifier(a, labels_key="train", graph="knn6x")
+        setup(a, labels_key="train", graph="knn6x")
+    assert "_scresidual_setup" not in a.uns  # a refused setup registers nothing
+    with pytest.raises(ScResidualError, match="not set up; call SpatialRegionClassifier"):
+        SpatialRegionClassifier(a)
     no_xy = a.copy()
     del no_xy.obsm["spatial"]
+    setup(no_xy, labels_key="train")
     with pytest.raises(ScResidualError, match="no spatial coordinates"):
-        SpatialRegionClassifier(no_xy, labels_key="train", **FAST).train()
-    missing = SpatialRegionClassifier(a, labels_key="train", sources=["obsm:X_nope"], **FAST)
+        SpatialRegionClassifier(no_xy).train(**FAST)
+    setup(a, labels_key="train", sources=["obsm:X_nope"])
     with pytest.raises(ScResidualError, match="obsm key 'X_nope'"):
-        missing.train()
+        SpatialRegionClassifier(a).train(**FAST)
     dup = a.copy()
     dup.obs_names = ["same"] * dup.n_obs
     with pytest.raises(ScResidualError, match="duplicate cell names"):
-        SpatialRegionClassifier(dup, labels_key="train")
+        setup(dup, labels_key="train")
+
+
+def test_options_go_to_their_own_step_and_train_keeps_the_settings(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    SpatialRegionClassifier.setup_anndata(one, labels_key="train")
+    with pytest.raises(ScResidualError, match="max_epochs: training option"):
+        SpatialRegionClassifier(one, max_epochs=5)
+    with pytest.raises(ScResidualError, match="unknown model option.*setup_anndata"):
+        SpatialRegionClassifier(one, graph="knn:6")
+    model = SpatialRegionClassifier(one, arm="scratch", encoder="hops")
+    with pytest.raises(ScResidualError, match="unknown training option"):
+        model.train(arm="refine")
+    before = dict(model.init_params_)
+    model.train(3, patience=2, progress=False, folds=1)
+    # this call's options reached the fit and are recorded with it; the settings are unchanged
+    cfg = model.residual_model_.config
+    assert (cfg.max_epochs, cfg.patience, cfg.folds) == (3, 2, 1)
+    assert model.init_params_ == before and model.chosen_arm_ == "scratch"
+    model.train(progress=False, folds=1)  # the next call starts from the defaults again
+    assert model.residual_model_.config.max_epochs == 200
 
 
 def test_feature_maps_are_fitted_on_the_training_slide_only(slides):
@@ -174,25 +199,30 @@ def test_feature_maps_are_fitted_on_the_training_slide_only(slides):
     # and train() then kept that PCA.
     train = slides[slides.obs["slide"] == "slide1"].copy()
     test = slides[slides.obs["slide"] == "slide2"].copy()
-    model = SpatialRegionClassifier(train, labels_key="train", **FAST)
+    SpatialRegionClassifier.setup_anndata(train, labels_key="train")
+    model = SpatialRegionClassifier(train)
     with pytest.raises(ScResidualError, match="not trained"):
         model.predict_proba(test)
-    model.train()
+    model.train(**FAST)
     own = pp.PCAFeatures.fit(train, n_comps=30, seed=0)
-    np.testing.assert_allclose(model._pca[0].mean, own.mean, rtol=1e-5)
+    on_test = pp.PCAFeatures.fit(test, n_comps=30, seed=0)
+    assert not np.allclose(on_test.mean, own.mean, rtol=1e-3)  # the test can tell them apart
+    np.testing.assert_allclose(model.views(train)["features_0"][:, :30],
+                               own.transform(train), rtol=1e-4, atol=1e-4)
 
 
 def test_sources_enter_as_ring_means_and_stay_frozen(slides):
     one = slides[slides.obs["slide"] == "slide1"].copy()
     rng = np.random.default_rng(0)
     one.obsm["X_emb"] = rng.normal(size=(one.n_obs, 4)).astype(np.float32)
-    kw = {"sources": ["obsm:X_emb"], "features": ["obsm:X_emb"], **FAST}
-    model = SpatialRegionClassifier(one, labels_key="train", n_hops=2, **kw)
-    views = model.views(one)
+    kw = {"labels_key": "train", "sources": ["obsm:X_emb"], "features": ["obsm:X_emb"]}
+    SpatialRegionClassifier.setup_anndata(one, n_hops=2, **kw)
+    views = SpatialRegionClassifier(one).views(one)
     conn, _ = pp.spatial_graph_matrix(one, "delaunay")
     expected = pp.neighbourhood_rings(one.obsm["X_emb"], conn, 2).reshape(one.n_obs, -1)
     np.testing.assert_allclose(views["source_0"], expected, rtol=1e-6)
-    flat = SpatialRegionClassifier(one, labels_key="train", aggregate_sources=False, **kw)
+    SpatialRegionClassifier.setup_anndata(one, aggregate_sources=False, **kw)
+    flat = SpatialRegionClassifier(one)
     np.testing.assert_array_equal(flat.views(one)["source_0"], one.obsm["X_emb"])
 
 
@@ -200,7 +230,7 @@ def test_old_model_folders_are_refused_with_the_version_line(slides, tmp_path):
     import json
 
     one = slides[slides.obs["slide"] == "slide1"].copy()
-    model = SpatialRegionClassifier(one, labels_key="train", **FAST).train()
+    model = tl.fit_regions(one, labels_key="train", **FAST)
     model.save(tmp_path / "m")
     setup = json.loads((tmp_path / "m" / "spatial_setup.json").read_text())
     del setup["format"]
@@ -211,17 +241,17 @@ def test_old_model_folders_are_refused_with_the_version_line(slides, tmp_path):
 
 def test_sign_encoder_still_trains_with_adam(slides):
     one = slides[slides.obs["slide"] == "slide1"].copy()
-    model = SpatialRegionClassifier(one, labels_key="train", encoder="hops", **FAST).train()
-    assert model.model.config.solver == "adam" and model.chosen_arm_ == "refine"
+    model = tl.fit_regions(one, labels_key="train", encoder="hops", **FAST)
+    assert model.residual_model_.config.solver == "adam" and model.chosen_arm_ == "refine"
+    SpatialRegionClassifier.setup_anndata(one, labels_key="train")
     with pytest.raises(ScResidualError, match="unknown encoder"):
-        SpatialRegionClassifier(one, labels_key="train", encoder="gat")
+        SpatialRegionClassifier(one, encoder="gat")
 
 
 def test_adapter_arm_trains_by_gradient_descent_under_the_linear_encoder(slides):
     one = slides[slides.obs["slide"] == "slide1"].copy()
     one.obsm["X_emb"] = np.random.default_rng(0).normal(size=(one.n_obs, 4)).astype(np.float32)
-    model = SpatialRegionClassifier(
-        one, labels_key="train", sources=["obsm:X_emb"], arm="adapter", **FAST
-    ).train()
-    assert model.setup["encoder"] == "linear" and model.model.config.solver == "adam"
-    assert model.model.config.arm == "adapter" and model.predict_proba(one).shape[0] == one.n_obs
+    model = tl.fit_regions(one, labels_key="train", sources=["obsm:X_emb"], arm="adapter", **FAST)
+    assert model.setup["encoder"] == "linear" and model.residual_model_.config.solver == "adam"
+    assert model.residual_model_.config.arm == "adapter"
+    assert model.predict_proba(one).shape[0] == one.n_obs

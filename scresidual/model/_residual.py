@@ -85,6 +85,14 @@ class ResidualConfig:
     lora_alpha: float = 16.0
 
 
+TRAIN_OPTIONS = (
+    "max_epochs", "lr", "probe_lr", "weight_decay", "source_weight_decay", "batch_size",
+    "patience", "min_steps_per_epoch", "validation_size", "folds", "group_folds", "cv_repeats",
+    "n_jobs",
+)
+"""Fields of :class:`ResidualConfig` that say how to train, not what the model is."""
+
+
 def _available_cpus() -> int:
     """CPUs this process may run on (its affinity where the OS reports it)."""
     if hasattr(os, "sched_getaffinity"):

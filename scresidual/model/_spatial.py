@@ -30,18 +30,12 @@ from .._safe_load import check_spatial_setup, path_inside
 from .._validate import (
     check_cells,
     check_finite,
-    check_obs_key,
     check_obsm_key,
     check_unique_obs_names,
     parse_spec,
 )
-from ..pp import PCAFeatures, neighbourhood_rings, parse_graph, read_pca, spatial_graph_matrix
-from ..read.sdata import (
-    is_spatialdata,
-    predict_spatialdata,
-    spatialdata,
-    warn_several_regions,
-)
+from ..pp import neighbourhood_rings, parse_graph, read_pca, spatial_graph_matrix
+from ..read.sdata import is_spatialdata, predict_spatialdata
 from ._calibration import (
     calibration_problem,
     check_alpha,
@@ -49,20 +43,49 @@ from ._calibration import (
     thin_note,
     write_uncertainty,
 )
-from ._residual import ResidualModel, labelled_mask
+from ._residual import TRAIN_OPTIONS, ResidualConfig, ResidualModel, labelled_mask
+from ._spatial_setup import (
+    FEATURE_KINDS,
+    SETUP_FORMAT,
+    SOURCE_KINDS,
+    check_setup_args,
+    fit_feature_maps,
+    register,
+    registered,
+    training_anndata,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 SETUP_FILE = "spatial_setup.json"
-SETUP_FORMAT = 2
-"""Format of ``spatial_setup.json``; 2 added neighbour rings, source rings and encoders."""
+
+TRAINER_OPTIONS = ("accelerator", "devices", "strategy", "progress")
+"""Options of :meth:`SpatialRegionClassifier.train` that go to Lightning, not the config."""
+
+_BUILT_ELSEWHERE = ("arm", "head", "guard", "seed", "sources", "residuals")
 
 
 EMBED_CHUNK = 200_000
 """Cells embedded per call of a frozen scvi source (bounds memory on large or backed slides)."""
+
+
+def check_model_options(options: dict) -> None:
+    """Refuse constructor options that are training options or unknown."""
+    training = sorted(set(options) & {*TRAIN_OPTIONS, *TRAINER_OPTIONS})
+    if training:
+        raise ScResidualError(
+            f"{', '.join(training)}: training option(s); pass them to train(), not the constructor."
+        )
+    allowed = set(ResidualConfig.__dataclass_fields__) - {*TRAIN_OPTIONS, *_BUILT_ELSEWHERE}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ScResidualError(
+            f"unknown model option(s) {unknown}; setup options go to setup_anndata(), training "
+            f"options to train(); model options are {', '.join(sorted(allowed))}."
+        )
 
 
 def _read_only(adata: AnnData) -> bool:
@@ -88,66 +111,82 @@ def _embed_in_chunks(source, adata: AnnData, *, progress: bool) -> np.ndarray:
 class SpatialRegionClassifier:
     """REFINE for spatial slides: frozen source embedding + spatial-graph residual + linear head.
 
+    The lifecycle is scvi-tools': register the training data with :meth:`setup_anndata`
+    (labels, slides, coordinates, layer, sources, features, graph; the feature maps are fitted
+    there), build the model with the arm and encoder settings, then :meth:`train`::
+
+        SpatialRegionClassifier.setup_anndata(adata, labels_key="region", sources=["obsm:X_scVI"])
+        model = SpatialRegionClassifier(adata)
+        model.train()
+        model.predict(other_slide)
+
     Parameters
     ----------
     adata
-        Training slide(s), an AnnData or a :class:`spatialdata.SpatialData` (its table
-        ``table_key`` is used, as :func:`scresidual.read.spatialdata` reads it). Cells whose
-        label is missing (NaN or empty) are not trained on.
-    labels_key
-        ``obs`` column with the region labels.
-    sources
-        Frozen sources: ``'obsm:KEY'`` (precomputed embedding), ``'scvi:DIR'`` (an
-        scvi-tools model directory, applied to the slide after matching genes). Empty for
-        the ``scratch`` arm.
-    features
-        Target-side inputs of the residual encoders, one encoder each: ``'pca'`` (PCA of
-        log-normalised expression) or ``'obsm:KEY'`` (e.g. protein).
-    graph
-        Spatial graph: ``'delaunay'`` (default; edges longer than the 99th percentile
-        dropped), ``'knn:K'``, ``'radius:R'`` or ``'none'`` (no spatial residual).
-    n_hops
-        Neighbour rings read: a cell's own values and their means over the cells 1, 2, …
-        ``n_hops`` edges away (:func:`scresidual.pp.neighbourhood_rings`).
-    aggregate_sources
-        Also give the head each frozen source's ring means (parameter-free, so the source
-        stays frozen; a linear probe on them is CellCharter's neighbourhood aggregation).
+        The AnnData (or :class:`spatialdata.SpatialData`) registered by :meth:`setup_anndata`.
+        Cells whose label is missing (NaN or empty) are not trained on.
+    arm
+        ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     encoder
         Residual encoder: ``'linear'`` (default; the network is linear and fitted exactly,
         each block's penalty by cross-validation) or ``'hops'`` (SIGN-style per-ring maps
         and an MLP, trained with Adam and early stopping).
-    library_key
-        ``obs`` column naming each cell's slide: one graph per slide, no edges across; when
-        two or more slides are labelled throughout, validation folds hold out whole slides
-        (``group_folds``, see :class:`ResidualModel`).
-    spatial_key
-        ``obsm`` key of the coordinates.
-    layer
-        Layer with counts (for ``'pca'`` and ``'scvi:'``); default ``X``.
-    n_comps
-        Number of PCA components.
-    min_gene_overlap
-        Smallest fraction of the genes of the PCA features and of ``'scvi:'`` sources that a
-        slide must have (the rest are zero-filled).
-    arm
-        ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
+    head
+        ``'linear'`` (default, robust) or ``'mlp'``.
+    guard
+        Fall back to scratch or the linear probe when they validate better beyond noise.
     seed
         Random seed.
-    table_key
-        For a SpatialData ``adata``: the table to fit on (may be left out when there is only
-        one).
     trust_pickle
-        (attribute) Let ``'scvi:'`` sources hold arbitrary Python objects (see
-        :meth:`ScviSource.load`); off by default, for folders from people you trust.
-    **kwargs
-        Passed to :class:`ResidualModel` (``guard``, ``max_epochs``, ``accelerator``, …).
+        Let ``'scvi:'`` sources hold arbitrary Python objects (see :meth:`ScviSource.load`);
+        off by default, for folders from people you trust.
+    **model_kwargs
+        Further model options of :class:`ResidualConfig` (``source_shares``, ``guard_z``,
+        ``class_weight``, …); training options go to :meth:`train`.
+
+    Attributes
+    ----------
+    classes_, chosen_arm_, guard_report_
+        After training: the region names (column order of the probabilities), the arm the
+        guard kept, and per arm its validation loss and macro-F1.
+    residual_model_
+        The fitted :class:`ResidualModel` (``None`` before :meth:`train`).
 
     """
 
-    trust_pickle: bool = False
-
     def __init__(
         self,
+        adata: AnnData | SpatialData,
+        *,
+        arm: str = "refine",
+        encoder: str = DEFAULT_ENCODER,
+        head: str = "linear",
+        guard: bool = True,
+        seed: int = 0,
+        trust_pickle: bool = False,
+        **model_kwargs,
+    ):
+        adata, args, pca = registered(adata)
+        if encoder not in ENCODER_SOLVERS:
+            raise ScResidualError(
+                f"unknown encoder {encoder!r}; use one of {', '.join(ENCODER_SOLVERS)}."
+            )
+        check_model_options(model_kwargs)
+        self.adata = adata
+        self.setup = {**{k: v for k, v in args.items() if k != "table_key"}, "encoder": encoder}
+        self.init_params_ = {
+            "arm": arm, "head": head, "guard": guard, "seed": seed, **model_kwargs,
+        }
+        self.trust_pickle = trust_pickle
+        self.progress = True
+        self._pca = pca
+        self._frozen: dict[int, object] = {}
+        self.residual_model_: ResidualModel | None = None
+        self._core()  # validates the arm and head now, not after the views are computed
+
+    @classmethod
+    def setup_anndata(
+        cls,
         adata: AnnData | SpatialData,
         *,
         labels_key: str,
@@ -156,64 +195,91 @@ class SpatialRegionClassifier:
         graph: str = DEFAULT_GRAPH,
         n_hops: int = DEFAULT_N_HOPS,
         aggregate_sources: bool = True,
-        encoder: str = DEFAULT_ENCODER,
         library_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
         n_comps: int = 30,
         min_gene_overlap: float = MIN_GENE_OVERLAP,
-        arm: str = "refine",
-        seed: int = 0,
         table_key: str | None = None,
-        **kwargs,
-    ):
-        if is_spatialdata(adata):
-            adata = spatialdata(adata, table_key=table_key, spatial_key=spatial_key)
-            warn_several_regions(adata, library_key)
-        elif table_key is not None:
-            raise ScResidualError(
-                "table_key= names a table of a SpatialData; drop it for an AnnData."
-            )
-        check_obs_key(adata, labels_key)
-        if library_key is not None:
-            check_obs_key(adata, library_key)
-        check_cells(adata, 2, "training")
-        check_unique_obs_names(adata)
-        sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
-        features = [features] if isinstance(features, str) else list(features)
-        for s in sources:
-            parse_spec(s, ("obsm", "scvi"), "source")
-        for f in features:
-            parse_spec(f, ("pca", "obsm"), "features")
-        parse_graph(graph)
-        if encoder not in ENCODER_SOLVERS:
-            raise ScResidualError(
-                f"unknown encoder {encoder!r}; use one of {', '.join(ENCODER_SOLVERS)}."
-            )
-        self.setup = {
-            "format": SETUP_FORMAT, "labels_key": labels_key, "sources": list(sources),
-            "features": features, "graph": graph, "n_hops": int(n_hops),
-            "aggregate_sources": bool(aggregate_sources), "encoder": encoder,
+        seed: int = 0,
+    ) -> None:
+        """Register the training data: what the model reads, with its feature maps fitted.
+
+        Writes ``uns['_scresidual_setup']`` (plain data: these arguments and the fitted PCA;
+        for a SpatialData, into its table ``table_key``); nothing else in ``adata`` changes.
+
+        Parameters
+        ----------
+        adata
+            Training slide(s), an AnnData or a :class:`spatialdata.SpatialData` (its table
+            ``table_key`` is used, as :func:`scresidual.read.spatialdata` reads it).
+        labels_key
+            ``obs`` column with the region labels.
+        sources
+            Frozen sources: ``'obsm:KEY'`` (precomputed embedding), ``'scvi:DIR'`` (an
+            scvi-tools model directory, applied to the slide after matching genes). Empty for
+            the ``scratch`` arm.
+        features
+            Target-side inputs of the residual encoders, one encoder each: ``'pca'`` (PCA of
+            log-normalised expression, fitted here on ``adata``) or ``'obsm:KEY'`` (e.g.
+            protein).
+        graph
+            Spatial graph: ``'delaunay'`` (default; edges longer than the 99th percentile
+            dropped), ``'knn:K'``, ``'radius:R'`` or ``'none'`` (no spatial residual).
+        n_hops
+            Neighbour rings read: a cell's own values and their means over the cells 1, 2, …
+            ``n_hops`` edges away (:func:`scresidual.pp.neighbourhood_rings`).
+        aggregate_sources
+            Also give the head each frozen source's ring means (parameter-free, so the source
+            stays frozen; a linear probe on them is CellCharter's neighbourhood aggregation).
+        library_key
+            ``obs`` column naming each cell's slide: one graph per slide, no edges across; when
+            two or more slides are labelled throughout, validation folds hold out whole slides
+            (``group_folds``, see :class:`ResidualModel`).
+        spatial_key
+            ``obsm`` key of the coordinates.
+        layer
+            Layer with counts (for ``'pca'`` and ``'scvi:'``); default ``X``.
+        n_comps
+            Number of PCA components.
+        min_gene_overlap
+            Smallest fraction of the genes of the PCA features and of ``'scvi:'`` sources that
+            a slide must have (the rest are zero-filled).
+        table_key
+            For a SpatialData ``adata``: the table to fit on (may be left out when there is
+            only one).
+        seed
+            Seed of the cell sample the PCA is fitted on (slides over 50,000 cells).
+
+        """
+        train = training_anndata(adata, table_key, spatial_key, library_key)
+        args = check_setup_args(train, {
+            "labels_key": labels_key, "sources": sources, "features": features, "graph": graph,
+            "n_hops": n_hops, "aggregate_sources": aggregate_sources,
             "library_key": library_key, "spatial_key": spatial_key, "layer": layer,
-            "n_comps": int(n_comps), "min_gene_overlap": float(min_gene_overlap),
-        }
-        self.adata = adata
-        self._pca: dict[int, PCAFeatures] = {}
-        self._frozen: dict[int, object] = {}
+            "n_comps": n_comps, "min_gene_overlap": min_gene_overlap, "table_key": table_key,
+        })
+        register(adata, args, fit_feature_maps(train, args, seed))
+
+    def _core(self, **train_options) -> ResidualModel:
+        """A new, unfitted :class:`ResidualModel` with this model's settings and options."""
+        options = dict(train_options)
+        trainer = {k: options.pop(k) for k in TRAINER_OPTIONS if k in options}
+        params = dict(self.init_params_)
         # The exact solver fits linear models only: the adapter arm and deeper heads train
         # by gradient descent whatever the encoder.
-        linear = arm != "adapter" and kwargs.get("head", "linear") == "linear"
-        kwargs.setdefault("solver", ENCODER_SOLVERS[encoder] if linear else "adam")
-        self.model = ResidualModel(
-            arm=arm, sources=[f"source_{i}" for i in range(len(sources))],
-            residuals=self._residuals(), seed=seed, **kwargs,
+        linear = params["arm"] != "adapter" and params["head"] == "linear"
+        params.setdefault("solver", ENCODER_SOLVERS[self.setup["encoder"]] if linear else "adam")
+        return ResidualModel(
+            sources=[f"source_{i}" for i in range(len(self.setup["sources"]))],
+            residuals=self._residuals(), **params, **options, **trainer,
         )
 
     def _residuals(self) -> dict[str, tuple[str, dict]]:
         """One residual encoder per feature view."""
-        encoder, graph_on = self.setup["encoder"], self._graph_on
+        encoder = self.setup["encoder"]
         if encoder == "hops":
-            spec = ("hops", {"n_hops": self.setup["n_hops"]}) if graph_on else ("mlp", {})
+            spec = ("hops", {"n_hops": self.setup["n_hops"]}) if self._graph_on else ("mlp", {})
         else:
             spec = (encoder, {})
         return {f"features_{j}": spec for j in range(len(self.setup["features"]))}
@@ -224,7 +290,7 @@ class SpatialRegionClassifier:
 
     # ------------------------------------------------------------------ views
     def _source(self, i: int, adata: AnnData) -> np.ndarray:
-        kind, value = parse_spec(self.setup["sources"][i], ("obsm", "scvi"), "source")
+        kind, value = parse_spec(self.setup["sources"][i], SOURCE_KINDS, "source")
         if kind == "obsm":
             check_obsm_key(adata, value)
             Z = np.asarray(adata.obsm[value], dtype=np.float32)
@@ -236,7 +302,7 @@ class SpatialRegionClassifier:
                     self._scvi_dir(value), layer=self.setup["layer"],
                     min_overlap=self._min_gene_overlap, trust_pickle=self.trust_pickle,
                 )
-            Z = _embed_in_chunks(self._frozen[i], adata, progress=self.model.progress)
+            Z = _embed_in_chunks(self._frozen[i], adata, progress=self.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
         return Z.reshape(adata.n_obs, -1)
 
@@ -247,14 +313,12 @@ class SpatialRegionClassifier:
         return Path(value)
 
     def _features(self, j: int, adata: AnnData) -> np.ndarray:
-        kind, value = parse_spec(self.setup["features"][j], ("pca", "obsm"), "features")
+        kind, value = parse_spec(self.setup["features"][j], FEATURE_KINDS, "features")
         if kind == "obsm":
             check_obsm_key(adata, value)
             X = np.asarray(adata.obsm[value], dtype=np.float32).reshape(adata.n_obs, -1)
             check_finite(X, f"adata.obsm[{value!r}]")
             return X
-        if j not in self._pca:
-            raise ScResidualError("the model is not trained yet; call train() first.")
         return self._pca[j].transform(
             adata, layer=self.setup["layer"], min_overlap=self._min_gene_overlap
         )
@@ -263,15 +327,6 @@ class SpatialRegionClassifier:
     def _min_gene_overlap(self) -> float:
         # Models saved before the option existed used the default.
         return self.setup.get("min_gene_overlap", MIN_GENE_OVERLAP)
-
-    def _fit_feature_maps(self) -> None:
-        """Fit the PCA of each ``'pca'`` feature view on the training slide(s), once."""
-        for j, spec in enumerate(self.setup["features"]):
-            if spec == "pca" and j not in self._pca:
-                self._pca[j] = PCAFeatures.fit(
-                    self.adata, n_comps=self.setup["n_comps"], layer=self.setup["layer"],
-                    seed=self.model.config.seed,
-                )
 
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and features, with ring means."""
@@ -299,42 +354,81 @@ class SpatialRegionClassifier:
         return out
 
     # ------------------------------------------------------------------ training
-    def train(self, **overrides) -> SpatialRegionClassifier:
-        """Fit on the labelled cells of the training AnnData.
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        strategy: str = "auto",
+        folds: int | None = None,
+        n_jobs: int | None = None,
+        progress: bool = True,
+        **train_kwargs,
+    ) -> SpatialRegionClassifier:
+        """Fit on the labelled cells of the registered data.
 
-        ``overrides`` update training options (e.g. ``max_epochs=50``) of :class:`ResidualConfig`;
-        they stay set for later calls and are saved with the model, as the options it was
-        trained with.
+        The options hold for this call only: the model's settings are unchanged, and the
+        fitted model records the options it was trained with (saved with it).
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs of gradient-descent arms (default 200; the exact linear fit has none).
+        accelerator, devices, strategy
+            Passed to :class:`lightning.pytorch.Trainer`.
+        folds
+            Cross-validation folds (default: 5 below 1,000 labelled cells, else one split).
+        n_jobs
+            Processes fitting the folds (default: one per available CPU on a CPU device).
+        progress
+            Show progress bars.
+        **train_kwargs
+            Further training options of :class:`ResidualConfig` (``lr``, ``batch_size``,
+            ``patience``, ``validation_size``, ``group_folds``, ``cv_repeats``, …).
+
         """
-        for k, v in overrides.items():
-            if not hasattr(self.model.config, k):
-                raise ScResidualError(f"unknown training option {k!r}; see ResidualConfig.")
-            setattr(self.model.config, k, v)
+        unknown = sorted(set(train_kwargs) - set(TRAIN_OPTIONS))
+        if unknown:
+            raise ScResidualError(
+                f"unknown training option(s) {unknown}; use {', '.join(TRAIN_OPTIONS)}."
+            )
         y = self.adata.obs[self.setup["labels_key"]].to_numpy()
         if labelled_mask(y).sum() == 0:
             raise ScResidualError(
                 f"obs[{self.setup['labels_key']!r}] has no labels; label some cells first."
             )
-        self._fit_feature_maps()
+        options = {"max_epochs": max_epochs, "folds": folds, "n_jobs": n_jobs, **train_kwargs}
+        core = self._core(
+            **{k: v for k, v in options.items() if v is not None}, accelerator=accelerator,
+            devices=devices, strategy=strategy, progress=progress,
+        )
+        self.progress = progress
         library_key = self.setup["library_key"]
         groups = None if library_key is None else self.adata.obs[library_key].to_numpy()
-        self.model.fit(self.views(self.adata), y, groups=groups)
+        core.fit(self.views(self.adata), y, groups=groups)
+        self.residual_model_ = core
         return self
+
+    def _fitted(self) -> ResidualModel:
+        if self.residual_model_ is None:
+            raise ScResidualError("the model is not trained yet; call train() first.")
+        return self.residual_model_
 
     @property
     def classes_(self) -> list[str]:
         """Region names, in the column order of the probabilities."""
-        return self.model.classes_
+        return self._fitted().classes_
 
     @property
     def chosen_arm_(self) -> str | None:
         """The arm the guard kept (``refine`` unless a fallback validated better)."""
-        return self.model.chosen_arm_
+        return self._fitted().chosen_arm_
 
     @property
     def guard_report_(self) -> dict[str, dict]:
         """Per arm: validation loss and macro-F1, and what was chosen on validation."""
-        return self.model.guard_report_
+        return self._fitted().guard_report_
 
     def predict_proba(
         self, adata: AnnData | None = None, *, calibrated: bool = True
@@ -350,10 +444,16 @@ class SpatialRegionClassifier:
         the argmax.
         """
         adata = self.adata if adata is None else adata
-        P = self.model.predict_proba(self.views(adata), raw=not calibrated)
-        if calibrated and self.model.calibration_ is not None:
-            P = self.model.calibration_.apply(P)
+        P = self.proba_from_views(self.views(adata), calibrated=calibrated)
         return pd.DataFrame(P, index=adata.obs_names, columns=self.classes_)
+
+    def proba_from_views(self, views: dict[str, np.ndarray], *, calibrated: bool = True):
+        """:meth:`predict_proba` as an array, from inputs already computed by :meth:`views`."""
+        core = self._fitted()
+        P = core.predict_proba(views, raw=not calibrated)
+        if calibrated and core.calibration_ is not None:
+            P = core.calibration_.apply(P)
+        return P
 
     def predict(
         self, adata: AnnData | SpatialData | None = None, *, key_added: str | None = None,
@@ -407,7 +507,8 @@ class SpatialRegionClassifier:
             )
         check_alpha(alpha)
         check_method(method)
-        problem = calibration_problem(self.model)
+        core = self._fitted()
+        problem = calibration_problem(core)
         if problem and sets:
             raise ScResidualError(problem)
         proba = self.predict_proba(adata)  # first: a source that cannot load fails alone
@@ -429,24 +530,25 @@ class SpatialRegionClassifier:
         adata.obsm[proba_key(key)] = proba.to_numpy().astype(np.float32)
         adata.uns[proba_classes_key(key)] = np.asarray(self.classes_, dtype=object)
         write_sets = sets is not False and not problem
-        if write_sets and self.model.calibration_.thin_classes:
-            logger.warning("%s", thin_note(self.model.calibration_.thin_classes))
-        write_uncertainty(adata, key, proba.to_numpy(), self.classes_, self.model.calibration_,
+        if write_sets and core.calibration_.thin_classes:
+            logger.warning("%s", thin_note(core.calibration_.thin_classes))
+        write_uncertainty(adata, key, proba.to_numpy(), self.classes_, core.calibration_,
                           sets=write_sets, alpha=alpha, method=method)
         return adata if copy else None
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save the model, its feature maps and copies of its scvi sources, atomically."""
+        core = self._fitted()
         path = Path(path)
         check_model_dir(path, overwrite=overwrite, flag="overwrite=True")
         setup = dict(self.setup)
         with atomic_path(path) as tmp:
             tmp.mkdir()
-            self.model.write(tmp)
+            core.write(tmp)
             setup["sources"] = []
             for i, spec in enumerate(self.setup["sources"]):
-                kind, value = parse_spec(spec, ("obsm", "scvi"), "source")
+                kind, value = parse_spec(spec, SOURCE_KINDS, "source")
                 if kind == "scvi":
                     src = self._frozen[i].model_dir if i in self._frozen else self._scvi_dir(value)
                     shutil.copytree(src, tmp / "sources" / f"source_{i}")
@@ -485,12 +587,14 @@ class SpatialRegionClassifier:
             )
         self = cls.__new__(cls)
         self.adata, self._frozen, self.trust_pickle = None, {}, trust_pickle
-        self._model_dir = path
-        self.model = ResidualModel.load(path, progress=progress)
+        self._model_dir, self.progress = path, progress
+        self.residual_model_ = core = ResidualModel.load(path, progress=progress)
         self.setup = check_spatial_setup(
-            setup, path / SETUP_FILE, n_sources=len(self.model.config.sources),
-            n_features=len(self.model.config.residuals),
+            setup, path / SETUP_FILE, n_sources=len(core.config.sources),
+            n_features=len(core.config.residuals),
         )
+        cfg = core.config
+        self.init_params_ = {"arm": cfg.arm, "head": cfg.head, "guard": cfg.guard, "seed": cfg.seed}
         if setup["encoder"] not in ENCODER_SOLVERS:
             raise ScResidualError(
                 f"{path / SETUP_FILE} names an unknown encoder; the model folder is damaged: "
@@ -503,7 +607,8 @@ class SpatialRegionClassifier:
         return self
 
     def __repr__(self) -> str:
-        fitted = f"fitted, arm={self.model.chosen_arm_!r}" if self.model.network else "not fitted"
+        core = self.residual_model_
+        fitted = f"fitted, arm={core.chosen_arm_!r}" if core is not None else "not fitted"
         return (
             f"SpatialRegionClassifier({fitted}; sources={self.setup['sources']}, "
             f"features={self.setup['features']}, graph={self.setup['graph']!r})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -9,20 +10,39 @@ import pandas as pd
 from anndata import AnnData
 from sklearn.metrics import accuracy_score, f1_score
 
-from .._constants import pred_key
+from .._constants import SETUP_KEY, pred_key
 from .._errors import ScResidualError
 from .._validate import check_obs_key
-from ..model import SpatialRegionClassifier, labelled_mask
+from ..model import TRAIN_OPTIONS, SpatialRegionClassifier, labelled_mask
+from ..read.sdata import is_spatialdata
 
 
 def fit_regions(adata: AnnData, *, labels_key: str, **kwargs) -> SpatialRegionClassifier:
-    """Fit a :class:`~scresidual.model.SpatialRegionClassifier` and return it.
+    """Set up, build and train a :class:`~scresidual.model.SpatialRegionClassifier` at once.
 
     ``adata`` may be a :class:`spatialdata.SpatialData` (pass ``table_key=`` when it has
-    several tables). ``kwargs`` are the classifier's options (``sources``, ``features``,
-    ``graph``, ``arm``, ``seed``, ``max_epochs``, …). ``adata`` is not modified.
+    several tables). ``kwargs`` are the options of
+    :meth:`~scresidual.model.SpatialRegionClassifier.setup_anndata` (``sources``,
+    ``features``, ``graph``, …), of the constructor (``arm``, ``encoder``, ``seed``, …) and
+    of :meth:`~scresidual.model.SpatialRegionClassifier.train` (``max_epochs``, ``folds``,
+    …), each passed where it belongs. ``adata`` is left as it was (the setup registration is
+    removed again).
     """
-    return SpatialRegionClassifier(adata, labels_key=labels_key, **kwargs).train()
+    setup_names = inspect.signature(SpatialRegionClassifier.setup_anndata).parameters
+    train_names = {*inspect.signature(SpatialRegionClassifier.train).parameters, *TRAIN_OPTIONS}
+    setup = {k: kwargs.pop(k) for k in list(kwargs) if k in setup_names}
+    train = {k: kwargs.pop(k) for k in list(kwargs) if k in train_names}
+    tables = adata.tables.values() if is_spatialdata(adata) else [adata]
+    before = {id(t): t.uns.get(SETUP_KEY) for t in tables}
+    try:
+        SpatialRegionClassifier.setup_anndata(adata, labels_key=labels_key, **setup)
+        model = SpatialRegionClassifier(adata, **kwargs)
+    finally:
+        for t in tables:
+            t.uns.pop(SETUP_KEY, None)
+            if before[id(t)] is not None:
+                t.uns[SETUP_KEY] = before[id(t)]
+    return model.train(**train)
 
 
 def predict_regions(

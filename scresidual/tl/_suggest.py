@@ -171,9 +171,7 @@ def suggest_labels(
     labels_key = labels_key or model.setup["labels_key"]
     unlabelled = check_suggest_args(adata, labels_key, n, strategy, candidates)
     views = model.views(adata)
-    proba = model.model.predict_proba(views)
-    if model.model.calibration_ is not None:
-        proba = model.model.calibration_.apply(proba)
+    proba = model.proba_from_views(views)
     rows = np.flatnonzero(unlabelled)
     p = proba[rows]
     uncertainty = margin_uncertainty(p)

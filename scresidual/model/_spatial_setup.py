@@ -1,0 +1,115 @@
+"""The setup step of the spatial model: register the training data and fit its feature maps.
+
+As with scvi-tools' ``setup_anndata``, what the model reads from the data is declared once,
+before the model is built: labels, slides, coordinates, layer, frozen sources, target-side
+features and graph. The feature maps (the PCA of the expression) are fitted here, on the
+training data, so no later call can fit them on another slide. The registration is plain data
+in ``uns[SETUP_KEY]`` (it survives ``write_h5ad``); nothing is kept in module state.
+"""
+
+from __future__ import annotations
+
+import json
+
+from anndata import AnnData
+
+from .._constants import SETUP_KEY
+from .._errors import ScResidualError
+from .._validate import check_cells, check_obs_key, check_unique_obs_names, parse_spec
+from ..pp import PCAFeatures, parse_graph
+from ..read.sdata import choose_table, is_spatialdata, spatialdata, warn_several_regions
+
+SETUP_FORMAT = 2
+"""Format of the setup (and of ``spatial_setup.json``); 2 added rings, source rings, encoders."""
+
+SOURCE_KINDS, FEATURE_KINDS = ("obsm", "scvi"), ("pca", "obsm")
+
+
+def check_setup_args(adata: AnnData, args: dict) -> dict:
+    """Validate the setup arguments against ``adata``; return them normalised."""
+    check_obs_key(adata, args["labels_key"])
+    if args["library_key"] is not None:
+        check_obs_key(adata, args["library_key"])
+    check_cells(adata, 2, "training")
+    check_unique_obs_names(adata)
+    sources, features = args["sources"], args["features"]
+    sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
+    features = [features] if isinstance(features, str) else list(features)
+    for s in sources:
+        parse_spec(s, SOURCE_KINDS, "source")
+    for f in features:
+        parse_spec(f, FEATURE_KINDS, "features")
+    parse_graph(args["graph"])
+    return {
+        **args, "format": SETUP_FORMAT, "sources": sources, "features": features,
+        "n_hops": int(args["n_hops"]), "aggregate_sources": bool(args["aggregate_sources"]),
+        "n_comps": int(args["n_comps"]), "min_gene_overlap": float(args["min_gene_overlap"]),
+    }
+
+
+def fit_feature_maps(adata: AnnData, args: dict, seed: int) -> dict[int, PCAFeatures]:
+    """The PCA of each ``'pca'`` feature view, fitted on the training data."""
+    return {
+        j: PCAFeatures.fit(adata, n_comps=args["n_comps"], layer=args["layer"], seed=seed)
+        for j, spec in enumerate(args["features"])
+        if spec == "pca"
+    }
+
+
+def _table_of(sdata, table_key: str | None) -> AnnData:
+    """The table of ``sdata`` that is (or will be) registered."""
+    return sdata.tables[choose_table(sdata, table_key, "the SpatialData")]
+
+
+def register(adata, args: dict, pca: dict[int, PCAFeatures]) -> None:
+    """Write the setup into ``uns[SETUP_KEY]`` of ``adata`` (a SpatialData: of its table)."""
+    target = _table_of(adata, args["table_key"]) if is_spatialdata(adata) else adata
+    target.uns[SETUP_KEY] = {
+        "args": json.dumps(args), "pca": {str(j): p.to_dict() for j, p in pca.items()},
+    }
+
+
+def training_anndata(adata, table_key: str | None, spatial_key: str, library_key) -> AnnData:
+    """``adata`` itself, or the table of a SpatialData as an AnnData with coordinates."""
+    if is_spatialdata(adata):
+        out = spatialdata(adata, table_key=table_key, spatial_key=spatial_key)
+        warn_several_regions(out, library_key)
+        return out
+    if table_key is not None:
+        raise ScResidualError("table_key= names a table of a SpatialData; drop it for an AnnData.")
+    return adata
+
+
+def registered(adata) -> tuple[AnnData, dict, dict[int, PCAFeatures]]:
+    """The training AnnData, setup arguments and feature maps registered on ``adata``."""
+    if is_spatialdata(adata):
+        names = [k for k, t in adata.tables.items() if SETUP_KEY in t.uns]
+        if len(names) != 1:
+            raise ScResidualError(
+                f"{'no table' if not names else 'several tables'} of the SpatialData "
+                "set up; call SpatialRegionClassifier.setup_anndata(sdata, table_key=..., "
+                "labels_key=...) first."
+            )
+        entry = adata.tables[names[0]].uns[SETUP_KEY]
+    else:
+        entry = adata.uns.get(SETUP_KEY) if isinstance(adata, AnnData) else None
+        if entry is None:
+            raise ScResidualError(
+                "adata is not set up; call SpatialRegionClassifier.setup_anndata(adata, "
+                "labels_key=...) first."
+            )
+    try:
+        args = json.loads(entry["args"])
+        pca = {int(j): PCAFeatures.from_dict(d) for j, d in entry["pca"].items()}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ScResidualError(
+            f"uns[{SETUP_KEY!r}] is damaged; run SpatialRegionClassifier.setup_anndata again."
+        ) from err
+    if not isinstance(args, dict) or args.get("format") != SETUP_FORMAT:
+        raise ScResidualError(
+            f"uns[{SETUP_KEY!r}] was written by another version; run "
+            "SpatialRegionClassifier.setup_anndata again."
+        )
+    train = training_anndata(adata, args["table_key"], args["spatial_key"], args["library_key"])
+    return train, args, pca
+
