@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -90,10 +91,8 @@ def apply_quick(args, argv, dataset: str) -> None:
 def _cached(path: Path, make):
     if path.is_file():
         return np.load(path)
-    from scresidual._io import atomic_path
-
     Z = np.asarray(make(), dtype=np.float32)
-    with atomic_path(path) as tmp:
+    with _atomic(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, Z)
     return Z
@@ -120,7 +119,7 @@ def scvi_source(a, name: str, *, epochs: int, tag: str = "") -> np.ndarray:
 def ae_source(a, name: str, *, epochs: int, transform="log1p", n_latent: int = 16,
               seed: int = 0) -> np.ndarray:
     """Embedding of a denoising autoencoder pretrained on the slide's values alone."""
-    from scresidual.sources._autoencoder import pretrain_autoencoder
+    from scresidual.sources import pretrain_autoencoder
 
     def make():
         t = time.time()
@@ -219,9 +218,20 @@ def summarise(runs: list[dict], keys=("accuracy", "macro_f1")) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """A temporary file beside ``path`` that replaces it on success (a crash leaves no half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write."""
-    from scresidual._io import atomic_path
-
-    with atomic_path(path) as tmp:
+    with _atomic(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str))

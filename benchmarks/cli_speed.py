@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import write_json  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -60,10 +63,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['spots']:>6} {r['labelled']:>9} {r['members']:>8} {r['fit_s']:>7} "
               f"{r['predict_s']:>10} {r['total_s']:>8}")
-    from scresidual._io import atomic_path
-
-    with atomic_path(RESULTS / "cli_speed.json") as tmp:
-        tmp.write_text(json.dumps({"rows": rows}, indent=2))
+    write_json(RESULTS / "cli_speed.json", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def prepare(a, name: str, pretrain_epochs: int) -> None:
             lx = np.log1p(x)
             return lx - lx.mean(1, keepdims=True)
 
-        from scresidual.sources._autoencoder import pretrain_autoencoder
+        from scresidual.sources import pretrain_autoencoder
 
         def make():
             src = pretrain_autoencoder(a.X, transform=clr, n_latent=8, seed=1,

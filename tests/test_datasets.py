@@ -11,8 +11,8 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from scresidual import ScResidualError
 from scresidual._constants import COUNTS_LAYER, REGION_KEY, SPATIAL_KEY
-from scresidual._errors import ScResidualError
 from scresidual.datasets import CELL_TYPES, REGIONS, lymph_node, lymph_node_reference
 
 SMALL = {"n_slides": 2, "spots_per_side": 30}

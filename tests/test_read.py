@@ -15,8 +15,7 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from scresidual import read
-from scresidual._errors import ScResidualError
+from scresidual import ScResidualError, read
 
 from .conftest import SHARED
 

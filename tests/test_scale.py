@@ -9,11 +9,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scresidual import tl
-from scresidual._errors import ScResidualError
-from scresidual._genes import align_genes, iter_aligned_genes
+from scresidual import ScResidualError, tl
 from scresidual.model import ResidualModel, SpatialRegionClassifier
 from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph_matrix
+from scresidual.sources import align_genes, iter_aligned_genes
 from scresidual.train import ViewsDataset, batch_loader
 
 

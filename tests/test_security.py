@@ -22,8 +22,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scresidual import _download
-from scresidual._errors import ScResidualError
+from scresidual import ScResidualError, _download
 from scresidual._io import _lock, atomic_path, recover
 from scresidual.cli import main
 from scresidual.model import ResidualModel, SpatialRegionClassifier

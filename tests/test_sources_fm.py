@@ -22,11 +22,16 @@ try:
 except ImportError:  # optional extra
     transformers = None
 
-from scresidual._errors import ScResidualError
-from scresidual.sources._base import embed
-from scresidual.sources._geneformer import GeneformerSource
-from scresidual.sources._scgpt import ScGPTModel, ScGPTSource, bin_values
-from scresidual.sources._torch import ObsmSource, TorchSource
+from scresidual import ScResidualError
+from scresidual.sources import (
+    GeneformerSource,
+    ObsmSource,
+    ScGPTModel,
+    ScGPTSource,
+    TorchSource,
+    embed,
+)
+from scresidual.sources._scgpt import bin_values  # white-box: scGPT's value binning
 
 N_CELLS = 1000
 D_MODEL, N_HEAD, D_HID, N_LAYERS = 16, 2, 32, 2

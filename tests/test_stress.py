@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from scresidual._errors import ScResidualError
+from scresidual import ScResidualError
 from scresidual.image import as_images, load_cifar, load_fashion_mnist, load_mnist_csv, read_idx
 from scresidual.model import ResidualModel
 from scresidual.module import ResidualNetwork
