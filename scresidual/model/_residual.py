@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold, train_test_split
+from sklearn.utils.class_weight import compute_class_weight
 from torch.nn import functional as F
 
 from .. import __version__
@@ -320,6 +321,32 @@ class ResidualModel:
         """
         cfg = self.config
         y = np.asarray(y, dtype=object)
+        self._check_arm_inputs()
+        self.shapes_ = {}
+        extra = [cfg.teacher] if cfg.arm == "kd" else []
+        tensors = self._tensors(views, n=len(y), extra=extra)
+        self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items() if k not in extra}
+        codes = self._encode_labels(y)
+        if extra:
+            teacher = tensors[cfg.teacher]
+            order = self._class_order(teacher.shape[1] if teacher.ndim == 2 else -1, "teacher")
+            tensors[cfg.teacher] = teacher[:, torch.from_numpy(order)]
+        labelled = np.flatnonzero(codes >= 0)
+        weights = None
+        if cfg.class_weight == "balanced":
+            weights = torch.tensor(
+                compute_class_weight("balanced", classes=np.arange(len(self.classes_)),
+                                     y=codes[labelled]),
+                dtype=torch.float32,
+            )
+        groups = self._fold_groups(groups, labelled, len(y))
+        if cfg.solver == "lbfgs":
+            return self._fit_convex(tensors, codes, labelled, weights, groups)
+        return self._fit_gradient(tensors, codes, labelled, weights, groups)
+
+    def _check_arm_inputs(self) -> None:
+        """Refuse the arms that need inputs the model was not given."""
+        cfg = self.config
         if cfg.arm == "kd" and cfg.teacher is None:
             raise ScResidualError("arm 'kd' needs teacher='<view with the teacher's logits>'.")
         if cfg.arm == "lora" and (self.source_head is None or not cfg.sources):
@@ -327,10 +354,9 @@ class ResidualModel:
                 "arm 'lora' needs source_head={'weight': W, 'bias': b} (the source's last layer) "
                 "and sources=[the view of its penultimate features]."
             )
-        self.shapes_ = {}
-        extra = [cfg.teacher] if cfg.arm == "kd" else []
-        tensors = self._tensors(views, n=len(y), extra=extra)
-        self.shapes_ = {k: tuple(t.shape[1:]) for k, t in tensors.items() if k not in extra}
+
+    def _encode_labels(self, y: np.ndarray) -> np.ndarray:
+        """Set :attr:`classes_`; class codes of ``y``, -1 for unlabelled rows."""
         warn_placeholder_labels(y)
         mask = labelled_mask(y)
         labels = np.array([str(v) for v in y[mask]], dtype=object)
@@ -343,33 +369,18 @@ class ResidualModel:
             )
         codes = np.full(len(y), -1, dtype=np.int64)
         codes[mask] = pd.Categorical(labels, categories=self.classes_).codes
-        if extra:
-            teacher = tensors[cfg.teacher]
-            order = self._class_order(teacher.shape[1] if teacher.ndim == 2 else -1, "teacher")
-            tensors[cfg.teacher] = teacher[:, torch.from_numpy(order)]
+        return codes
+
+    def _fit_gradient(self, tensors, codes, labelled, weights, groups) -> ResidualModel:
+        """Fit every stage by gradient descent on each split; keep the guard's choice."""
+        cfg = self.config
         y_t = torch.from_numpy(codes)
-        labelled = np.flatnonzero(mask)
-        weights = None
-        if cfg.class_weight == "balanced":
-            counts = np.bincount(codes[labelled], minlength=len(self.classes_)).astype(float)
-            weights = torch.tensor(counts.sum() / counts / len(counts), dtype=torch.float32)
-        groups = self._fold_groups(groups, labelled, len(y))
-        if cfg.solver == "lbfgs":
-            return self._fit_convex(tensors, codes, labelled, weights, groups)
         # REFINE starts from a fitted linear probe and scratch model (see
         # ResidualNetwork.start_from); with the guard they are also its fallbacks.
         stages = [cfg.arm]
         if cfg.arm == "refine" and cfg.sources and cfg.residuals and cfg.head == "linear":
             stages = ["linear-probe", "scratch", "refine"]
         splits = self._splits(labelled, codes[labelled], groups=groups)
-        members = {arm: [] for arm in stages}
-        epochs = {arm: [] for arm in stages}
-        shares = {arm: [] for arm in stages}
-        # Per-cell validation losses and predictions, one slot per labelled cell; in
-        # cross-fitting every labelled cell is validated once (out of fold).
-        losses = {arm: np.full(len(labelled), np.nan) for arm in stages}
-        preds = {arm: np.full(len(labelled), -1) for arm in stages}
-        probas = {arm: np.zeros((len(labelled), len(self.classes_))) for arm in stages}
         jobs = self._n_jobs(len(splits))
         if len(splits) > 1:
             logger.info(
@@ -380,31 +391,13 @@ class ResidualModel:
             fits = self._fit_folds_in_workers(args, jobs)
         else:
             fits = [self._fit_fold(*a) for a in args]
-        for (_, val_idx), fold_fits in zip(splits, fits, strict=True):
-            for arm, net, best_epoch, share in fold_fits:
-                members[arm].append(net)
-                epochs[arm].append(best_epoch)
-                shares[arm].append(share)
-                if len(val_idx):
-                    logits = self._logits(net, {k: t[val_idx] for k, t in tensors.items()})
-                    y_val = y_t[val_idx]
-                    w = torch.ones(len(self.classes_)) if weights is None else weights
-                    # Weighted per-cell losses, for a paired comparison of the candidates.
-                    per_cell = F.cross_entropy(logits, y_val, reduction="none") * w[y_val]
-                    slot = np.searchsorted(labelled, val_idx)
-                    losses[arm][slot] = (per_cell / w[y_val].mean()).numpy()
-                    preds[arm][slot] = logits.argmax(1).numpy()
-                    probas[arm][slot] = torch.softmax(logits, 1).numpy()
+        members, reports, oof = self._out_of_fold(stages, splits, fits, tensors, y_t, labelled,
+                                                  weights)
+        losses, preds, probas = oof
         validated = ~np.isnan(losses[stages[0]])
-        reports = {}
-        for arm in stages:
-            reports[arm] = {"best_epochs": epochs[arm], "n_members": len(members[arm])}
-            if any(x is not None for x in shares[arm]):
-                reports[arm]["source_shares"] = shares[arm]
         y_val = codes[labelled][validated]
         val = {a: (losses[a][validated], preds[a][validated]) for a in stages}
-        val = val if validated.any() else None
-        arm = self._choose(cfg.arm, stages, reports, val, y_val)
+        arm = self._choose(cfg.arm, stages, reports, val if validated.any() else None, y_val)
         chosen = members[arm]
         self.network = (chosen[0] if len(chosen) == 1 else EnsembleNetwork(chosen)).eval()
         if len(splits) > 1:  # cross-fitted: every labelled cell was predicted out of fold
@@ -415,6 +408,41 @@ class ResidualModel:
                 "has no out-of-fold predictions of every labelled cell to calibrate on: refit "
                 "it with folds=5 (CLI --folds 5) for calibrated probabilities and sets."))
         return self
+
+    def _out_of_fold(self, stages, splits, fits, tensors, y_t, labelled, weights):
+        """Members and reports per stage, and per labelled cell its validation results.
+
+        Loss, prediction and probabilities, one slot per labelled cell (out of fold when
+        cross-fitted: every labelled cell is validated once).
+        """
+        members = {arm: [] for arm in stages}
+        epochs = {arm: [] for arm in stages}
+        shares = {arm: [] for arm in stages}
+        losses = {arm: np.full(len(labelled), np.nan) for arm in stages}
+        preds = {arm: np.full(len(labelled), -1) for arm in stages}
+        probas = {arm: np.zeros((len(labelled), len(self.classes_))) for arm in stages}
+        w = torch.ones(len(self.classes_)) if weights is None else weights
+        for (_, val_idx), fold_fits in zip(splits, fits, strict=True):
+            for arm, net, best_epoch, share in fold_fits:
+                members[arm].append(net)
+                epochs[arm].append(best_epoch)
+                shares[arm].append(share)
+                if not len(val_idx):
+                    continue
+                logits = self._logits(net, {k: t[val_idx] for k, t in tensors.items()})
+                y_val = y_t[val_idx]
+                # Weighted per-cell losses, for a paired comparison of the candidates.
+                per_cell = F.cross_entropy(logits, y_val, reduction="none") * w[y_val]
+                slot = np.searchsorted(labelled, val_idx)
+                losses[arm][slot] = (per_cell / w[y_val].mean()).numpy()
+                preds[arm][slot] = logits.argmax(1).numpy()
+                probas[arm][slot] = torch.softmax(logits, 1).numpy()
+        reports = {}
+        for arm in stages:
+            reports[arm] = {"best_epochs": epochs[arm], "n_members": len(members[arm])}
+            if any(x is not None for x in shares[arm]):
+                reports[arm]["source_shares"] = shares[arm]
+        return members, reports, (losses, preds, probas)
 
     def _keep_oof(self, rows, proba, codes, note: str | None = None) -> None:
         """Keep the kept arm's out-of-fold predictions of ``rows`` and calibrate on them."""
