@@ -571,12 +571,12 @@ def test_low_gene_overlap_is_a_warning_quiet_does_not_hide(work, tmp_path):
 # ============================================================================ processes
 def test_fold_workers_die_with_their_parent(tmp_path):
     script = textwrap.dedent("""
-        import multiprocessing, os, sys
-        from scresidual._process import die_with_parent
-        pool = multiprocessing.get_context("fork").Pool(
-            1, initializer=die_with_parent, initargs=(os.getpid(),))
-        print(pool.apply(os.getpid), flush=True)
-        sys.stdin.read()  # wait until killed
+        import os, time
+        from scresidual._process import fork_map
+        def work(i):
+            print(os.getpid(), flush=True)
+            time.sleep(600)  # until its parent is killed
+        list(fork_map(work, 1, 1))
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -588,6 +588,20 @@ def test_fold_workers_die_with_their_parent(tmp_path):
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(worker)
+
+
+def test_fork_map_keeps_order_and_raises_the_workers_error():
+    from scresidual._process import fork_map
+
+    parent = os.getpid()
+    out = list(fork_map(lambda i: (i * i, os.getpid() != parent), 5, 2))
+    assert out == [(i * i, True) for i in range(5)]  # in order, each in a child
+    with pytest.raises(ScResidualError, match="task 3"):
+        list(fork_map(lambda i: _fail(i) if i == 3 else i, 5, 2))
+
+
+def _fail(i: int):
+    raise ScResidualError(f"task {i}")
 
 
 def _alive(pid: int) -> bool:

@@ -30,7 +30,7 @@ from .. import __version__
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
 from .._logging import tqdm
-from .._process import die_with_parent
+from .._process import fork_map
 from .._safe_load import check_state_fits, count_members
 from .._validate import labelled_mask, warn_placeholder_labels
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
@@ -99,16 +99,6 @@ def _available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-_FORKED_FOLDS: tuple | None = None
-"""``(model, fold arguments)`` while folds are fitted in forked workers, which inherit it."""
-
-
-def _fit_forked_fold(i: int) -> list:
-    """Fit fold ``i`` in a forked worker (see ``ResidualModel._fit_folds_in_workers``)."""
-    model, args = _FORKED_FOLDS
-    return model._fit_fold_in_worker(*args[i])
 
 
 class ResidualModel:
@@ -593,25 +583,16 @@ class ResidualModel:
         Elsewhere (fork is unsafe on macOS) joblib's loky workers start fresh and are sent
         the registered encoders. Workers send back weights, rebuilt into networks here.
         """
-        global _FORKED_FOLDS
         bar = {"total": len(args), "desc": "cross-fitted folds", "disable": not self.progress}
         if sys.platform.startswith("linux"):
-            import multiprocessing
-
-            _FORKED_FOLDS = (self, args)
-            try:
-                with warnings.catch_warnings():
-                    # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
-                    # the workers leave that pool alone (see _fit_fold_in_worker).
-                    warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
-                    # Workers die with this process (a killed fit leaves no orphans).
-                    pool = multiprocessing.get_context("fork").Pool(
-                        jobs, initializer=die_with_parent, initargs=(os.getpid(),)
-                    )
-                    with pool:
-                        fits = list(tqdm(pool.imap(_fit_forked_fold, range(len(args))), **bar))
-            finally:
-                _FORKED_FOLDS = None
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
+                # the workers leave that pool alone (see _fit_fold_in_worker).
+                warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
+                fits = list(tqdm(
+                    fork_map(lambda i: self._fit_fold_in_worker(*args[i]), len(args), jobs),
+                    **bar,
+                ))
         else:
             from joblib import Parallel, delayed
 
