@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from ._h5ad import h5ad
 from ._table import table
-from ._visium import visium
-from ._xenium import xenium
+from ._tenx import visium, xenium
 from .sdata import spatialdata
 
 __all__ = ["h5ad", "spatialdata", "table", "visium", "xenium"]

@@ -14,13 +14,13 @@ from anndata import AnnData
 from .._constants import SPATIAL_KEY
 from .._errors import ScResidualError
 from .._validate import check_finite, check_spatial, check_unique_obs_names
-from ._common import as_path, require_file
+from ._common import as_path, require_path
 
 _CHUNK_ROWS = 20_000
 
 
 def _probe(path) -> None:
-    """Open the file with h5py and check that it looks like an AnnData store."""
+    """Check cheaply (names only) that ``path`` is an AnnData HDF5 store."""
     if not h5py.is_hdf5(path):
         raise ScResidualError(
             f"{path} is not an HDF5/.h5ad file (wrong file type or damaged header); pass an "
@@ -28,56 +28,46 @@ def _probe(path) -> None:
         )
     try:
         with h5py.File(path, "r") as f:
-            keys = set(f.keys())
-            encoding = f.attrs.get("encoding-type", b"")
+            keys, encoding = set(f.keys()), f.attrs.get("encoding-type", b"")
     except Exception as err:  # h5py raises OSError for truncated files
         raise ScResidualError(
             f"could not open {path}: the file is truncated or corrupt ({type(err).__name__}); "
             "re-copy or re-write it."
         ) from err
-    if isinstance(encoding, bytes):
-        encoding = encoding.decode("utf-8", errors="replace")
     if "matrix" in keys and "obs" not in keys:
         raise ScResidualError(
             f"{path} is a 10x count matrix, not an .h5ad; read it with "
             "scresidual.read.visium() or scresidual.read.xenium()."
         )
-    if encoding != "anndata" and not {"obs", "var"} <= keys:
+    if encoding not in ("anndata", b"anndata") and not {"obs", "var"} <= keys:
         raise ScResidualError(
             f"{path} is an HDF5 file but not an AnnData .h5ad (no 'obs'/'var' groups); pass an "
             ".h5ad written by anndata."
         )
 
 
-def _caused_by(err: BaseException, kind: type) -> bool:
+def _caused_by(err: BaseException | None, kind: type) -> bool:
     """Whether ``err`` or an exception it was raised from is a ``kind``."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kind):
-            return True
-        seen.add(id(err))
+    for _ in range(32):  # exception chains are short; the bound guards against cycles
+        if err is None or isinstance(err, kind):
+            return err is not None
         err = err.__cause__ or err.__context__
     return False
 
 
 def _check_x_finite(adata: AnnData) -> None:
-    """Check ``X`` for NaN/inf; in backed mode read it in row chunks."""
-    X = adata.X
-    if X is None:
-        return
-    if not adata.isbacked:
-        check_finite(X, "adata.X")
+    """Check ``X`` for NaN/inf; a backed ``X`` is read in row chunks, never whole."""
+    if adata.X is not None and not adata.isbacked:
+        check_finite(adata.X, "adata.X")
+    if adata.X is None or not adata.isbacked:
         return
     n_bad = 0
     for start in range(0, adata.n_obs, _CHUNK_ROWS):
-        block = X[start : start + _CHUNK_ROWS]
+        block = adata.X[start : start + _CHUNK_ROWS]
         vals = block.data if sp.issparse(block) else np.asarray(block)
-        if vals.dtype.kind in "fc":
-            n_bad += int((~np.isfinite(vals)).sum())
+        n_bad += int((~np.isfinite(vals)).sum()) if vals.dtype.kind in "fc" else 0
     if n_bad:
-        raise ScResidualError(
-            f"adata.X holds {n_bad} NaN/inf values; remove or impute them first."
-        )
+        raise ScResidualError(f"adata.X holds {n_bad} NaN/inf values; remove or impute them first.")
 
 
 def h5ad(
@@ -112,7 +102,7 @@ def h5ad(
         raise ScResidualError(
             f"backed={backed!r} is not supported; pass backed='r' (read-only) or None."
         )
-    p = require_file(as_path(path, "path"), "h5ad file", "check the path")
+    p = require_path(as_path(path, "path"), "h5ad file", "check the path")
     _probe(p)
     try:
         adata = ad.read_h5ad(p, backed=backed)

@@ -14,33 +14,23 @@ from .._constants import SPATIAL_KEY
 from .._errors import ScResidualError
 from ._common import (
     as_path,
-    decode,
     finalize_counts,
     numeric_coordinates,
     read_frame,
     require_columns,
-    require_file,
+    require_path,
+    unique_ids,
 )
 
 
-def _id_column(df: pd.DataFrame, wanted: str | None, fallback: str | None) -> str:
-    """Pick the cell-id column: ``wanted``, else ``fallback`` when present, else the first."""
-    if wanted is not None and wanted in df.columns:
-        return wanted
-    if fallback is not None and fallback in df.columns:
-        return fallback
-    return df.columns[0]
+def _id_column(df: pd.DataFrame, *preferred: str | None) -> str:
+    """The first of ``preferred`` that is a column of ``df``, else its first column."""
+    return next((c for c in preferred if c is not None and c in df.columns), df.columns[0])
 
 
 def _cell_ids(df: pd.DataFrame, column: str, what: str, path) -> pd.Index:
-    ids = pd.Index(decode(df[column].to_numpy()), dtype=object)
-    if ids.has_duplicates:
-        dup = ids[ids.duplicated()][0]
-        raise ScResidualError(
-            f"duplicate cell id {dup!r} in column {column!r} of {what} {path.name}; make the "
-            "cell ids unique."
-        )
-    return ids
+    return unique_ids(df.pop(column), f"duplicate cell id {{dup}} in column {column!r} of {what} "
+                      f"{path.name}; make the cell ids unique.")
 
 
 def _count_matrix(df: pd.DataFrame, path) -> np.ndarray:
@@ -53,22 +43,14 @@ def _count_matrix(df: pd.DataFrame, path) -> np.ndarray:
             "keep only the cell-id column and numeric counts, or pass cell_id_column=."
         )
     values = df.to_numpy(dtype=np.float64)
-    n_nan = int(np.isnan(values).sum())
-    if n_nan:
-        raise ScResidualError(
-            f"counts table {path.name} has {n_nan} missing/NaN counts; fill empty entries with 0."
-        )
-    n_inf = int(np.isinf(values).sum())
-    if n_inf:
-        raise ScResidualError(
-            f"counts table {path.name} has {n_inf} infinite counts; pass raw integer counts."
-        )
-    n_neg = int((values < 0).sum())
-    if n_neg:
-        raise ScResidualError(
-            f"counts table {path.name} has {n_neg} negative values but raw counts are required; "
-            "pass the raw count table, not scaled data."
-        )
+    for n_bad, problem, fix in (
+        (np.isnan(values).sum(), "missing/NaN counts", "fill empty entries with 0"),
+        (np.isinf(values).sum(), "infinite counts", "pass raw integer counts"),
+        ((values < 0).sum(), "negative values but raw counts are required",
+         "pass the raw count table, not scaled data"),
+    ):
+        if n_bad:
+            raise ScResidualError(f"counts table {path.name} has {n_bad} {problem}; {fix}.")
     return values.astype(np.float32)
 
 
@@ -107,19 +89,17 @@ def table(
     coordinates; extra coordinate rows are ignored. Input files are only read.
 
     """
-    counts_path = require_file(as_path(counts, "counts"), "counts table", "check the path")
-    coords_path = require_file(
+    counts_path = require_path(as_path(counts, "counts"), "counts table", "check the path")
+    coords_path = require_path(
         as_path(coordinates, "coordinates"), "coordinates table", "check the path"
     )
-
-    df = read_frame(counts_path, "counts table", sep=sep)
+    genes = read_frame(counts_path, "counts table", sep=sep)
     if cell_id_column is not None:
         require_columns(
-            df, [cell_id_column], "counts table", counts_path, "pass the right cell_id_column="
+            genes, [cell_id_column], "counts table", counts_path, "pass the right cell_id_column="
         )
-    id_col = _id_column(df, cell_id_column, None)
-    ids = _cell_ids(df, id_col, "counts table", counts_path)
-    genes = df.drop(columns=id_col)
+    id_col = _id_column(genes, cell_id_column)
+    ids = _cell_ids(genes, id_col, "counts table", counts_path)
     if genes.shape[1] == 0:
         raise ScResidualError(
             f"counts table {counts_path.name} has no gene columns besides {id_col!r}; store one "
@@ -129,17 +109,14 @@ def table(
 
     cdf = read_frame(coords_path, "coordinates table", sep=sep)
     require_columns(cdf, [x, y], "coordinates table", coords_path, "pass the right x=/y=")
-    cid_col = _id_column(cdf.drop(columns=[x, y]) if cdf.shape[1] > 2 else cdf, cell_id_column,
-                         id_col)
-    if cid_col in (x, y):
+    if cdf.shape[1] == 2:
         raise ScResidualError(
             f"coordinates table {coords_path.name} has no cell-id column besides {x!r}/{y!r}; "
             "add one or pass cell_id_column=."
         )
-    cids = _cell_ids(cdf, cid_col, "coordinates table", coords_path)
-    cdf = cdf.drop(columns=cid_col)
-    cdf.index = cids
-    missing = ~ids.isin(cids)
+    cid_col = _id_column(cdf.drop(columns=[x, y]), cell_id_column, id_col)
+    cdf.index = _cell_ids(cdf, cid_col, "coordinates table", coords_path)
+    missing = ~ids.isin(cdf.index)
     if missing.any():
         raise ScResidualError(
             f"{int(missing.sum())} of {len(ids)} cell ids in {counts_path.name} are missing from "
@@ -148,10 +125,7 @@ def table(
         )
     cdf = cdf.loc[ids]
     xy = numeric_coordinates(cdf, [x, y], f"coordinates table {coords_path.name}")
-
-    obs = cdf.drop(columns=[x, y])
-    obs.index = pd.Index(ids.astype(str), name=None)
     var = pd.DataFrame(index=make_index_unique(pd.Index(genes.columns.astype(str))))
-    adata = AnnData(X=sp.csr_matrix(values), obs=obs, var=var)
+    adata = AnnData(X=sp.csr_matrix(values), obs=cdf.drop(columns=[x, y]), var=var)
     adata.obsm[SPATIAL_KEY] = xy
     return finalize_counts(adata)

@@ -1,23 +1,14 @@
 """SpatialData in and out: one table of a SpatialData as an AnnData, and predictions written back.
 
-AnnData stays the core type. :func:`spatialdata` returns the chosen table as an AnnData whose
-rows are the table's rows in order, with coordinates in ``obsm['spatial']``: the table's own,
-else the centroids of the shapes, points or labels it annotates (spatialdata's
-``get_centroids``), matched to its rows through the table's instance key. Results map back
-row by row: :func:`add_predictions` copies the documented prediction keys into the table.
+:func:`spatialdata` returns the chosen table as an AnnData (rows in order) with coordinates in
+``obsm['spatial']``: the table's own, else spatialdata's ``get_centroids`` of the elements it
+annotates, matched through its instance key. :func:`add_predictions` copies results back.
 
-In a ``.zarr`` store a table is replaced atomically (:func:`write_table`): the new table is
-written by spatialdata's table writer into a hidden folder ``tables/.NAME.XXXXXXXX.tmp``
-beside the old one and swapped in with two renames (:func:`scresidual._io.atomic_path`,
-which also puts the old table back if a write was killed between them). Nothing outside
-``tables/`` changes but the store's consolidated metadata, which is rewritten (atomically,
-by zarr) as spatialdata does after every element write. spatialdata's own
-``write_element(overwrite=True)`` cannot replace an element of the store the object is
-backed by; its documented route, ``delete_element_from_disk`` then ``write_element``, loses
-the table if interrupted.
-
-Reading is data only: zarr and anndata decode arrays without pickle (zarr refuses
-pickled object arrays), and shapes and points are Parquet files.
+In a ``.zarr`` store a table is replaced atomically (:func:`write_table`): spatialdata's table
+writer writes the new one beside the old, and :func:`scresidual._io.atomic_path` swaps it in.
+spatialdata's ``write_element(overwrite=True)`` refuses the store the object is backed by, and
+its ``delete_element_from_disk`` then ``write_element`` loses the table if interrupted. Reading
+is data only: zarr and anndata decode arrays without pickle, shapes and points are Parquet.
 """
 
 from __future__ import annotations
@@ -48,7 +39,7 @@ from .._constants import (
 from .._errors import ScResidualError
 from .._io import _writable, atomic_path, check_outside_model_dirs
 from .._validate import check_spatial
-from ._common import _first_line, as_path, require_dir
+from ._common import as_path, first_line, require_path
 
 logger = logging.getLogger("scresidual")
 
@@ -85,7 +76,7 @@ def is_zarr(path: str | os.PathLike) -> bool:
 
 def read_zarr(path: str | os.PathLike):
     """Read a SpatialData ``.zarr`` store with :func:`spatialdata.read_zarr`, checking it first."""
-    path = require_dir(as_path(path, "store"), "SpatialData store", "check the path")
+    path = require_path(as_path(path, "store"), "SpatialData store", "check the path", folder=True)
     if not any((path / name).is_file() for name in _ZARR_METADATA[:2]):
         raise ScResidualError(
             f"{path} is a folder but not a zarr store (no zarr.json or .zgroup); pass a store "
@@ -100,7 +91,7 @@ def read_zarr(path: str | os.PathLike):
     except Exception as err:  # truncated files, foreign layouts, unsupported codecs
         raise ScResidualError(
             f"could not read the SpatialData store {path} ({type(err).__name__}: "
-            f"{_first_line(err)}); re-write it with spatialdata."
+            f"{first_line(err)}); re-write it with spatialdata."
         ) from err
 
 
@@ -134,25 +125,20 @@ def choose_table(sdata, table_key: str | None, where: str) -> str:
 
 def _annotation(sdata, table: AnnData, name: str, where: str) -> tuple[pd.Series, pd.Series]:
     """Per row of table ``name``: the element it annotates and its instance id there."""
-    attrs = table.uns.get(ATTRS_KEY) or {}
-    regions = attrs.get("region")
-    regions = [] if regions is None else [regions] if isinstance(regions, str) else list(regions)
-    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+    from spatialdata.models import TableModel, get_table_keys
+
     fix = (
         "annotate one with spatialdata.models.TableModel.parse(table, region=NAME, "
         "region_key=..., instance_key=...)"
     )
-    if not regions or region_key is None or instance_key is None:
+    try:  # spatialdata's own checks: attrs present, their obs columns there and matching
+        TableModel().validate(table)
+        _, region_key, instance_key = get_table_keys(table)
+    except (ValueError, TypeError, KeyError) as err:
         raise ScResidualError(
-            f"table {name!r} of {where} annotates no element; its elements: "
-            f"{_elements(sdata)}; {fix}."
-        )
-    for key in (region_key, instance_key):
-        if key not in table.obs:
-            raise ScResidualError(
-                f"table {name!r} of {where} names obs column {key!r} in its {ATTRS_KEY}, but "
-                f"has no such column; {fix}."
-            )
+            f"table {name!r} of {where} annotates no element properly ({first_line(err)}); its "
+            f"elements: {_elements(sdata)}; {fix}."
+        ) from err
     region = table.obs[region_key].astype(str)
     missing = sorted(set(region) - {n for _, n, _ in sdata.gen_spatial_elements()})
     if missing:
