@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import f1_score
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold, train_test_split
+from sklearn.utils.class_weight import compute_class_weight
 from torch.nn import functional as F
 
 from .. import __version__
@@ -343,8 +344,9 @@ class ResidualModel:
         labelled = np.flatnonzero(mask)
         weights = None
         if cfg.class_weight == "balanced":
-            counts = np.bincount(codes[labelled], minlength=len(self.classes_)).astype(float)
-            weights = torch.tensor(counts.sum() / counts / len(counts), dtype=torch.float32)
+            classes = np.arange(len(self.classes_))
+            weights = compute_class_weight("balanced", classes=classes, y=codes[labelled])
+            weights = torch.tensor(weights, dtype=torch.float32)
         groups = self._fold_groups(groups, labelled, len(y))
         if cfg.solver == "lbfgs":
             return self._fit_convex(tensors, codes, labelled, weights, groups)
