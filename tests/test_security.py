@@ -24,6 +24,7 @@ import torch
 
 from scresidual import ScResidualError, _download
 from scresidual._io import _lock, atomic_path, recover
+from scresidual._normalise import log1p_normalise
 from scresidual.cli import main
 from scresidual.model import ResidualModel, SpatialRegionClassifier
 from scresidual.pp import PCAFeatures, spatial_graph_matrix
@@ -539,6 +540,18 @@ def test_counts_overflowing_float32_row_sums_still_give_features():
     pca = PCAFeatures.fit(a, n_comps=3)
     Z = pca.transform(a)
     assert np.isfinite(Z).all() and Z.std(0).min() > 0
+
+
+def test_one_log1p_normalisation_for_dense_sparse_and_given_totals():
+    X = np.array([[1, 3, 0, 4], [0, 0, 0, 0], [2, 2, 4, 0]], dtype=np.float32)
+    scaled = X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4  # empty cells stay zero
+    S = sp.csr_matrix(X)
+    np.testing.assert_allclose(log1p_normalise(X), np.log1p(scaled), rtol=1e-6)
+    np.testing.assert_allclose(log1p_normalise(S).toarray(), np.log1p(scaled), rtol=1e-6)
+    assert (S.toarray() == X).all()  # the input is not modified
+    # scGPT scales the vocabulary genes by the totals over all genes
+    part = log1p_normalise(X[:, :2], totals=X.sum(1), log=False)
+    np.testing.assert_allclose(part, scaled[:, :2], rtol=1e-6)
 
 
 def test_nan_strings_are_not_a_class(caplog):

@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
+from sklearn.decomposition import PCA
+from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
 from .._genes import iter_aligned_genes, iter_row_blocks
+from .._normalise import log1p_normalise
 from .._validate import check_cells, check_finite
 
 
@@ -34,15 +37,6 @@ def _refuse_negative_counts(n_neg: int, what: str) -> None:
         f"the expression matrix {what} has {n_neg} negative value(s); PCA features need "
         "non-negative counts: fix those values or pass the raw counts (--layer / layer=)."
     )
-
-
-def _lognorm(X: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
-    # Totals in float64: float32 row sums of very large counts overflow to inf.
-    totals = np.asarray(X.astype(np.float64).sum(1)).ravel()
-    totals[totals == 0] = 1.0
-    Y = sp.diags((target_sum / totals).astype(np.float32)).dot(X).tocsr()
-    Y.data = np.log1p(Y.data)
-    return Y
 
 
 @dataclass
@@ -92,27 +86,24 @@ class PCAFeatures:
             lo, hi = np.searchsorted(rows, [start, start + block.shape[0]])
             sample.append(block[rows[lo:hi] - start])
         X = sp.vstack(sample, format="csr") if len(sample) > 1 else sample[0]
-        Y = _lognorm(X) if lognorm else X
-        mean = np.asarray(Y.mean(0)).ravel()
-        var = np.asarray(Y.multiply(Y).mean(0)).ravel() - mean**2
-        keep = np.sort(np.argsort(-var)[: min(n_top_genes, len(var))])
+        Y = log1p_normalise(X) if lognorm else X
+        # Genes ranked by variance (not scanpy's binned dispersion), as fitted models expect.
+        var = mean_variance_axis(Y, 0)[1]
+        keep = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, len(var))])
         keep = keep[var[keep] > 0]
         if len(keep) < 2:
             raise ScResidualError(
                 "fewer than 2 features vary across cells; PCA features need a non-constant matrix."
             )
-        Yk = Y[:, keep].toarray() - mean[keep]
-        n_comps = int(min(n_comps, len(keep) - 1, Yk.shape[0] - 1))
-        # Covariance eigendecomposition: cheap for many cells and a few thousand genes.
-        cov = (Yk.T @ Yk) / max(Yk.shape[0] - 1, 1)
-        evals, evecs = np.linalg.eigh(cov.astype(np.float64))
-        comps = evecs[:, ::-1][:, :n_comps].T
-        # Fix the sign so results do not depend on the eigen-solver.
-        comps *= np.sign(comps[np.arange(n_comps), np.abs(comps).argmax(1)])[:, None]
+        # scanpy's sparse PCA: ARPACK with implicit centring (no dense copy); sklearn flips
+        # signs so each component's largest loading is positive, whatever the solver.
+        n_comps = int(min(n_comps, len(keep) - 1, Y.shape[0] - 1))
+        pca = PCA(n_comps, svd_solver="arpack", random_state=seed)
+        pca.fit(Y[:, keep].astype(np.float64))
         return cls(
             genes=np.asarray(adata.var_names[keep], dtype=object),
-            mean=mean[keep].astype(np.float32),
-            components=comps.astype(np.float32),
+            mean=pca.mean_.astype(np.float32),
+            components=pca.components_.astype(np.float32),
             lognorm=lognorm,
         )
 
@@ -143,7 +134,7 @@ class PCAFeatures:
                     int((block.data < 0).sum()), "of the slide (the model was fitted on counts)"
                 )
             # Normalise by totals over the model's genes, the same at fit and transform time.
-            block = _lognorm(block) if self.lognorm else block
+            block = log1p_normalise(block) if self.lognorm else block
             out[start : start + block.shape[0]] = block @ self.components.T - offset
         return out
 

@@ -42,29 +42,19 @@ def parse_graph(spec: str | None) -> tuple[str, float | None]:
     return method, value
 
 
-def graph_coordinates(xy: np.ndarray, method: str, slides) -> np.ndarray:
+def graph_coordinates(xy: np.ndarray, method: str) -> np.ndarray:
     """The coordinates the graph is built on: x, y and (if it varies) z.
 
     k-NN and radius graphs use 3-D distances, so cells of different z-planes are not taken
-    for neighbours; a Delaunay triangulation is 2-D only and is refused for varying z. Each
-    slide must also span a plane for Delaunay (qhull fails on a line or a point).
+    for neighbours; squidpy would triangulate 3-D points in tetrahedra, so Delaunay refuses z.
     """
     if xy.shape[1] > 2 and np.ptp(xy[:, 2:], axis=0).max(initial=0) == 0:
         xy = xy[:, :2]  # a constant z adds nothing
-    if method != "delaunay":
-        return xy
-    if xy.shape[1] > 2:
+    if method == "delaunay" and xy.shape[1] > 2:
         raise ScResidualError(
             "the coordinates are 3-D (z varies) but a Delaunay graph is 2-D; use --graph "
             "knn:K or radius:R, which use all three coordinates."
         )
-    groups = [xy] if slides is None else [xy[slides == s] for s in slides.categories]
-    for g in groups:
-        if len(g) >= 3 and np.linalg.matrix_rank(g - g.mean(0)) < 2:
-            raise ScResidualError(
-                "all cells of a slide lie on one line or at one point, so no Delaunay graph "
-                "exists; check the coordinates or use --graph knn:K."
-            )
     return xy
 
 
@@ -96,19 +86,16 @@ def spatial_graph_matrix(
     if library_key is not None:
         check_library_ids(adata, library_key)
         slides = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
-    xy = graph_coordinates(xy, method, slides)
+    xy = graph_coordinates(xy, method)
     # A cell alone on its slide (or a one-cell AnnData) has no neighbours: it stays isolated
     # and the mean aggregation averages it over itself only (self loop).
-    if slides is not None:
-        sizes = pd.Series(slides).value_counts()
-        alone = pd.Series(slides).map(sizes).to_numpy() < 2
-    else:
-        alone = np.zeros(n, dtype=bool) if n > 1 else np.ones(n, dtype=bool)
-    if alone.any():
+    slide = slides.codes if slides is not None else np.zeros(n, dtype=int)
+    sizes = np.bincount(slide)
+    keep = np.flatnonzero(sizes[slide] >= 2)
+    if len(keep) < n:
         logger.warning(
-            "%d cell(s) are alone on their slide and get no spatial neighbours.", int(alone.sum())
+            "%d cell(s) are alone on their slide and get no spatial neighbours.", n - len(keep)
         )
-    keep = np.flatnonzero(~alone)
     if len(keep) == 0:
         empty = sp.csr_matrix((n, n), dtype=np.float32)
         return empty, empty.copy()
@@ -116,29 +103,27 @@ def spatial_graph_matrix(
     if slides is not None:
         obs[library_key] = slides[keep].remove_unused_categories()
     shell = AnnData(obs=obs, obsm={SPATIAL_KEY: xy[keep]})
-    kwargs: dict = {"coord_type": "generic", "library_key": library_key}
+    kwargs: dict = {"library_key": library_key, "copy": True}
     if method == "knn":
-        n_max = int(obs[library_key].value_counts().min()) if library_key else len(keep)
-        kwargs["n_neighs"] = int(min(value, n_max - 1))
+        kwargs["n_neighs"] = int(min(value, sizes[sizes >= 2].min() - 1))
     elif method == "radius":
         kwargs["radius"] = value
     else:
         # Triangles across gaps and along the hull make edges much longer than a cell's
         # real neighbours; drop the longest 1% (CellCharter's remove_long_links does the same).
-        kwargs["delaunay"], kwargs["percentile"] = True, LONG_LINK_PERCENTILE
+        kwargs["percentile"] = LONG_LINK_PERCENTILE
+    build = getattr(sq.gr, f"spatial_neighbors_{method}")
     try:
         loggers = ("spatialdata", "spatialdata._logging", "squidpy")  # the 2nd has its own level
-        with warnings.catch_warnings(), quiet_loggers(*loggers):
-            warnings.simplefilter("ignore", FutureWarning)  # renamed in squidpy 1.9
-            sq.gr.spatial_neighbors(shell, **kwargs)
+        with quiet_loggers(*loggers):
+            conn, dist = build(shell, **kwargs)
     except Exception as err:  # qhull/sklearn errors on degenerate layouts (many-line dumps)
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
         raise ScResidualError(
             f"could not build a {graph} graph ({type(err).__name__}: {first}); check that the "
-            "coordinates are not all on one line or duplicated, or use 'knn:K'."
+            "cells of each slide do not all lie on one line or at one point, or use 'knn:K'."
         ) from err
-    conn = shell.obsp[CONNECTIVITIES_KEY].tocsr()
-    dist = shell.obsp[DISTANCES_KEY].tocsr()
+    conn, dist = conn.tocsr(), dist.tocsr()
     if len(keep) < n:  # put the isolated cells back (empty rows and columns)
         ones = np.ones(len(keep), dtype=np.float32)
         embed = sp.csr_matrix((ones, (keep, np.arange(len(keep)))), shape=(n, len(keep)))

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .._errors import ScResidualError
-from ._torch import TorchSource, _log1p_normalise
+from .._normalise import log1p_normalise
+from ._torch import TorchSource
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _prepare(X, transform: str | Callable | None) -> np.ndarray:
     if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
         raise ScResidualError(f"X must be (n_cells >= 2, n_features >= 1), got shape {X.shape}.")
     if transform == "log1p":
-        X = _log1p_normalise(X)
+        X = log1p_normalise(X)
     elif callable(transform):
         X = np.asarray(transform(X), dtype=np.float32)
     elif transform is not None:

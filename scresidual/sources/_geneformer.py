@@ -20,8 +20,9 @@ from anndata import AnnData
 
 from .._errors import ScResidualError
 from .._genes import MIN_VOCAB_OVERLAP
+from .._normalise import TARGET_SUM
 from ._base import FrozenSource
-from ._torch import TARGET_SUM, _as_device, _batches, _freeze, _gene_ids, _match_genes, _matrix
+from ._torch import _as_device, _batches, _freeze, _gene_ids, _match_genes, _matrix
 
 logger = logging.getLogger(__name__)
 

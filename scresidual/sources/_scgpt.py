@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from .._errors import ScResidualError
 from .._genes import MIN_VOCAB_OVERLAP
+from .._normalise import log1p_normalise
 from ._base import FrozenSource
 from ._torch import (
-    TARGET_SUM,
     _as_device,
     _batches,
     _freeze,
@@ -616,8 +616,7 @@ class ScGPTSource(FrozenSource):
     def _values(self, row: np.ndarray, total: float, rng: np.random.Generator) -> np.ndarray:
         if self.input_style == "binned":
             return bin_values(row, self.n_bins, rng)
-        scaled = row * (TARGET_SUM / total) if total > 0 else row
-        return np.log1p(scaled) if self.input_style == "log1p" else scaled
+        return log1p_normalise(row[None], totals=[total], log=self.input_style == "log1p")[0]
 
     def tokenize(
         self, adata: AnnData, *, rng: np.random.Generator | None = None

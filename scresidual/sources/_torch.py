@@ -18,13 +18,10 @@ from anndata import AnnData
 from .._errors import ScResidualError
 from .._genes import MIN_GENE_OVERLAP, align_genes
 from .._logging import tqdm
+from .._normalise import log1p_normalise
 from ._base import FrozenSource
 
 logger = logging.getLogger(__name__)
-
-TARGET_SUM = 1e4
-"""Counts per cell after library-size normalisation (scanpy / scGPT / Geneformer convention)."""
-
 
 # --------------------------------------------------------------------------- shared helpers
 def _as_device(device: str | torch.device) -> torch.device:
@@ -144,13 +141,6 @@ def _match_genes(
     return X, tokens
 
 
-def _log1p_normalise(x: np.ndarray) -> np.ndarray:
-    """Per-row ``log1p(x / sum(x) * 1e4)``; all-zero rows stay zero."""
-    total = x.sum(axis=1, keepdims=True)
-    scale = np.divide(TARGET_SUM, total, out=np.zeros_like(total), where=total > 0)
-    return np.log1p(x * scale).astype(np.float32, copy=False)
-
-
 def _to_numpy_2d(out, n: int, what: str) -> np.ndarray:
     """Convert a model output to a float32 ``(n, d)`` array or raise."""
     if isinstance(out, (tuple, list)) and len(out):
@@ -245,7 +235,7 @@ class TorchSource(FrozenSource):
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self.transform == "log1p":
-            x = _log1p_normalise(x)
+            x = log1p_normalise(x)
         elif callable(self.transform):
             x = np.asarray(self.transform(x), dtype=np.float32)
         with torch.no_grad():
