@@ -54,7 +54,7 @@ from ._residual import ResidualModel, labelled_mask
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 SETUP_FILE = "spatial_setup.json"
 SETUP_FORMAT = 2
@@ -73,7 +73,7 @@ def _read_only(adata: AnnData) -> bool:
     return mode != "r+"
 
 
-def _embed_in_chunks(source, adata: AnnData, *, progress: bool) -> np.ndarray:
+def _embed_in_chunks(source, adata: AnnData, *, progress: bool | None) -> np.ndarray:
     """``source.embed`` over row blocks of ``adata`` (backed blocks are read into memory)."""
     if adata.n_obs <= EMBED_CHUNK and not adata.isbacked:
         return source.embed(adata, progress=progress)
@@ -132,7 +132,7 @@ class SpatialRegionClassifier:
     arm
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     seed
-        Random seed.
+        Random seed (default :attr:`scresidual.settings.seed`).
     table_key
         For a SpatialData ``adata``: the table to fit on (may be left out when there is only
         one).
@@ -163,7 +163,7 @@ class SpatialRegionClassifier:
         n_comps: int = 30,
         min_gene_overlap: float = MIN_GENE_OVERLAP,
         arm: str = "refine",
-        seed: int = 0,
+        seed: int | None = None,
         table_key: str | None = None,
         **kwargs,
     ):
@@ -458,7 +458,7 @@ class SpatialRegionClassifier:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, progress: bool = True, trust_pickle: bool = False
+        cls, path: str | Path, *, progress: bool | None = None, trust_pickle: bool = False
     ) -> SpatialRegionClassifier:
         """Load a model written by :meth:`save`.
 
