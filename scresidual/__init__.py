@@ -1,19 +1,25 @@
 """scresidual: extend a frozen pretrained single-cell model with new signals (REFINE).
 
 Namespaces follow scanpy: :mod:`scresidual.pp` (graphs, features), :mod:`scresidual.tl`
-(fit, predict, compare), :mod:`scresidual.pl` (plots), :mod:`scresidual.read` (loaders),
-:mod:`scresidual.datasets` (embedded data), :mod:`scresidual.sources` (frozen models), over
-the model classes in :mod:`scresidual.model`.
+(fit, predict, compare), :mod:`scresidual.metrics` (scores), :mod:`scresidual.pl` (plots),
+:mod:`scresidual.read` (loaders), :mod:`scresidual.datasets` (embedded data),
+:mod:`scresidual.sources` (frozen models), over the model classes in
+:mod:`scresidual.model`; package-wide defaults in :data:`scresidual.settings`.
 """
 
 from importlib import import_module
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("datasets", "model", "module", "pl", "pp", "read", "sources", "tl", "train")
-__all__ = [*_SUBMODULES, "ScResidualError", "SpatialRegionClassifier", "ResidualModel"]
+_SUBMODULES = (
+    "datasets", "metrics", "model", "module", "pl", "pp", "read", "sources", "tl", "train",
+)
+__all__ = [
+    *_SUBMODULES, "ScResidualError", "SpatialRegionClassifier", "ResidualModel", "settings",
+]
 
 from ._errors import ScResidualError  # noqa: E402
+from ._settings import settings  # noqa: E402
 
 
 def __getattr__(name: str):

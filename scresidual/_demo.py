@@ -26,7 +26,7 @@ def run_demo(
     label_fraction: float = 0.1,
     n_jobs: int | None = None,
     quick: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Run the end-to-end demo and write its outputs to ``out``.
 
@@ -49,6 +49,7 @@ def run_demo(
 
     matplotlib.use("Agg")
     from . import datasets, pl, tl
+    from ._settings import progress_enabled
     from .sources import embed, pretrain_scvi
 
     out = Path(out)
@@ -60,7 +61,7 @@ def run_demo(
     print(f"[1/4] data: {slides.n_obs} spots on 2 slides, reference of {reference.n_obs} cells")
     source = pretrain_scvi(
         reference, out / "source_scvi", n_latent=10, max_epochs=scvi_epochs, seed=seed,
-        progress=progress,
+        progress=progress_enabled(progress),  # scvi's trainer reads None as True
     )
     print(f"[2/4] SCVI source pretrained on the reference and frozen ({time.time() - t0:.0f} s)")
     embed(slides, source, key_added=SOURCE_KEY, progress=progress)

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ._constants import MIN_GENE_OVERLAP
+from ._docs import doc_layer, doc_min_overlap_model, doc_params
 from ._errors import ScResidualError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def _match(adata, model_genes, min_overlap, model_name):
     return position, present
 
 
+@doc_params(doc_layer=doc_layer, doc_min_overlap_model=doc_min_overlap_model)
 def align_genes(
     adata: AnnData,
     model_genes: Sequence[str],
@@ -98,9 +100,9 @@ def align_genes(
     model_genes
         Gene names in the order the model expects.
     layer
-        Layer to read instead of ``X``.
+        {doc_layer}
     min_overlap
-        Smallest fraction of ``model_genes`` that must be present.
+        {doc_min_overlap_model}
     model_name
         Used in messages.
     chunk_size
@@ -131,6 +133,7 @@ def expression_matrix(adata: AnnData, layer: str | None = None):
     return adata.X
 
 
+@doc_params(doc_layer=doc_layer)
 def iter_row_blocks(
     adata: AnnData, *, layer: str | None = None, chunk_size: int = 50_000
 ) -> Iterator[tuple[int, sp.csr_matrix]]:
@@ -144,7 +147,7 @@ def iter_row_blocks(
     adata
         Data in memory or backed.
     layer
-        Layer to read instead of ``X``.
+        {doc_layer}
     chunk_size
         Rows per block.
 

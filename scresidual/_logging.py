@@ -11,11 +11,18 @@ from contextlib import contextmanager
 # tqdm.auto warns "IProgress not found" in notebooks without ipywidgets: fall back to text
 # bars there, as Lightning does.
 if importlib.util.find_spec("ipywidgets") is not None:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm as _tqdm
 else:
-    from tqdm.std import tqdm
+    from tqdm.std import tqdm as _tqdm
+
+from ._settings import progress_enabled
 
 __all__ = ["quiet_lightning", "quiet_loggers", "tqdm"]
+
+
+def tqdm(*args, progress: bool | None = None, **kwargs):
+    """A tqdm bar, shown if ``progress`` (``None``: :attr:`scresidual.settings.progress_bar`)."""
+    return _tqdm(*args, disable=not progress_enabled(progress), **kwargs)
 
 
 @contextmanager

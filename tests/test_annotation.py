@@ -178,10 +178,10 @@ def test_models_without_calibration_say_so_in_one_line(small_slides, caplog):
 def test_uncertainty_map(fitted):
     a, model = fitted
     out = model.predict(a, copy=True)
-    fig = pl.uncertainty(out, key="train", library_key="slide", slide="slide1")
-    assert fig is not None and len(fig.axes) == 2  # map and colour bar
+    fig = pl.uncertainty(out, key="train", library_key="slide", slide="slide1", return_fig=True)
+    assert len(fig.axes) == 2  # map and colour bar
     _, ax = plt.subplots()
-    assert pl.uncertainty(out, key="train", ax=ax) is ax.figure
+    assert pl.uncertainty(out, key="train", ax=ax) is ax
     plt.close("all")
     with pytest.raises(ScResidualError, match="nope_uncertainty"):
         pl.uncertainty(out, key="nope")

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "scresidual"
 LAYERS = [
     {"shared"},  # scresidual/_*.py: constants, errors, validation, I/O, logging, genes, tasks
     {"module"},
-    {"sources", "pp", "read", "datasets"},
+    {"sources", "pp", "read", "datasets", "metrics"},
     {"train"},
     {"model"},
     {"tl", "pl", "image", "text", "tabular"},

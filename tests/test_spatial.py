@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scresidual import ScResidualError, pp, tl
+from scresidual import ScResidualError, metrics, pp, tl
 from scresidual.model import SpatialRegionClassifier
 from scresidual.sources import ScviSource, align_genes, embed, pretrain_scvi
 
@@ -95,7 +95,7 @@ def test_fit_predict_save_load(slides, tmp_path, scvi_dir):
     assert "train_pred" not in test.obs
     assert list(out.uns["train_proba_classes"]) == model.classes_
     assert out.obsm["train_proba"].shape == (test.n_obs, len(model.classes_))
-    score = tl.score_predictions(out, truth_key="region", labels_key="train")
+    score = metrics.score_predictions(out, truth_key="region", labels_key="train")
     assert score["accuracy"] > 0.55
     model.save(tmp_path / "model")
     assert (tmp_path / "model" / "sources" / "source_0" / "model.pt").is_file()
@@ -110,7 +110,7 @@ def test_spatial_residual_beats_expression_alone(slides):
     for graph in ("knn:6", "none"):
         m = tl.fit_regions(one, labels_key="train", graph=graph, arm="scratch", **FAST)
         pred = m.predict_proba(one).idxmax(axis=1).to_numpy()
-        scores[graph] = tl.evaluate(one.obs["region"].to_numpy()[unl], pred[unl])["macro_f1"]
+        scores[graph] = metrics.evaluate(one.obs["region"].to_numpy()[unl], pred[unl])["macro_f1"]
     assert scores["knn:6"] > scores["none"] + 0.03
 
 

@@ -75,10 +75,12 @@ def test_regions_and_uncertainty_maps_show_suggestions(annotated):
     a, model = annotated
     out = model.predict(a, copy=True)
     tl.suggest_labels(out, model, n=20)
-    fig = pl.regions(out, labels_key="train", library_key="slide", slide="slide1")
+    fig = pl.regions(out, labels_key="train", library_key="slide", slide="slide1",
+                     return_fig=True)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "suggested for labelling" in labels
-    assert pl.uncertainty(out, key="train") is not None
+    ax = pl.uncertainty(out, key="train")
+    assert "suggested for labelling" in [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close("all")
 
 

@@ -9,6 +9,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from .._constants import COUNTS_LAYER, REGION_KEY, SPATIAL_KEY
+from .._docs import doc_params, doc_seed
 from .._errors import ScResidualError
 from ._anatomy import OUTSIDE, REGIONS, hex_grid, random_layout
 from ._profiles import CELL_TYPES, SOURCE, UMIS_PER_CELL, load_profiles, sample_counts
@@ -186,6 +187,7 @@ def _simulate_slide(
     return xy, counts, label, tally.sum(1), layout.summary()
 
 
+@doc_params(doc_seed=doc_seed)
 def lymph_node(
     *,
     n_slides: int = 3,
@@ -224,7 +226,7 @@ def lymph_node(
         Number of slides (each a different random lymph node). Slide ``i`` depends only on
         ``seed`` and ``i``, not on ``n_slides``.
     seed
-        Random seed; the same seed gives identical data.
+        {doc_seed}
     spots_per_side
         Rows and columns of the hexagonal spot grid; only spots on tissue are kept (about 80%).
     spot_spacing
@@ -330,6 +332,7 @@ def _mixtures_table() -> np.ndarray:
     return np.array([[MIXTURES[region].get(t, 0.0) for t in CELL_TYPES] for region in REGIONS])
 
 
+@doc_params(doc_seed=doc_seed)
 def lymph_node_reference(
     *, n_cells: int = 3000, seed: int = 0, umis_per_cell: float = 2500.0, dispersion: float = 0.05
 ) -> AnnData:
@@ -344,7 +347,7 @@ def lymph_node_reference(
     n_cells
         Number of cells.
     seed
-        Random seed; the same seed gives identical data.
+        {doc_seed}
     umis_per_cell
         Mean UMIs per lymphocyte (larger cell types scale with it as in the slides).
     dispersion

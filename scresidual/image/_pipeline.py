@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._docs import doc_params, doc_seed
 from .._download import locate
 from .._task import StressTask, split_indices
 from .._validate import check_labels
@@ -17,6 +18,7 @@ RESIDUAL_ENCODER = ("cnn", {"widths": [16, 32], "n_out": 64})
 """Default residual encoder for images: two conv blocks, 64 features."""
 
 
+@doc_params(doc_seed=doc_seed)
 def pretrain_image_source(
     x, y, *, n_classes: int, epochs: int = 5, widths=(32, 64), seed: int = 0
 ) -> SourceClassifier:
@@ -35,7 +37,7 @@ def pretrain_image_source(
     widths
         Channels of the CNN blocks.
     seed
-        Random seed.
+        {doc_seed}
 
     Returns
     -------

@@ -46,7 +46,7 @@ from .._constants import calibration_key, set_key, set_size_key, uncertainty_key
 from .._errors import ScResidualError
 from ._convex import PROBA_FLOOR, log_softmax, temperature
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 MIN_PER_CLASS = 2
 """Out-of-fold cells a class needs for the sets to account for it. Coverage is marginal, over

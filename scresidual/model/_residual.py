@@ -27,11 +27,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.nn import functional as F
 
 from .. import __version__
+from .._docs import doc_params, doc_progress
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
 from .._logging import tqdm
 from .._process import fork_map
 from .._safe_load import check_state_fits, count_members
+from .._settings import settings
 from .._validate import labelled_mask, warn_placeholder_labels
 from ..module import ENCODERS, EnsembleNetwork, ResidualNetwork, arm_uses, build_encoder
 from ..train import ViewsDataset, as_tensor, batch_loader, seed_all
@@ -101,6 +103,7 @@ def _available_cpus() -> int:
     return os.cpu_count() or 1
 
 
+@doc_params(doc_progress=doc_progress)
 class ResidualModel:
     """REFINE and its comparison arms on any modality.
 
@@ -160,13 +163,15 @@ class ResidualModel:
     n_jobs
         (in ``config``) Processes fitting the folds in parallel. ``None`` (default): one per
         available CPU when training on one CPU device, else 1 (GPUs and DDP fit folds in
-        turn). The result does not depend on it.
+        turn), unless :attr:`scresidual.settings.n_jobs` is set. The result does not
+        depend on it.
     seed
-        Seed for initialisation, data splits and batch order.
+        Seed for initialisation, data splits and batch order (default
+        :attr:`scresidual.settings.seed`).
     accelerator, devices, strategy
         Passed to :class:`lightning.pytorch.Trainer`.
     progress
-        Show progress bars.
+        {doc_progress}
     source_head
         For ``lora``: ``{"weight": (n_classes, n_features), "bias": (n_classes,)}``, the frozen
         source's last linear layer (saved with the model; not needed by :meth:`load`).
@@ -186,11 +191,11 @@ class ResidualModel:
         residuals: Mapping[str, tuple[str, dict]] | None = None,
         head: str = "linear",
         guard: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         accelerator: str = "auto",
         devices: int | str = "auto",
         strategy: str = "auto",
-        progress: bool = True,
+        progress: bool | None = None,
         source_head: Mapping[str, np.ndarray] | None = None,
         source_classes: Sequence | None = None,
         **config,
@@ -204,7 +209,7 @@ class ResidualModel:
         residuals = {k: [v[0], dict(v[1])] for k, v in (residuals or {}).items()}
         self.config = ResidualConfig(
             arm=arm, sources=list(sources), residuals=residuals, head=head, guard=guard,
-            seed=seed, **config,
+            seed=settings.seed if seed is None else seed, **config,
         )
         self.trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
         self.progress = progress
@@ -564,7 +569,7 @@ class ResidualModel:
 
     def _n_jobs(self, n_folds: int) -> int:
         """Worker processes for the folds: one per CPU when training on CPU, else 1."""
-        jobs = self.config.n_jobs
+        jobs = settings.n_jobs if self.config.n_jobs is None else self.config.n_jobs
         if jobs is None:
             kw = self.trainer_kwargs
             cpu = kw["accelerator"] == "cpu" or (
@@ -583,7 +588,7 @@ class ResidualModel:
         Elsewhere (fork is unsafe on macOS) joblib's loky workers start fresh and are sent
         the registered encoders. Workers send back weights, rebuilt into networks here.
         """
-        bar = {"total": len(args), "desc": "cross-fitted folds", "disable": not self.progress}
+        bar = {"total": len(args), "desc": "cross-fitted folds", "progress": self.progress}
         if sys.platform.startswith("linux"):
             with warnings.catch_warnings():
                 # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
@@ -817,7 +822,9 @@ class ResidualModel:
             self.write(tmp)
 
     @classmethod
-    def load(cls, path: str | Path, *, progress: bool = True, **trainer_kwargs) -> ResidualModel:
+    def load(
+        cls, path: str | Path, *, progress: bool | None = None, **trainer_kwargs
+    ) -> ResidualModel:
         """Load a model saved with :meth:`save` (or written by a pipeline's ``save``)."""
         path = Path(path)
         recover(path)

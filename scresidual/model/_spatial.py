@@ -96,7 +96,7 @@ def _read_only(adata: AnnData) -> bool:
     return mode != "r+"
 
 
-def _embed_in_chunks(source, adata: AnnData, *, progress: bool) -> np.ndarray:
+def _embed_in_chunks(source, adata: AnnData, *, progress: bool | None) -> np.ndarray:
     """``source.embed`` over row blocks of ``adata`` (backed blocks are read into memory)."""
     if adata.n_obs <= EMBED_CHUNK and not adata.isbacked:
         return source.embed(adata, progress=progress)
@@ -136,7 +136,7 @@ class SpatialRegionClassifier:
     guard
         Fall back to scratch or the linear probe when they validate better beyond noise.
     seed
-        Random seed.
+        Random seed (default :attr:`scresidual.settings.seed`).
     trust_pickle
         Let ``'scvi:'`` sources hold arbitrary Python objects (see :meth:`ScviSource.load`);
         off by default, for folders from people you trust.
@@ -162,7 +162,7 @@ class SpatialRegionClassifier:
         encoder: str = DEFAULT_ENCODER,
         head: str = "linear",
         guard: bool = True,
-        seed: int = 0,
+        seed: int | None = None,
         trust_pickle: bool = False,
         **model_kwargs,
     ):
@@ -178,7 +178,7 @@ class SpatialRegionClassifier:
             "arm": arm, "head": head, "guard": guard, "seed": seed, **model_kwargs,
         }
         self.trust_pickle = trust_pickle
-        self.progress = True
+        self.progress: bool | None = None
         self._pca = pca
         self._frozen: dict[int, object] = {}
         self.residual_model_: ResidualModel | None = None
@@ -363,7 +363,7 @@ class SpatialRegionClassifier:
         strategy: str = "auto",
         folds: int | None = None,
         n_jobs: int | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         **train_kwargs,
     ) -> SpatialRegionClassifier:
         """Fit on the labelled cells of the registered data.
@@ -382,7 +382,7 @@ class SpatialRegionClassifier:
         n_jobs
             Processes fitting the folds (default: one per available CPU on a CPU device).
         progress
-            Show progress bars.
+            Show progress bars (default :attr:`scresidual.settings.progress_bar`).
         **train_kwargs
             Further training options of :class:`ResidualConfig` (``lr``, ``batch_size``,
             ``patience``, ``validation_size``, ``group_folds``, ``cv_repeats``, …).
@@ -560,7 +560,7 @@ class SpatialRegionClassifier:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, progress: bool = True, trust_pickle: bool = False
+        cls, path: str | Path, *, progress: bool | None = None, trust_pickle: bool = False
     ) -> SpatialRegionClassifier:
         """Load a model written by :meth:`save`.
 

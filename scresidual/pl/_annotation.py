@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 from anndata import AnnData
-from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._constants import SPATIAL_KEY, suggested_key, uncertainty_key
+from .._docs import (
+    doc_library_key_slide,
+    doc_params,
+    doc_return_fig,
+    doc_save,
+    doc_show,
+    doc_spatial_key,
+)
 from .._validate import check_obs_key, check_spatial
-from ._plots import _finish, _slide_mask
+from ._plots import _figure, _finish, _slide_mask
 
 
+@doc_params(
+    doc_spatial_key=doc_spatial_key,
+    doc_library_key_slide=doc_library_key_slide,
+    doc_show=doc_show,
+    doc_save=doc_save,
+    doc_return_fig=doc_return_fig,
+)
 def uncertainty(
     adata: AnnData,
     *,
@@ -22,8 +38,9 @@ def uncertainty(
     point_size: float | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | None = None,
-) -> Figure | None:
+    save: str | os.PathLike | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
     """Map of ``obs['<key>_uncertainty']`` (written by ``predict``) on the slide.
 
     Cells suggested for labelling (``obs['<key>_suggested']``, written by
@@ -36,15 +53,23 @@ def uncertainty(
     key
         The predictions' key (the training ``labels_key`` unless ``key_added`` was given).
     spatial_key
-        Coordinates.
+        {doc_spatial_key}
     library_key, slide
-        Show only cells of ``slide`` in ``obs[library_key]``.
+        {doc_library_key_slide}
     point_size
         Marker size (default from the number of cells).
     ax
-        Axes to draw on (default: a new figure).
-    show, save
-        Show the figure / save it to a file; returns the figure unless shown.
+        Axes to draw on (default: a new figure); a colour bar is added beside it.
+    show
+        {doc_show}
+    save
+        {doc_save}
+    return_fig
+        {doc_return_fig}
+
+    Returns
+    -------
+    The Axes of the map, unless ``show`` or ``return_fig``.
 
     """
     uk = uncertainty_key(key)
@@ -52,7 +77,7 @@ def uncertainty(
     xy = check_spatial(adata, spatial_key)
     mask = _slide_mask(adata, library_key, slide)
     size = point_size or max(2.0, 8000 / max(mask.sum(), 1))
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = _figure(ax, (6.5, 5.5))
     values = adata.obs[uk].to_numpy(float)[mask]
     im = ax.scatter(xy[mask, 0], xy[mask, 1], c=values, s=size, cmap="magma_r", vmin=0,
                     vmax=max(float(values.max(initial=0)), 1e-6), linewidths=0)
@@ -69,4 +94,4 @@ def uncertainty(
     ax.set_xticks([])
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046, label="uncertainty")
-    return _finish(fig, save, show)
+    return _finish(fig, ax, show=show, save=save, return_fig=return_fig)

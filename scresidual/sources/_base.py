@@ -8,6 +8,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._constants import SOURCE_KEY
+from .._docs import doc_copy, doc_key_added_obsm, doc_params, doc_progress
 from .._errors import ScResidualError
 
 
@@ -25,20 +26,23 @@ class FrozenSource(ABC):
         """Width of the embedding."""
 
     @abstractmethod
-    def embed(self, adata: AnnData, *, batch_size: int = 1024, progress: bool = True) -> np.ndarray:
+    def embed(
+        self, adata: AnnData, *, batch_size: int = 1024, progress: bool | None = None
+    ) -> np.ndarray:
         """Embed every cell of ``adata``; returns ``float32`` of shape ``(n_obs, n_latent)``."""
 
     def __call__(self, adata: AnnData, **kwargs) -> np.ndarray:
         return self.embed(adata, **kwargs)
 
 
+@doc_params(doc_copy=doc_copy, doc_key_added_obsm=doc_key_added_obsm, doc_progress=doc_progress)
 def embed(
     adata: AnnData,
     source: FrozenSource,
     *,
     key_added: str = SOURCE_KEY,
     batch_size: int = 1024,
-    progress: bool = True,
+    progress: bool | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Embed ``adata`` with a frozen source and store the result in ``obsm[key_added]``.
@@ -50,13 +54,13 @@ def embed(
     source
         A loaded :class:`FrozenSource`.
     key_added
-        ``obsm`` key to write.
+        {doc_key_added_obsm}
     batch_size
         Cells per forward pass.
     progress
-        Show a progress bar.
+        {doc_progress}
     copy
-        Return a copy instead of writing into ``adata``.
+        {doc_copy}
 
     """
     Z = np.asarray(source.embed(adata, batch_size=batch_size, progress=progress), dtype=np.float32)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from .._docs import doc_layer_counts, doc_min_overlap, doc_params
 from .._errors import ScResidualError
 from .._genes import MIN_VOCAB_OVERLAP
 from .._normalise import TARGET_SUM
@@ -84,6 +85,7 @@ def _find_dictionary(model_dir: Path, pattern: str, what: str, argument: str) ->
     return found[0]
 
 
+@doc_params(doc_layer_counts=doc_layer_counts, doc_min_overlap=doc_min_overlap)
 class GeneformerSource(FrozenSource):
     """A frozen Geneformer model; embeddings are mean gene-token hidden states of one layer.
 
@@ -107,12 +109,12 @@ class GeneformerSource(FrozenSource):
         ``adata.var`` column with Ensembl ids; default the first of ``gene_ids``, ``ensembl_id``,
         ``gene_id`` present, else ``var_names``.
     layer
-        Layer with raw counts to read instead of ``X``.
+        {doc_layer_counts}
     model_input_size
         Maximum tokens per cell including special tokens; default the model's
         ``max_position_embeddings`` (2048 for V1, 4096 for V2 models).
     min_overlap
-        Smallest fraction of the query's genes that must be in the dictionaries.
+        {doc_min_overlap}
 
     """
 
@@ -180,6 +182,7 @@ class GeneformerSource(FrozenSource):
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    @doc_params(doc_layer_counts=doc_layer_counts, doc_min_overlap=doc_min_overlap)
     def load(
         cls,
         model_dir: str | Path,
@@ -216,11 +219,11 @@ class GeneformerSource(FrozenSource):
         gene_col
             ``adata.var`` column with Ensembl ids (see :class:`GeneformerSource`).
         layer
-            Layer with raw counts to read instead of ``X``.
+            {doc_layer_counts}
         model_input_size
             Tokens per cell; default the model's ``max_position_embeddings``.
         min_overlap
-            Smallest fraction of the query's genes that must be in the dictionaries.
+            {doc_min_overlap}
 
         Returns
         -------
@@ -356,7 +359,9 @@ class GeneformerSource(FrozenSource):
         return torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(pool)
 
     # ------------------------------------------------------------------ embedding
-    def embed(self, adata: AnnData, *, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    def embed(
+        self, adata: AnnData, *, batch_size: int = 64, progress: bool | None = None
+    ) -> np.ndarray:
         """Embed every cell; returns float32 ``(n_obs, hidden_size)``.
 
         As Geneformer's ``EmbExtractor(emb_mode="cell")``: the hidden states of layer

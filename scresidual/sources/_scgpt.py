@@ -27,6 +27,7 @@ import torch
 from anndata import AnnData
 from torch import Tensor, nn
 
+from .._docs import doc_layer_counts, doc_min_overlap, doc_params
 from .._errors import ScResidualError
 from .._genes import MIN_VOCAB_OVERLAP
 from .._normalise import log1p_normalise
@@ -443,6 +444,7 @@ def bin_values(row: np.ndarray, n_bins: int, rng: np.random.Generator) -> np.nda
 
 
 # --------------------------------------------------------------------------- the source
+@doc_params(doc_layer_counts=doc_layer_counts, doc_min_overlap=doc_min_overlap)
 class ScGPTSource(FrozenSource):
     """A frozen scGPT model; embeddings are the L2-normalised ``<cls>`` outputs.
 
@@ -461,12 +463,12 @@ class ScGPTSource(FrozenSource):
     gene_col
         ``adata.var`` column with gene symbols; ``None`` uses ``var_names``.
     layer
-        Layer to read instead of ``X`` (raw counts are expected, as upstream).
+        {doc_layer_counts}
     max_seq_len
         Tokens per cell including ``<cls>``; cells with more expressed genes are randomly
         subsampled as upstream (reproducibly, from ``seed``).
     min_overlap
-        Smallest fraction of the query's genes that must be in the vocabulary.
+        {doc_min_overlap}
     seed
         Seed for gene subsampling and for the random tie-breaking of the binning.
 
@@ -520,6 +522,7 @@ class ScGPTSource(FrozenSource):
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    @doc_params(doc_layer_counts=doc_layer_counts, doc_min_overlap=doc_min_overlap)
     def load(
         cls,
         model_dir: str | Path,
@@ -543,12 +546,12 @@ class ScGPTSource(FrozenSource):
             ``adata.var`` column with gene symbols (scGPT's ``embed_data`` uses
             ``"feature_name"``); ``None`` uses ``var_names``.
         layer
-            Layer to read instead of ``X``.
+            {doc_layer_counts}
         max_seq_len
             Tokens per cell including ``<cls>``; default ``args.json``'s ``max_seq_len``, else
             1200 as ``embed_data``.
         min_overlap
-            Smallest fraction of the query's genes that must be in the vocabulary.
+            {doc_min_overlap}
         seed
             Seed of the upstream-style random gene subsampling and bin tie-breaking.
 
@@ -674,7 +677,9 @@ class ScGPTSource(FrozenSource):
             values[i, : len(v)] = v
         return genes, values, genes == self.pad_id
 
-    def embed(self, adata: AnnData, *, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    def embed(
+        self, adata: AnnData, *, batch_size: int = 64, progress: bool | None = None
+    ) -> np.ndarray:
         """Embed every cell; returns L2-normalised float32 ``(n_obs, embsize)``.
 
         As ``scgpt.tasks.get_batch_cell_embeddings``: the transformer output at ``<cls>``,

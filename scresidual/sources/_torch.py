@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from .._docs import doc_layer, doc_min_overlap_model, doc_params
 from .._errors import ScResidualError
 from .._genes import MIN_GENE_OVERLAP, align_genes
 from .._logging import tqdm
@@ -44,12 +45,12 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _batches(n: int, batch_size: int, *, progress: bool, desc: str) -> Iterator[slice]:
+def _batches(n: int, batch_size: int, *, progress: bool | None, desc: str) -> Iterator[slice]:
     """Yield row slices of ``batch_size`` while advancing a tqdm bar counted in cells."""
     if int(batch_size) < 1:
         raise ScResidualError(f"batch_size must be a positive integer, got {batch_size}.")
     batch_size = int(batch_size)
-    with tqdm(total=n, desc=desc, unit="cell", disable=not progress) as bar:
+    with tqdm(total=n, desc=desc, unit="cell", progress=progress) as bar:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             yield slice(start, stop)
@@ -157,6 +158,7 @@ def _to_numpy_2d(out, n: int, what: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- TorchSource
+@doc_params(doc_layer=doc_layer, doc_min_overlap_model=doc_min_overlap_model)
 class TorchSource(FrozenSource):
     """Wrap a frozen ``torch.nn.Module`` (or any callable) mapping expression to an embedding.
 
@@ -173,7 +175,7 @@ class TorchSource(FrozenSource):
         :func:`~scresidual.sources.align_genes` (missing genes zero-filled); otherwise
         ``adata``'s columns are passed as they are.
     layer
-        Layer to read instead of ``X``.
+        {doc_layer}
     transform
         ``None`` (values as stored), ``"log1p"`` (per-cell total-count normalisation to 1e4
         then ``log1p``) or a callable taking and returning a float32 array
@@ -185,7 +187,7 @@ class TorchSource(FrozenSource):
     name
         Name used in messages.
     min_overlap
-        Smallest fraction of ``genes`` that must be present in ``adata``.
+        {doc_min_overlap_model}
 
     """
 
@@ -242,7 +244,9 @@ class TorchSource(FrozenSource):
             out = self.model(torch.as_tensor(x, dtype=torch.float32, device=self.device))
         return _to_numpy_2d(out, x.shape[0], self.name)
 
-    def embed(self, adata: AnnData, *, batch_size: int = 1024, progress: bool = True) -> np.ndarray:
+    def embed(
+        self, adata: AnnData, *, batch_size: int = 1024, progress: bool | None = None
+    ) -> np.ndarray:
         """Embed every cell of ``adata``; returns float32 ``(n_obs, n_latent)``."""
         if self.genes is not None:
             X = align_genes(
@@ -297,7 +301,9 @@ class ObsmSource(FrozenSource):
             )
         return self._n_latent
 
-    def embed(self, adata: AnnData, *, batch_size: int = 1024, progress: bool = True) -> np.ndarray:
+    def embed(
+        self, adata: AnnData, *, batch_size: int = 1024, progress: bool | None = None
+    ) -> np.ndarray:
         """Return ``adata.obsm[key]`` as float32 ``(n_obs, n_latent)``."""
         if self.key not in adata.obsm:
             available = ", ".join(map(repr, adata.obsm.keys())) or "none"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._docs import doc_params, doc_seed
 from .._errors import ScResidualError
 from .._validate import check_labels
 
@@ -17,6 +18,7 @@ IMBALANCE = (0.35, 0.30, 0.10, 0.07, 0.06, 0.045, 0.03, 0.02, 0.015, 0.01)
 """Class proportions of the imbalance setting (class ``k`` gets the ``k``-th; renormalised)."""
 
 
+@doc_params(doc_seed=doc_seed)
 def flip_labels(y, rate: float, *, n_classes: int | None = None, seed: int = 0) -> np.ndarray:
     """Flip ``round(rate * n)`` labels, each to a uniformly drawn *different* class.
 
@@ -29,7 +31,7 @@ def flip_labels(y, rate: float, *, n_classes: int | None = None, seed: int = 0) 
     n_classes
         Number of classes (default ``max(y) + 1``).
     seed
-        Random seed.
+        {doc_seed}
 
     Returns
     -------
@@ -49,6 +51,7 @@ def flip_labels(y, rate: float, *, n_classes: int | None = None, seed: int = 0) 
     return out
 
 
+@doc_params(doc_seed=doc_seed)
 def confuse_classes(
     x,
     y,
@@ -73,7 +76,7 @@ def confuse_classes(
     noise
         Standard deviation of the Gaussian input noise, in units of ``x``'s overall std.
     seed
-        Random seed.
+        {doc_seed}
 
     Returns
     -------
@@ -92,6 +95,7 @@ def confuse_classes(
     return x, out
 
 
+@doc_params(doc_seed=doc_seed)
 def imbalance_indices(
     y, proportions: Sequence[float] = IMBALANCE, *, seed: int = 0
 ) -> np.ndarray:
@@ -106,7 +110,7 @@ def imbalance_indices(
     proportions
         Target share of each class, at least one per class.
     seed
-        Random seed.
+        {doc_seed}
 
     Returns
     -------
@@ -129,6 +133,7 @@ def imbalance_indices(
     return np.sort(np.concatenate(keep))
 
 
+@doc_params(doc_seed=doc_seed)
 def domain_mismatch(x_other, y_other, n: int, *, n_classes: int, seed: int = 0):
     """A source split drawn from *another* data set, its labels folded onto ``n_classes``.
 
@@ -141,7 +146,7 @@ def domain_mismatch(x_other, y_other, n: int, *, n_classes: int, seed: int = 0):
     n_classes
         Classes of the target task; other labels map to ``label % n_classes``.
     seed
-        Random seed.
+        {doc_seed}
 
     Returns
     -------

@@ -1,7 +1,9 @@
-"""Tools: fit, predict, compare arms, score and suggest the next labels, scanpy-style."""
+"""Tools: fit, predict, compare arms and suggest the next labels, scanpy-style.
 
-from ._regions import compare_arms, evaluate, fit_regions, predict_regions, score_predictions
+Scores of predictions are in :mod:`scresidual.metrics`.
+"""
+
+from ._regions import compare_arms, fit_regions, predict_regions
 from ._suggest import suggest_labels
 
-__all__ = ["compare_arms", "evaluate", "fit_regions", "predict_regions", "score_predictions",
-           "suggest_labels"]
+__all__ = ["compare_arms", "fit_regions", "predict_regions", "suggest_labels"]

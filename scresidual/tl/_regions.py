@@ -5,14 +5,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
-from sklearn.metrics import accuracy_score, f1_score
 
-from .._constants import SETUP_KEY, pred_key
-from .._errors import ScResidualError
+from .._constants import SETUP_KEY
 from .._validate import check_obs_key
+from ..metrics import evaluate
 from ..model import TRAIN_OPTIONS, SpatialRegionClassifier, labelled_mask
 from ..read.sdata import is_spatialdata
 
@@ -60,21 +58,6 @@ def predict_regions(
     into its table ``table_key``.
     """
     return model.predict(adata, key_added=key_added, copy=copy, table_key=table_key)
-
-
-def evaluate(y_true, y_pred) -> dict[str, float]:
-    """Accuracy and macro-F1 over the cells that have a true label."""
-    y_true = np.asarray(y_true, dtype=object)
-    mask = labelled_mask(y_true)
-    if not mask.any():
-        raise ScResidualError("no cell has a true label to evaluate against.")
-    t = y_true[mask].astype(str)
-    p = np.asarray(y_pred, dtype=object)[mask].astype(str)
-    return {
-        "accuracy": float(accuracy_score(t, p)),
-        "macro_f1": float(f1_score(t, p, average="macro", zero_division=0)),
-        "n_cells": int(mask.sum()),
-    }
 
 
 def compare_arms(
@@ -135,9 +118,3 @@ def compare_arms(
             )
     return pd.DataFrame(rows), models
 
-
-def score_predictions(adata: AnnData, *, truth_key: str, labels_key: str | None = None) -> dict:
-    """Score ``obs['<labels_key>_pred']`` (written by ``predict``) against ``obs[truth_key]``."""
-    key = pred_key(labels_key or truth_key)
-    check_obs_key(adata, key)
-    return evaluate(adata.obs[truth_key].to_numpy(), adata.obs[key].to_numpy())

@@ -32,6 +32,7 @@ from anndata import AnnData
 
 from .._constants import SUGGEST_STRATEGIES, suggested_key
 from .._errors import ScResidualError
+from .._settings import settings
 from .._validate import check_obs_key, labelled_mask
 from ..model import SpatialRegionClassifier
 
@@ -126,7 +127,7 @@ def suggest_labels(
     labels_key: str | None = None,
     strategy: str = "diverse",
     key_added: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     candidates=None,
     copy: bool = False,
 ) -> pd.DataFrame | tuple[pd.DataFrame, AnnData]:
@@ -153,7 +154,8 @@ def suggest_labels(
         Boolean ``obs`` column marking the suggestions (default ``'<labels_key>_suggested'``,
         which :func:`scresidual.pl.regions` and :func:`scresidual.pl.uncertainty` outline).
     seed
-        Seed of the clustering and of the random picks: the same seed, the same cells.
+        Seed of the clustering and of the random picks: the same seed, the same cells
+        (default :attr:`scresidual.settings.seed`).
     candidates
         Boolean mask of the cells that may be suggested (default: every unlabelled cell),
         e.g. one slide, or all but a held-out test set.
@@ -169,6 +171,7 @@ def suggest_labels(
 
     """
     labels_key = labels_key or model.setup["labels_key"]
+    seed = settings.seed if seed is None else seed
     unlabelled = check_suggest_args(adata, labels_key, n, strategy, candidates)
     views = model.views(adata)
     proba = model.proba_from_views(views)

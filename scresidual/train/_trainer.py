@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .._logging import quiet_lightning
+from .._settings import progress_enabled
 from ..module import ResidualNetwork
 from ._data import ViewsDataset, batch_loader
 from ._plan import ClassifierPlan
@@ -155,7 +156,7 @@ def train_network(
     strategy: str = "auto",
     num_nodes: int = 1,
     cpu_threads: int | None = 1,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> TrainResult:
     """Train ``network`` in place on rows ``train_idx``; restore the best validation epoch.
 
@@ -198,7 +199,7 @@ def train_network(
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=progress,
+            enable_progress_bar=progress_enabled(progress),
             callbacks=callbacks,
             log_every_n_steps=1,
             num_sanity_val_steps=-1 if keep_start and has_val else 0,
