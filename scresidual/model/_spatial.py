@@ -24,6 +24,14 @@ from .._constants import (
     proba_classes_key,
     proba_key,
 )
+from .._docs import (
+    doc_layer_counts,
+    doc_min_overlap_model,
+    doc_params,
+    doc_progress,
+    doc_seed_settings,
+    doc_spatial_key,
+)
 from .._errors import ScResidualError
 from .._io import atomic_path, check_model_dir, recover
 from .._safe_load import check_spatial_setup, path_inside
@@ -108,6 +116,7 @@ def _embed_in_chunks(source, adata: AnnData, *, progress: bool | None) -> np.nda
     return np.concatenate(parts)
 
 
+@doc_params(doc_seed_settings=doc_seed_settings)
 class SpatialRegionClassifier:
     """REFINE for spatial slides: frozen source embedding + spatial-graph residual + linear head.
 
@@ -136,7 +145,7 @@ class SpatialRegionClassifier:
     guard
         Fall back to scratch or the linear probe when they validate better beyond noise.
     seed
-        Random seed (default :attr:`scresidual.settings.seed`).
+        {doc_seed_settings}
     trust_pickle
         Let ``'scvi:'`` sources hold arbitrary Python objects (see :meth:`ScviSource.load`);
         off by default, for folders from people you trust.
@@ -185,6 +194,10 @@ class SpatialRegionClassifier:
         self._core()  # validates the arm and head now, not after the views are computed
 
     @classmethod
+    @doc_params(
+        doc_spatial_key=doc_spatial_key, doc_layer_counts=doc_layer_counts,
+        doc_min_overlap_model=doc_min_overlap_model,
+    )
     def setup_anndata(
         cls,
         adata: AnnData | SpatialData,
@@ -237,14 +250,13 @@ class SpatialRegionClassifier:
             two or more slides are labelled throughout, validation folds hold out whole slides
             (``group_folds``, see :class:`ResidualModel`).
         spatial_key
-            ``obsm`` key of the coordinates.
+            {doc_spatial_key}
         layer
-            Layer with counts (for ``'pca'`` and ``'scvi:'``); default ``X``.
+            {doc_layer_counts}
         n_comps
             Number of PCA components.
         min_gene_overlap
-            Smallest fraction of the genes of the PCA features and of ``'scvi:'`` sources that
-            a slide must have (the rest are zero-filled).
+            {doc_min_overlap_model}
         table_key
             For a SpatialData ``adata``: the table to fit on (may be left out when there is
             only one).
@@ -354,6 +366,7 @@ class SpatialRegionClassifier:
         return out
 
     # ------------------------------------------------------------------ training
+    @doc_params(doc_progress=doc_progress)
     def train(
         self,
         max_epochs: int | None = None,
@@ -382,7 +395,7 @@ class SpatialRegionClassifier:
         n_jobs
             Processes fitting the folds (default: one per available CPU on a CPU device).
         progress
-            Show progress bars (default :attr:`scresidual.settings.progress_bar`).
+            {doc_progress}
         **train_kwargs
             Further training options of :class:`ResidualConfig` (``lr``, ``batch_size``,
             ``patience``, ``validation_size``, ``group_folds``, ``cv_repeats``, …).
