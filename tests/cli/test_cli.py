@@ -10,7 +10,7 @@ import pytest
 from scresidual.cli import _cli_message, _HelpFormatter, _parser, main
 from scresidual.model import SpatialRegionClassifier
 
-from .conftest import file_hash
+from ..conftest import file_hash
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from scresidual import ScResidualError, read
 
-from .conftest import SHARED
+from ..conftest import SHARED
 
 STARMAP = SHARED / "spatial" / "starmap_v1.h5ad"
 
