@@ -55,7 +55,19 @@ def check_gene_overlap(
     return position
 
 
-def _match(adata, model_genes, min_overlap, model_name):
+def match_genes(
+    adata: AnnData,
+    model_genes: Sequence[str],
+    *,
+    min_overlap: float = MIN_GENE_OVERLAP,
+    model_name: str = "source model",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check ``adata``'s genes against a model's and log how many will be zero-filled.
+
+    Raises a one-line error for duplicate gene names or below ``min_overlap``; returns the
+    position of each model gene in ``adata.var_names`` (-1 where missing) and the mask of
+    present ones.
+    """
     if adata.var_names.has_duplicates:
         raise ScResidualError(
             "adata.var_names has duplicate gene names; call adata.var_names_make_unique() first."
@@ -114,7 +126,9 @@ def align_genes(
     A CSR matrix of shape ``(n_obs, len(model_genes))``.
 
     """
-    position, present = _match(adata, model_genes, min_overlap, model_name)
+    position, present = match_genes(
+        adata, model_genes, min_overlap=min_overlap, model_name=model_name
+    )
     blocks = [block for _, block in _aligned_blocks(adata, position, present, layer, chunk_size)]
     if not blocks:
         return sp.csr_matrix((0, len(position)), dtype=np.float32)
@@ -189,5 +203,7 @@ def iter_aligned_genes(
 
     Works on backed AnnData without ever holding more than one block of ``X``.
     """
-    position, present = _match(adata, model_genes, min_overlap, model_name)
+    position, present = match_genes(
+        adata, model_genes, min_overlap=min_overlap, model_name=model_name
+    )
     yield from _aligned_blocks(adata, position, present, layer, chunk_size)

@@ -8,12 +8,9 @@ strings, numbers and numpy values, and paths that must stay inside the folder na
 
 from __future__ import annotations
 
-import contextlib
 import io
 import pickle
 import re
-import types
-from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import ScResidualError
@@ -92,31 +89,6 @@ def torch_load_data(path: Path, *, trust_pickle: bool = False, fix: str) -> obje
         raise ScResidualError(
             f"cannot read {path} ({type(err).__name__}); the file is corrupted: {fix}."
         ) from err
-
-
-class _TorchDataOnly(types.ModuleType):
-    """Stands in for ``torch`` in a library module: its ``load`` builds data only."""
-
-    def __init__(self, torch, *, trust_pickle: bool, fix: str):
-        super().__init__("torch")
-        self._torch, self._trust, self._fix = torch, trust_pickle, fix
-
-    def __getattr__(self, name):
-        return getattr(self._torch, name)
-
-    def load(self, f, *args, **kwargs):
-        return torch_load_data(Path(f), trust_pickle=self._trust, fix=self._fix)
-
-
-@contextlib.contextmanager
-def data_only_torch_load(module: types.ModuleType, *, trust_pickle: bool, fix: str) -> Iterator:
-    """Within the block, ``module``'s calls of ``torch.load`` build tensors and data only."""
-    original = module.torch
-    module.torch = _TorchDataOnly(original, trust_pickle=trust_pickle, fix=fix)
-    try:
-        yield
-    finally:
-        module.torch = original
 
 
 # ---------------------------------------------------------------------------- pickled dicts

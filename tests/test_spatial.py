@@ -128,6 +128,24 @@ def test_scvi_source_matches_genes(small_slides, scvi_dir):
     assert embed(a, src, copy=True).obsm["X_source"].shape == (50, 5)
 
 
+def test_scvi_source_is_built_once_and_matches_scvi_tools(small_slides, scvi_dir, tmp_path):
+    import shutil
+
+    import scvi
+
+    a = small_slides[:60].copy()
+    q = scvi.model.SCVI.prepare_query_anndata(a.copy(), str(scvi_dir), inplace=False)
+    expected = scvi.model.SCVI.load(str(scvi_dir), adata=q, accelerator="cpu") \
+        .get_latent_representation(q)
+    folder = tmp_path / "scvi"
+    shutil.copytree(scvi_dir, folder)
+    src = ScviSource.load(folder)
+    (folder / "model.pt").unlink()  # embedding never reads the folder again
+    np.testing.assert_allclose(src.embed(a), expected, atol=1e-6)
+    parts = [src.embed(a[:25].copy()), src.embed(a[25:].copy())]
+    np.testing.assert_allclose(np.vstack(parts), expected, atol=1e-6)
+
+
 def test_align_genes_reorders_and_zero_fills(small_slides):
     a = small_slides[:5].copy()
     genes = [a.var_names[3], "NOT_A_GENE", a.var_names[0]]

@@ -44,8 +44,11 @@ def pretrain_image_source(
     The frozen source classifier.
 
     """
+    from ..train import seed_all
+
     x = as_images(x)
     y = check_labels(y, n_classes)
+    seed_all(seed)  # the backbone's initialisation too: same seed, same source
     backbone = CNNEncoder(x.shape[1], widths=widths, n_out=128)
     return pretrain_source(backbone, x, y, n_classes=n_classes, epochs=epochs, seed=seed)
 

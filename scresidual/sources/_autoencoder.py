@@ -7,7 +7,6 @@ frozen like any other source through :class:`~scresidual.sources.TorchSource`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,8 +17,6 @@ from torch import nn
 from .._errors import ScResidualError
 from .._normalise import log1p_normalise
 from ._torch import TorchSource
-
-logger = logging.getLogger(__name__)
 
 
 class _Standardise(nn.Module):
@@ -84,8 +81,9 @@ def pretrain_autoencoder(
     """Pretrain a denoising autoencoder on ``X`` alone and return its encoder, frozen.
 
     Inputs are transformed, standardised per feature (statistics stored inside the encoder),
-    corrupted with Gaussian noise and reconstructed under a mean-squared error. Training stops
-    early on a held-out fraction of cells and the best epoch is kept.
+    corrupted with Gaussian noise and reconstructed under a mean-squared error
+    (:func:`scresidual.train.train_autoencoder`). Training stops early on a held-out fraction
+    of cells and the best epoch is kept.
 
     Parameters
     ----------
@@ -114,11 +112,11 @@ def pretrain_autoencoder(
     patience
         Epochs without improvement of the validation error before stopping.
     seed
-        Seed for initialisation, split and batches.
+        Seed for initialisation, split, batches, noise and dropout.
     name
         Name of the returned source, used in messages.
     progress
-        Log the validation error every 10 epochs.
+        Show the training progress bar (with the validation error).
 
     Returns
     -------
@@ -134,55 +132,25 @@ def pretrain_autoencoder(
         raise ScResidualError(f"genes has {len(genes)} names but X has {d} columns.")
     mean, std = Xt.mean(0), Xt.std(0)
     std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    from ..train import seed_all, train_autoencoder  # imports Lightning: only when training
+
+    seed_all(seed)
     widths = [d, *map(int, n_hidden), int(n_latent)]
-    encoder = nn.Sequential(_Standardise(mean, std), *_mlp(widths, dropout))
+    # Trained on standardised values; the standardisation then goes in front of the encoder,
+    # so the source embeds rows as given (after the transform).
+    core = nn.Sequential(*_mlp(widths, dropout))
     decoder = nn.Sequential(*_mlp(widths[::-1], dropout))
-    data = torch.from_numpy((Xt - mean) / std)
-    order = rng.permutation(n)
+    order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(validation_size * n)) if validation_size and n >= 20 else 0
-    val, train = order[:n_val], order[n_val:]
-    params = [*encoder.parameters(), *decoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss_on(rows: torch.Tensor, *, corrupt: bool) -> torch.Tensor:
-        x = data[rows]
-        xin = x + noise * torch.randn(x.shape, generator=gen) if corrupt and noise else x
-        # The encoder standardises its input, so feed it de-standardised values.
-        z = encoder(xin * encoder[0].std + encoder[0].mean)
-        return ((decoder(z) - x) ** 2).mean()
-
-    best, best_state, bad = np.inf, None, 0
-    for epoch in range(int(max_epochs)):
-        encoder.train()
-        decoder.train()
-        perm = torch.from_numpy(train[rng.permutation(len(train))])
-        for start in range(0, len(perm), batch_size):
-            opt.zero_grad()
-            loss = loss_on(perm[start:start + batch_size], corrupt=True)
-            loss.backward()
-            opt.step()
-        if not n_val:
-            continue
-        encoder.eval()
-        decoder.eval()
-        with torch.no_grad():
-            v = float(loss_on(torch.from_numpy(val), corrupt=False))
-        if progress and epoch % 10 == 0:
-            logger.info("%s: epoch %d, validation MSE %.4f", name, epoch, v)
-        if v < best - 1e-5:
-            best, bad = v, 0
-            best_state = {k: t.clone() for k, t in encoder.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    if best_state is not None:
-        encoder.load_state_dict(best_state)
+    result = train_autoencoder(
+        core, decoder, (Xt - mean) / std, order[n_val:], order[:n_val], noise=noise, lr=lr,
+        weight_decay=weight_decay, max_epochs=int(max_epochs), batch_size=batch_size,
+        patience=patience, min_steps_per_epoch=1, seed=seed, accelerator="cpu",
+        progress=progress,
+    )
+    encoder = nn.Sequential(_Standardise(mean, std), *core)
     source = TorchSource(
         encoder, genes=genes, layer=layer, transform=transform, n_latent=int(n_latent), name=name
     )
-    source.validation_mse_ = best if n_val else float("nan")
+    source.validation_mse_ = result.best_val_loss  # NaN without validation
     return source

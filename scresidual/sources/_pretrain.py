@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .._errors import ScResidualError
 from ._torch import _batches, _freeze
@@ -59,6 +58,9 @@ def pretrain_source(
 ) -> SourceClassifier:
     """Train ``backbone`` plus a linear head with cross-entropy; return it frozen.
 
+    Training is :func:`scresidual.train.train_network`'s (one pass over the rows per epoch,
+    no validation).
+
     Parameters
     ----------
     backbone
@@ -72,7 +74,8 @@ def pretrain_source(
     epochs, lr, batch_size, weight_decay
         AdamW training schedule.
     seed
-        Seed of initialisation and batch order.
+        Seed of the head's initialisation, dropout and batch order (the backbone is
+        initialised by the caller).
 
     Returns
     -------
@@ -89,18 +92,17 @@ def pretrain_source(
         raise ScResidualError(
             f"source labels must lie in 0..{n_classes - 1}, found {y.min()}..{y.max()}."
         )
-    torch.manual_seed(seed)
+    from ..train import seed_all, train_network  # imports Lightning: only when training
+
+    seed_all(seed)
     model = SourceClassifier(backbone, n_classes)
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
     yt = torch.as_tensor(y, dtype=torch.long)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for rows in torch.randperm(len(yt), generator=gen).split(batch_size):
-            opt.zero_grad()
-            F.cross_entropy(model(xt[rows]), yt[rows]).backward()
-            opt.step()
+    train_network(
+        model, xt, yt, np.arange(len(yt)), None, max_epochs=epochs, batch_size=batch_size,
+        lr=lr, weight_decay=weight_decay, min_steps_per_epoch=1, seed=seed, accelerator="cpu",
+        progress=False,
+    )
     return _freeze(model)
 
 
@@ -131,8 +133,10 @@ def pretrain_mlp_source(
     """Pretrain an MLP backbone (one hidden layer) + linear head on flat features ``(n, d)``."""
     from .._validate import check_labels
     from ..module import MLPEncoder
+    from ..train import seed_all
 
     x = np.asarray(x, dtype=np.float32)
     y = check_labels(y, n_classes)
+    seed_all(seed)  # the backbone's initialisation too: same seed, same source
     backbone = MLPEncoder(x.shape[1], n_hidden=(n_hidden,), n_out=n_out, dropout=0.1)
     return pretrain_source(backbone, x, y, n_classes=n_classes, epochs=epochs, seed=seed)

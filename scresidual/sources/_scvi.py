@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from .._errors import ScResidualError
-from .._genes import MIN_GENE_OVERLAP, align_genes
+from .._genes import MIN_GENE_OVERLAP
 from ._base import FrozenSource
-
-logger = logging.getLogger(__name__)
-
 
 FIX = "re-save the model with scvi-tools >= 1.0 or download it again"
 
 
-def _read_attributes(model_dir: Path, trust_pickle: bool) -> dict:
-    """The ``attr_dict`` of ``model.pt``, read as data (nothing in the file is run)."""
+def _read_saved(model_dir: Path, trust_pickle: bool) -> dict:
+    """``model.pt`` read as data (nothing in the file is run): attributes, genes, weights.
+
+    scvi-tools' own readers (``load``, ``load_registry``, ``prepare_query_anndata`` given a
+    folder) unpickle the file in full, which can run code stored in it: they are never given
+    the folder, only the model built here from the data read.
+    """
     from .._safe_load import torch_load_data
 
     path = model_dir / "model.pt"
@@ -33,27 +36,61 @@ def _read_attributes(model_dir: Path, trust_pickle: bool) -> dict:
     attrs = saved.get("attr_dict") if isinstance(saved, dict) else None
     if not isinstance(attrs, dict) or not isinstance(attrs.get("registry_"), dict):
         raise ScResidualError(f"{path} has no scvi-tools model attributes; {FIX}.")
-    return attrs
+    if not isinstance(saved.get("model_state_dict"), dict) or saved.get("var_names") is None:
+        raise ScResidualError(f"{path} lacks the weights or the genes of the model; {FIX}.")
+    return saved
+
+
+def _query_covariates(registry: dict, batch) -> dict[str, object]:
+    """The value every query cell gets in each ``obs`` column the model was set up with.
+
+    The reference batch ``batch`` (default: the first), the unlabelled category, the first
+    category of each categorical covariate and 0 for continuous ones: values the encoder was
+    trained on, so scvi-tools transfers the setup without new categories or weights.
+    """
+    setup, fields = registry["setup_args"], registry["field_registries"]
+    values: dict[str, object] = {}
+    if setup.get("batch_key"):
+        cats = list(fields["batch"]["state_registry"]["categorical_mapping"])
+        batch = cats[0] if batch is None else batch
+        if batch not in cats:
+            raise ScResidualError(
+                f"batch {batch!r} is not a batch of the scvi model; choose one of {cats}."
+            )
+        values[setup["batch_key"]] = batch
+    if setup.get("labels_key"):
+        state = fields["labels"]["state_registry"]
+        values[setup["labels_key"]] = state.get(
+            "unlabeled_category", state["categorical_mapping"][0]
+        )
+    for key in setup.get("categorical_covariate_keys") or []:
+        values[key] = fields["extra_categorical_covs"]["state_registry"]["mappings"][key][0]
+    for key in setup.get("continuous_covariate_keys") or []:
+        values[key] = 0.0
+    return values
 
 
 class ScviSource(FrozenSource):
     """A pretrained scvi-tools model (SCVI, SCANVI, …) used frozen for its latent space.
 
-    The query is prepared as scvi-tools does for reference mapping: genes re-ordered to the
-    model's, missing genes zero-filled (with an error below ``min_overlap``). Cells of the
-    query are assigned the reference batch ``batch`` (default: the first one), so the
-    encoder sees a batch it was trained on and no new weights are created.
+    The model is built once, at :meth:`load`, with scvi-tools' own constructor from the
+    attributes read safely from ``model.pt``. A query is prepared with scvi-tools'
+    ``prepare_query_anndata`` (genes re-ordered to the model's, missing genes zero-filled;
+    an error below ``min_overlap``), its setup transferred from the model's registry, and its
+    latent space read with the model's ``get_latent_representation``. Query cells are
+    assigned the reference batch ``batch`` (default: the first), so the encoder sees a batch
+    it was trained on and no new weights are created.
     """
 
     name = "scvi-tools model"
 
     def __init__(
-        self, model, model_dir: Path, *, layer: str | None, batch, min_overlap: float,
-        trust_pickle: bool = False,
+        self, model, model_dir: Path, *, layer: str | None, min_overlap: float,
+        covariates: dict[str, object],
     ):
         self.model, self.model_dir = model, model_dir
-        self.layer, self.batch, self.min_overlap = layer, batch, min_overlap
-        self.trust_pickle = trust_pickle
+        self.layer, self.min_overlap, self.covariates = layer, min_overlap, covariates
+        self.genes = np.asarray(model.get_var_names(), dtype=str)
 
     @classmethod
     def load(
@@ -85,96 +122,117 @@ class ScviSource(FrozenSource):
         """
         import scvi
 
+        from .._logging import quiet_loggers
+
         model_dir = Path(model_dir)
-        attrs = _read_attributes(model_dir, trust_pickle)
+        saved = _read_saved(model_dir, trust_pickle)
+        attrs = saved["attr_dict"]
         registry = attrs["registry_"]
-        model_cls = getattr(scvi.model, registry.get("model_name", "SCVI"), None)
-        if model_cls is None:
+        name = registry.get("model_name", "SCVI")
+        model_cls = getattr(scvi.model, str(name), None)
+        if model_cls is None or not hasattr(model_cls, "prepare_query_anndata"):
             raise ScResidualError(
-                f"{model_dir} holds an {registry.get('model_name')} model, which this version of "
-                "scvi-tools does not provide; upgrade scvi-tools."
+                f"{model_dir} holds an {name} model, which this version of scvi-tools cannot "
+                "map queries with; use an SCVI or SCANVI model, or upgrade scvi-tools."
             )
-        src = cls(
-            None, model_dir, layer=layer, batch=batch, min_overlap=min_overlap,
-            trust_pickle=trust_pickle,
-        )
-        src.registry, src.model_cls = registry, model_cls
+        genes = pd.Index(np.asarray(saved["var_names"], dtype=str))
         try:
-            params = attrs.get("init_params_", {})
-            src._n_latent = int(
-                params.get("non_kwargs", {}).get("n_latent") or params.get("n_latent") or 10
+            covariates = _query_covariates(registry, batch)
+            params = attrs["init_params_"]
+            kwargs = {k: v for group in params["kwargs"].values() for k, v in group.items()}
+            args = {k: v for k, v in params["non_kwargs"].items()
+                    # arguments of old SCANVI saves that its constructor no longer takes
+                    if k not in ("unlabeled_category", "pretrained_model")}
+            # A tiny AnnData set up from the saved registry becomes the model's own data, so
+            # every query is transferred from it and none stays attached to the model (two
+            # cells: scvi-tools' library-size initialisation fails on one).
+            template = AnnData(
+                sp.csr_matrix(np.ones((2, len(genes)), dtype=np.float32)),
+                obs=pd.DataFrame(covariates, index=["cell0", "cell1"]),
+                var=pd.DataFrame(index=genes),
             )
-            src.genes = np.asarray(
-                registry["field_registries"]["X"]["state_registry"]["column_names"]
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            if registry["setup_args"].get("layer"):
+                template.layers[registry["setup_args"]["layer"]] = template.X
+            with quiet_loggers("scvi"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scvi-tools' notes on the made-up template
+                model_cls.setup_anndata(
+                    template, source_registry=registry, **registry["setup_args"]
+                )
+                model = model_cls(template, **args, **kwargs)
+            state = dict(saved["model_state_dict"])
+            state.pop("pyro_param_store", None)
+            model.module.load_state_dict(state)
+        except ScResidualError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+            detail = f"{type(err).__name__}: {err}".splitlines()[0][:160]
             raise ScResidualError(
-                f"{model_dir / 'model.pt'} lacks the scvi-tools gene registry ({err!r}); {FIX}."
+                f"{model_dir / 'model.pt'} does not describe a usable scvi-tools model "
+                f"({detail}); {FIX}."
             ) from err
-        return src
+        model.module.eval()
+        model.module.requires_grad_(False)
+        model.is_trained_ = True
+        return cls(model, model_dir, layer=layer, min_overlap=min_overlap, covariates=covariates)
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.model.module.n_latent)
 
     def _query(self, adata: AnnData) -> AnnData:
-        X = align_genes(
-            adata, self.genes, layer=self.layer, min_overlap=self.min_overlap,
-            model_name=f"scvi model in {self.model_dir}",
-        )
+        """``adata``'s counts on the model's genes, set up like the model's data."""
+        from .._genes import iter_row_blocks, match_genes
+        from .._logging import quiet_loggers
         from .._validate import check_finite
 
+        position, present = match_genes(
+            adata, self.genes, min_overlap=self.min_overlap,
+            model_name=f"scvi model in {self.model_dir}",
+        )
+        # Only the model's genes are copied (block by block, so a backed slide is read in
+        # parts); prepare_query_anndata pads the missing ones and orders them.
+        cols = position[present]
+        X = sp.vstack(
+            [block[:, cols] for _, block in iter_row_blocks(adata, layer=self.layer)]
+            or [sp.csr_matrix((0, len(cols)), dtype=np.float32)], format="csr",
+        )
         check_finite(X, "the query counts")
         if X.nnz and X.data.min() < 0:
             raise ScResidualError(
                 "the query has negative values but the scvi model needs raw counts; pass layer= "
                 "naming the counts layer."
             )
-        setup = self.registry["setup_args"]
-        fields = self.registry["field_registries"]
-        q = AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.astype(str)))
-        q.var_names = self.genes.astype(str)
-        if setup.get("layer"):
-            q.layers[setup["layer"]] = X
-        if setup.get("batch_key"):
-            cats = list(fields["batch"]["state_registry"]["categorical_mapping"])
-            batch = cats[0] if self.batch is None else self.batch
-            if batch not in cats:
-                raise ScResidualError(
-                    f"batch {batch!r} is not a batch of the scvi model; choose one of {cats}."
-                )
-            q.obs[setup["batch_key"]] = pd.Categorical([batch] * q.n_obs, categories=cats)
-        if setup.get("labels_key"):
-            state = fields["labels"]["state_registry"]
-            unlabeled = state.get("unlabeled_category", state["categorical_mapping"][0])
-            q.obs[setup["labels_key"]] = pd.Categorical(
-                [unlabeled] * q.n_obs, categories=list(state["categorical_mapping"])
-            )
-        for key in setup.get("categorical_covariate_keys") or []:
-            mapping = fields["extra_categorical_covs"]["state_registry"]["mappings"][key]
-            q.obs[key] = pd.Categorical([mapping[0]] * q.n_obs, categories=list(mapping))
-        for key in setup.get("continuous_covariate_keys") or []:
-            q.obs[key] = 0.0
+        q = AnnData(X, obs=pd.DataFrame(index=adata.obs_names.astype(str)),
+                    var=pd.DataFrame(index=self.genes[present]))
+        # Its overlap note and low-overlap warning: match_genes has logged the overlap.
+        with quiet_loggers("scvi"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = type(self.model).prepare_query_anndata(q, self.model, inplace=False)
+        q.obs = pd.DataFrame(self.covariates, index=q.obs_names)
+        layer = self.model.registry["setup_args"].get("layer")
+        if layer:
+            q.layers[layer] = q.X
         return q
 
-    @property
-    def n_latent(self) -> int:
-        return self._n_latent
+    def embed(
+        self, adata: AnnData, *, batch_size: int = 1024, progress: bool | None = None
+    ) -> np.ndarray:
+        """Posterior mean of the latent variable for every cell (the model is never trained).
 
-    def embed(self, adata: AnnData, *, batch_size: int = 1024, progress: bool = True) -> np.ndarray:
-        """Posterior mean of the latent variable for every cell (the model is never trained)."""
-        from scvi.model.base import _save_load
+        ``progress`` is accepted like every source's (:class:`FrozenSource`); scvi-tools'
+        inference shows no bar.
+        """
+        from scvi.dataloaders import AnnDataLoader
 
-        from .._logging import quiet_lightning, quiet_loggers
-        from .._safe_load import data_only_torch_load
+        from .._logging import quiet_loggers
 
         q = self._query(adata)
-        # scvi-tools logs "File … already downloaded" for every local load: not news here.
-        # Its loader unpickles model.pt in full: make it build data only, as load() did.
-        safe = data_only_torch_load(_save_load, trust_pickle=self.trust_pickle, fix=FIX)
-        with quiet_lightning(), quiet_loggers("scvi"), safe:
-            model = self.model_cls.load(str(self.model_dir), adata=q, accelerator="cpu")
-            model.module.eval()
-            for p in model.module.parameters():
-                p.requires_grad_(False)
-            Z = model.get_latent_representation(q, batch_size=batch_size)
-        self._n_latent = Z.shape[1]
+        with quiet_loggers("scvi"):
+            # The setup is transferred to a manager of this query alone, not registered on
+            # the model: nothing of one call's cells is kept for the next.
+            manager = self.model.adata_manager.transfer_fields(q)
+            loader = AnnDataLoader(manager, batch_size=batch_size, shuffle=False)
+            Z = self.model.get_latent_representation(dataloader=loader)
         return np.asarray(Z, dtype=np.float32)
 
 
@@ -187,7 +245,7 @@ def pretrain_scvi(
     n_latent: int = 10,
     max_epochs: int = 100,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> ScviSource:
     """Train an SCVI model on a reference (no labels, no coordinates), save it, load it frozen.
 
@@ -198,6 +256,7 @@ def pretrain_scvi(
 
     from .._io import atomic_path
     from .._logging import quiet_lightning
+    from .._settings import progress_enabled
     from .._validate import check_counts
 
     check_counts(adata, layer=layer)
@@ -211,7 +270,7 @@ def pretrain_scvi(
         scvi.model.SCVI.setup_anndata(ref, batch_key=batch_key)
         model = scvi.model.SCVI(ref, n_latent=n_latent)
         model.train(
-            max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=progress,
+            max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=progress_enabled(progress),
             early_stopping=True, batch_size=256,
         )
     # Replaces an earlier scvi model folder (model.pt), never any other folder.

@@ -37,17 +37,21 @@ def as_tensor(x) -> torch.Tensor:
 
 
 class ViewsDataset(Dataset):
-    """Rows ``indices`` of several aligned arrays (and labels), indexed a whole batch at a time."""
+    """Rows ``indices`` of several aligned arrays (and labels), indexed a whole batch at a time.
+
+    ``views`` is a mapping of named arrays (a batch's ``"views"`` is then a dict of their
+    rows) or one array (then its rows), for networks taking a single input.
+    """
 
     def __init__(
         self,
-        views: Mapping[str, torch.Tensor],
+        views: Mapping[str, torch.Tensor] | torch.Tensor,
         y: torch.Tensor | None = None,
         indices: np.ndarray | None = None,
     ):
-        self.views = dict(views)
+        self.views = views if isinstance(views, torch.Tensor) else dict(views)
         self.y = y
-        n = len(next(iter(self.views.values())))
+        n = len(views) if isinstance(views, torch.Tensor) else len(next(iter(self.views.values())))
         self.indices = torch.as_tensor(np.arange(n) if indices is None else indices)
 
     def __len__(self) -> int:
@@ -55,7 +59,11 @@ class ViewsDataset(Dataset):
 
     def __getitem__(self, batch: list[int]) -> dict:
         rows = self.indices[torch.as_tensor(batch)]
-        out: dict = {"views": {k: v[rows] for k, v in self.views.items()}}
+        views = self.views
+        out: dict = {
+            "views": views[rows] if isinstance(views, torch.Tensor)
+            else {k: v[rows] for k, v in views.items()}
+        }
         if self.y is not None:
             out["y"] = self.y[rows]
         return out

@@ -1,8 +1,11 @@
-"""Lightning training plan: cross-entropy on the residual network's logits.
+"""Lightning training plans: cross-entropy on a classifier's logits, denoising reconstruction.
 
 For the ``kd`` arm the training loss is Hinton et al.'s distillation loss
 ``alpha CE + (1 - alpha) T^2 KL(softmax(teacher / T) || softmax(student / T))``; validation
 (early stopping, the guard) always uses plain cross-entropy so arms stay comparable.
+
+Every plan holds the module it trains as ``network`` (what
+:class:`~scresidual.train.KeepBestWeights` copies) and logs ``val_loss`` when validating.
 """
 
 from __future__ import annotations
@@ -12,17 +15,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..module import ResidualNetwork
-
 
 class ClassifierPlan(pl.LightningModule):
-    """Train a :class:`~scresidual.module.ResidualNetwork` with cross-entropy.
+    """Train a classifier with cross-entropy.
 
     Parameters
     ----------
     network
-        The network; its frozen parts carry no parameters, so everything optimised here is
-        target-side (residual encoder, adapter, head).
+        A :class:`~scresidual.module.ResidualNetwork` (its frozen parts carry no parameters,
+        so everything optimised here is target-side: residual encoder, adapter, head) or any
+        module mapping a batch's ``views`` to logits. A network without
+        ``source_head_parameters`` and ``teacher`` is trained with one weight decay and
+        plain cross-entropy.
     lr
         AdamW learning rate.
     weight_decay
@@ -38,7 +42,7 @@ class ClassifierPlan(pl.LightningModule):
 
     def __init__(
         self,
-        network: ResidualNetwork,
+        network: nn.Module,
         *,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -62,9 +66,10 @@ class ClassifierPlan(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
-        if self.network.teacher is not None:
+        teacher = getattr(self.network, "teacher", None)
+        if teacher is not None:
             loss = distillation_loss(
-                loss, logits, batch["views"][self.network.teacher],
+                loss, logits, batch["views"][teacher],
                 alpha=self.network.kd_alpha, temperature=self.network.kd_temperature,
             )
         # Summed here and logged once an epoch: a self.log() call per step cost a quarter of
@@ -94,7 +99,8 @@ class ClassifierPlan(pl.LightningModule):
         self.log("val_accuracy", self._val_correct / n, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        source = {id(p) for p in self.network.source_head_parameters()}
+        source_head = getattr(self.network, "source_head_parameters", None)
+        source = {id(p) for p in source_head()} if source_head else set()
         groups = [
             {
                 "params": [p for p in self.network.parameters() if id(p) not in source],
@@ -107,6 +113,60 @@ class ClassifierPlan(pl.LightningModule):
         ]
         groups = [g for g in groups if g["params"]]
         return torch.optim.AdamW(groups, lr=self.lr)
+
+
+class DenoisingPlan(pl.LightningModule):
+    """Train ``decoder(encoder(x + noise))`` to give back ``x`` under the mean-squared error.
+
+    Parameters
+    ----------
+    encoder, decoder
+        The two halves; trained together as ``network = Sequential(encoder, decoder)``.
+    noise
+        Standard deviation of the Gaussian corruption of training inputs (validation inputs
+        are clean); drawn from torch's global generator, so seeding it makes a fit repeatable.
+    lr, weight_decay
+        AdamW learning rate and weight decay.
+
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        *,
+        noise: float = 0.2,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+    ):
+        super().__init__()
+        self.network = nn.Sequential(encoder, decoder)
+        self.noise, self.lr, self.weight_decay = float(noise), lr, weight_decay
+        self._val_sse = self._val_n = 0.0
+
+    def forward(self, x):
+        return self.network(x)
+
+    def training_step(self, batch, batch_idx):
+        x = batch["views"]
+        noisy = x + self.noise * torch.randn_like(x) if self.noise else x
+        return F.mse_loss(self.network(noisy), x)
+
+    def on_validation_epoch_start(self):
+        self._val_sse = self._val_n = 0.0
+
+    def validation_step(self, batch, batch_idx):
+        x = batch["views"]
+        self._val_sse += F.mse_loss(self.network(x), x, reduction="sum").item()
+        self._val_n += x.numel()
+
+    def on_validation_epoch_end(self):
+        self.log("val_loss", self._val_sse / max(self._val_n, 1.0), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.network.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
 
 
 def distillation_loss(

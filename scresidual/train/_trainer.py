@@ -1,4 +1,8 @@
-"""Fit a network with PyTorch Lightning: early stopping, best weights kept, seeded."""
+"""Fit networks with PyTorch Lightning: early stopping, best weights kept, seeded.
+
+The one training path of the package: the residual classifiers, the source classifiers of
+the stress tests and the autoencoder sources all go through :func:`fit_plan`.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from dataclasses import dataclass, field
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch import nn
 
 from .._logging import quiet_lightning
 from .._settings import progress_enabled
-from ..module import ResidualNetwork
-from ._data import ViewsDataset, batch_loader
-from ._plan import ClassifierPlan
+from ._data import ViewsDataset, as_tensor, batch_loader
+from ._plan import ClassifierPlan, DenoisingPlan
 
 
 @contextmanager
@@ -88,8 +92,8 @@ class ViewsDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        views: Mapping[str, torch.Tensor],
-        y: torch.Tensor,
+        views: Mapping[str, torch.Tensor] | torch.Tensor,
+        y: torch.Tensor | None,
         train_idx: np.ndarray,
         val_idx: np.ndarray | None,
         *,
@@ -134,22 +138,18 @@ class TrainResult:
     val_history: list[float] = field(default_factory=list)
 
 
-def train_network(
-    network: ResidualNetwork,
-    views: Mapping[str, torch.Tensor],
-    y: torch.Tensor,
+def fit_plan(
+    plan: pl.LightningModule,
+    views: Mapping[str, torch.Tensor] | torch.Tensor,
+    y: torch.Tensor | None,
     train_idx: np.ndarray,
     val_idx: np.ndarray | None,
     *,
     max_epochs: int = 200,
     batch_size: int = 256,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    source_weight_decay: float = 1e-3,
     patience: int = 20,
     min_steps_per_epoch: int = 10,
     keep_start: bool = False,
-    class_weights: torch.Tensor | None = None,
     seed: int = 0,
     accelerator: str = "auto",
     devices: int | str = "auto",
@@ -158,28 +158,49 @@ def train_network(
     cpu_threads: int | None = 1,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train ``network`` in place on rows ``train_idx``; restore the best validation epoch.
+    """Fit ``plan.network`` in place on rows ``train_idx``; restore the best validation epoch.
 
-    Without ``val_idx`` the network trains for exactly ``max_epochs`` epochs. An epoch is at
-    least ``min_steps_per_epoch`` optimiser steps (one pass over the rows if that is more).
-    With ``keep_start`` the starting weights are scored on the validation rows first and kept
-    if no epoch beats them (for a network started from fitted parts).
+    Parameters
+    ----------
+    plan
+        A Lightning module holding the trained module as ``network`` and logging
+        ``val_loss`` when validating (:class:`ClassifierPlan`, :class:`DenoisingPlan`).
+    views
+        Inputs, samples first: named arrays or one array (see :class:`ViewsDataset`).
+    y
+        Labels, or ``None`` for a plan that needs none.
+    train_idx, val_idx
+        Rows to train on and to validate on (``None`` or empty: no validation).
+    max_epochs, batch_size, patience
+        Schedule; training stops after ``patience`` epochs without a lower ``val_loss``.
+    min_steps_per_epoch
+        Smallest number of optimiser steps an epoch makes (one pass over the rows if more).
+    keep_start
+        Score the starting weights on the validation rows first and keep them if no epoch
+        beats them (for a network started from fitted parts).
+    seed
+        Seed of the batch order (the caller seeds initialisation, dropout and noise).
+    accelerator, devices, strategy, num_nodes
+        Passed to the Lightning trainer. With more than one process (e.g.
+        ``strategy="ddp"``, ``devices=4``) each rank trains on its own shard of the batches;
+        validation metrics are all-reduced, so early stopping and the best epoch agree across
+        ranks, and the best weights end up in ``plan.network`` (also with ``ddp_spawn``,
+        whose workers send rank 0's weights back).
+    cpu_threads
+        Cap on torch's intra-op threads while training on CPU (restored after): mini-batches
+        of a few hundred cells through small layers gain nothing from more threads, and on a
+        busy machine extra threads wait on each other (6x slower steps measured on 2 shared
+        cores). ``None`` leaves torch's setting alone.
+    progress
+        Show Lightning's progress bar.
 
-    ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` go to the Lightning trainer.
-    With more than one process (e.g. ``strategy="ddp"``, ``devices=4``) each rank trains on
-    its own shard of the batches; validation metrics are all-reduced, so early stopping and
-    the best epoch agree across ranks, and the best weights end up in ``network`` (also with
-    ``ddp_spawn``, whose workers send rank 0's weights back).
+    Returns
+    -------
+    The best epoch, its validation loss and the loss history (``NaN`` without validation,
+    when exactly ``max_epochs`` epochs are trained).
 
-    ``cpu_threads`` caps torch's intra-op threads while training on CPU (restored after):
-    mini-batches of a few hundred cells through small layers gain nothing from more threads,
-    and on a busy machine extra threads wait on each other (6x slower steps measured on 2
-    shared cores). ``None`` leaves torch's setting alone.
     """
-    plan = ClassifierPlan(
-        network, lr=lr, weight_decay=weight_decay,
-        source_weight_decay=source_weight_decay, class_weights=class_weights,
-    )
+    network = plan.network
     has_val = val_idx is not None and len(val_idx) > 0
     data = ViewsDataModule(
         views, y, train_idx, val_idx if has_val else None, batch_size=batch_size, seed=seed,
@@ -221,3 +242,52 @@ def train_network(
         int(metrics.get("_best_epoch", keep.best_epoch)),
         float(metrics.get("_best_val_loss", keep.best_score)), n_epochs, history,
     )
+
+
+def train_network(
+    network: nn.Module,
+    views: Mapping[str, torch.Tensor] | torch.Tensor,
+    y: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    source_weight_decay: float = 1e-3,
+    class_weights: torch.Tensor | None = None,
+    **schedule,
+) -> TrainResult:
+    """Train a classifier in place with cross-entropy (:class:`ClassifierPlan`).
+
+    ``network`` is a :class:`~scresidual.module.ResidualNetwork` or any module mapping
+    ``views`` to logits; ``lr``, ``weight_decay``, ``source_weight_decay`` and
+    ``class_weights`` go to the plan, everything else (schedule, devices) to
+    :func:`fit_plan`.
+    """
+    plan = ClassifierPlan(
+        network, lr=lr, weight_decay=weight_decay,
+        source_weight_decay=source_weight_decay, class_weights=class_weights,
+    )
+    return fit_plan(plan, views, y, train_idx, val_idx, **schedule)
+
+
+def train_autoencoder(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    x,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    *,
+    noise: float = 0.2,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    **schedule,
+) -> TrainResult:
+    """Train a denoising autoencoder in place on rows of ``x`` (:class:`DenoisingPlan`).
+
+    ``x`` is a float array, samples first. ``noise``, ``lr`` and ``weight_decay`` go to the
+    plan, everything else (schedule, devices) to :func:`fit_plan`; with ``val_idx`` the
+    encoder and decoder end with the weights of the epoch of lowest validation error.
+    """
+    plan = DenoisingPlan(encoder, decoder, noise=noise, lr=lr, weight_decay=weight_decay)
+    return fit_plan(plan, as_tensor(x), None, train_idx, val_idx, **schedule)
