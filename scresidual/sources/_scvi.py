@@ -270,8 +270,8 @@ def pretrain_scvi(
         scvi.model.SCVI.setup_anndata(ref, batch_key=batch_key)
         model = scvi.model.SCVI(ref, n_latent=n_latent)
         model.train(
-            max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=progress_enabled(progress),
-            early_stopping=True, batch_size=256,
+            max_epochs=max_epochs, accelerator="cpu", early_stopping=True, batch_size=256,
+            enable_progress_bar=progress_enabled(progress),
         )
     # Replaces an earlier scvi model folder (model.pt), never any other folder.
     with atomic_path(model_dir, replace_dir=lambda p: (p / "model.pt").is_file()) as tmp:
