@@ -35,3 +35,24 @@ def toy_views():
     )
     useless = rng.normal(size=(n, 32)).astype(np.float32)
     return {"y": y.astype(str), "feats": feats, "good": good, "useless": useless}
+
+
+@pytest.fixture(scope="session")
+def slides(small_slides):
+    """Both small slides with 30% of the spots labelled in obs['train']."""
+    a = small_slides.copy()
+    rng = np.random.default_rng(0)
+    a.obs["train"] = a.obs["region"].astype(object).where(rng.random(a.n_obs) < 0.3, None)
+    return a
+
+
+@pytest.fixture(scope="session")
+def scvi_dir(tmp_path_factory):
+    """A small scVI model trained on the embedded reference (a frozen source)."""
+    from scresidual.datasets import lymph_node_reference
+    from scresidual.sources import pretrain_scvi
+
+    ref = lymph_node_reference(n_cells=600, seed=0)
+    path = tmp_path_factory.mktemp("src") / "scvi"
+    pretrain_scvi(ref, path, n_latent=5, max_epochs=3, progress=False)
+    return path

@@ -1,83 +1,13 @@
+"""The spatial region classifier: lifecycle, views, training, saving."""
+
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from scresidual import ScResidualError, metrics, pp, tl
 from scresidual.model import SpatialRegionClassifier
-from scresidual.sources import ScviSource, align_genes, embed, pretrain_scvi
 
 FAST = {"max_epochs": 40, "patience": 8, "progress": False, "folds": 1}
-
-
-@pytest.fixture(scope="module")
-def slides(small_slides):
-    a = small_slides.copy()
-    rng = np.random.default_rng(0)
-    a.obs["train"] = a.obs["region"].astype(object).where(rng.random(a.n_obs) < 0.3, None)
-    return a
-
-
-@pytest.fixture(scope="module")
-def scvi_dir(tmp_path_factory, small_slides):
-    from scresidual.datasets import lymph_node_reference
-
-    ref = lymph_node_reference(n_cells=600, seed=0)
-    path = tmp_path_factory.mktemp("src") / "scvi"
-    pretrain_scvi(ref, path, n_latent=5, max_epochs=3, progress=False)
-    return path
-
-
-def test_graph_has_no_edges_across_slides(slides):
-    conn, _ = pp.spatial_graph_matrix(slides, "knn:6", library_key="slide")
-    s = slides.obs["slide"].to_numpy()
-    i, j = conn.nonzero()
-    assert len(i) > 0 and (s[i] == s[j]).all()
-    # both slides share coordinates, so without library_key edges would cross
-    conn2, _ = pp.spatial_graph_matrix(slides, "knn:6")
-    i2, j2 = conn2.nonzero()
-    assert (s[i2] != s[j2]).any()
-
-
-@pytest.mark.parametrize("graph", ["radius:150", "delaunay"])
-def test_other_graphs(slides, graph):
-    one = slides[slides.obs["slide"] == "slide1"]
-    conn, _ = pp.spatial_graph_matrix(one, graph)
-    assert sp.issparse(conn) and conn.shape == (one.n_obs, one.n_obs) and conn.nnz > one.n_obs
-
-
-def test_rings_are_means_over_cells_exactly_k_edges_away():
-    # path 0 - 1 - 2 - 3
-    conn = sp.csr_matrix(np.eye(4, k=1) + np.eye(4, k=-1), dtype=np.float32)
-    X = np.array([[0.0], [10.0], [20.0], [30.0]], dtype=np.float32)
-    H = pp.neighbourhood_rings(X, conn, n_rings=3)[..., 0]
-    np.testing.assert_allclose(H[0], [0, 10, 20, 30])
-    np.testing.assert_allclose(H[1], [10, 10, 30, 30])  # ring 3 is empty: keeps ring 2
-    np.testing.assert_allclose(H[2], [20, 20, 0, 0])
-
-
-def test_rings_match_breadth_first_search():
-    rng = np.random.default_rng(0)
-    n = 60
-    A = sp.random(n, n, density=0.05, random_state=0, format="csr")
-    A = ((A + A.T) > 0).astype(np.float32)
-    X = rng.normal(size=(n, 3)).astype(np.float32)
-    H = pp.neighbourhood_rings(X, A, n_rings=2)
-    dist = sp.csgraph.shortest_path(A, unweighted=True)
-    for i in range(n):
-        for k in (1, 2):
-            ring = np.flatnonzero(dist[i] == k)
-            expect = X[ring].mean(0) if len(ring) else H[i, k - 1]
-            np.testing.assert_allclose(H[i, k], expect, rtol=1e-5, atol=1e-6)
-
-
-def test_pp_functions_follow_copy_convention(slides):
-    a = slides[slides.obs["slide"] == "slide1"].copy()
-    assert pp.spatial_graph(a, copy=True) is not None and "spatial_connectivities" not in a.obsp
-    pp.spatial_graph(a)
-    pp.pca_features(a, n_comps=10)
-    pp.neighbourhood_features(a, use_rep="X_pca", n_hops=2)
-    assert a.obsm["X_hops"].shape == (a.n_obs, 30)
 
 
 def test_fit_predict_save_load(slides, tmp_path, scvi_dir):
@@ -112,56 +42,6 @@ def test_spatial_residual_beats_expression_alone(slides):
         pred = m.predict_proba(one).idxmax(axis=1).to_numpy()
         scores[graph] = metrics.evaluate(one.obs["region"].to_numpy()[unl], pred[unl])["macro_f1"]
     assert scores["knn:6"] > scores["none"] + 0.03
-
-
-def test_scvi_source_matches_genes(small_slides, scvi_dir):
-    src = ScviSource.load(scvi_dir)
-    a = small_slides[:50].copy()
-    shuffled = a[:, np.random.default_rng(0).permutation(a.n_vars)].copy()
-    np.testing.assert_allclose(src.embed(a), src.embed(shuffled), atol=1e-5)
-    dropped = a[:, 20:].copy()  # missing genes are zero-filled
-    assert src.embed(dropped).shape == (50, src.n_latent)
-    other = a.copy()
-    other.var_names = [f"g{i}" for i in range(a.n_vars)]
-    with pytest.raises(ScResidualError, match="genes of the"):
-        src.embed(other)
-    assert embed(a, src, copy=True).obsm["X_source"].shape == (50, 5)
-
-
-def test_scvi_source_is_built_once_and_matches_scvi_tools(small_slides, scvi_dir, tmp_path):
-    import shutil
-
-    import scvi
-
-    a = small_slides[:60].copy()
-    q = scvi.model.SCVI.prepare_query_anndata(a.copy(), str(scvi_dir), inplace=False)
-    expected = scvi.model.SCVI.load(str(scvi_dir), adata=q, accelerator="cpu") \
-        .get_latent_representation(q)
-    folder = tmp_path / "scvi"
-    shutil.copytree(scvi_dir, folder)
-    src = ScviSource.load(folder)
-    (folder / "model.pt").unlink()  # embedding never reads the folder again
-    np.testing.assert_allclose(src.embed(a), expected, atol=1e-6)
-    parts = [src.embed(a[:25].copy()), src.embed(a[25:].copy())]
-    np.testing.assert_allclose(np.vstack(parts), expected, atol=1e-6)
-
-
-def test_align_genes_reorders_and_zero_fills(small_slides):
-    a = small_slides[:5].copy()
-    genes = [a.var_names[3], "NOT_A_GENE", a.var_names[0]]
-    X = align_genes(a, genes, min_overlap=0.5).toarray()
-    dense = a.X.toarray()
-    np.testing.assert_array_equal(X[:, 0], dense[:, 3])
-    np.testing.assert_array_equal(X[:, 1], 0)
-    np.testing.assert_array_equal(X[:, 2], dense[:, 0])
-
-
-def test_align_genes_refuses_low_overlap_without_claiming_to_zero_fill(small_slides, caplog):
-    a = small_slides[:5].copy()
-    with caplog.at_level("DEBUG", logger="scresidual"):
-        with pytest.raises(ScResidualError, match=r"0 of 2 genes .* lower min_overlap="):
-            align_genes(a, ["NOT_A_GENE", "NOR_THIS"])
-    assert "zero-filled" not in caplog.text
 
 
 def test_spatial_bad_input(slides):

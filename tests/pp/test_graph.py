@@ -1,0 +1,59 @@
+"""Spatial graphs and neighbour rings (scresidual.pp)."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scresidual import pp
+
+
+def test_graph_has_no_edges_across_slides(slides):
+    conn, _ = pp.spatial_graph_matrix(slides, "knn:6", library_key="slide")
+    s = slides.obs["slide"].to_numpy()
+    i, j = conn.nonzero()
+    assert len(i) > 0 and (s[i] == s[j]).all()
+    # both slides share coordinates, so without library_key edges would cross
+    conn2, _ = pp.spatial_graph_matrix(slides, "knn:6")
+    i2, j2 = conn2.nonzero()
+    assert (s[i2] != s[j2]).any()
+
+
+@pytest.mark.parametrize("graph", ["radius:150", "delaunay"])
+def test_other_graphs(slides, graph):
+    one = slides[slides.obs["slide"] == "slide1"]
+    conn, _ = pp.spatial_graph_matrix(one, graph)
+    assert sp.issparse(conn) and conn.shape == (one.n_obs, one.n_obs) and conn.nnz > one.n_obs
+
+
+def test_rings_are_means_over_cells_exactly_k_edges_away():
+    # path 0 - 1 - 2 - 3
+    conn = sp.csr_matrix(np.eye(4, k=1) + np.eye(4, k=-1), dtype=np.float32)
+    X = np.array([[0.0], [10.0], [20.0], [30.0]], dtype=np.float32)
+    H = pp.neighbourhood_rings(X, conn, n_rings=3)[..., 0]
+    np.testing.assert_allclose(H[0], [0, 10, 20, 30])
+    np.testing.assert_allclose(H[1], [10, 10, 30, 30])  # ring 3 is empty: keeps ring 2
+    np.testing.assert_allclose(H[2], [20, 20, 0, 0])
+
+
+def test_rings_match_breadth_first_search():
+    rng = np.random.default_rng(0)
+    n = 60
+    A = sp.random(n, n, density=0.05, random_state=0, format="csr")
+    A = ((A + A.T) > 0).astype(np.float32)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    H = pp.neighbourhood_rings(X, A, n_rings=2)
+    dist = sp.csgraph.shortest_path(A, unweighted=True)
+    for i in range(n):
+        for k in (1, 2):
+            ring = np.flatnonzero(dist[i] == k)
+            expect = X[ring].mean(0) if len(ring) else H[i, k - 1]
+            np.testing.assert_allclose(H[i, k], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_pp_functions_follow_copy_convention(slides):
+    a = slides[slides.obs["slide"] == "slide1"].copy()
+    assert pp.spatial_graph(a, copy=True) is not None and "spatial_connectivities" not in a.obsp
+    pp.spatial_graph(a)
+    pp.pca_features(a, n_comps=10)
+    pp.neighbourhood_features(a, use_rep="X_pca", n_hops=2)
+    assert a.obsm["X_hops"].shape == (a.n_obs, 30)
