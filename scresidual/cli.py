@@ -599,7 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet = getattr(args, "quiet", False)
-    logging.getLogger("scresidual").setLevel(logging.WARNING if quiet else logging.INFO)
+    from ._settings import settings
+
+    settings.verbosity = "warning" if quiet else "info"
     commands = {"demo": _demo, "pretrain-scvi": _pretrain_scvi, "fit": _fit, "predict": _predict,
                 "suggest": _suggest}
     try:

@@ -41,7 +41,7 @@ from .._io import _writable, atomic_path, check_outside_model_dirs
 from .._validate import check_spatial
 from ._common import as_path, first_line, require_path
 
-logger = logging.getLogger("scresidual")
+logger = logging.getLogger(__name__)
 
 ATTRS_KEY = "spatialdata_attrs"
 """``uns`` key of a table's region, region key and instance key (spatialdata's TableModel)."""
