@@ -18,16 +18,41 @@ CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results"
 
 DATASETS = {
-    "starmap": {"file": "starmap_v1.h5ad", "labels": "layer", "library": None,
-                "kind": "counts", "graph": "knn:6"},
-    "baristaseq": {"file": "baristaseq_visp.h5ad", "labels": "layer", "library": "slice",
-                   "kind": "counts", "graph": "knn:6"},
-    "dlpfc": {"file": "dlpfc_151510.h5ad", "labels": "annotation", "library": None,
-              "kind": "counts", "graph": "knn:6"},
-    "lymph_node": {"file": "lymph_node_a1_d1_protein.h5ad", "labels": "region",
-                   "library": "slide", "kind": "protein", "graph": "knn:6"},
-    "lymph_node_d1": {"file": "lymph_node_d1_protein.h5ad", "labels": "region_code",
-                      "library": None, "kind": "protein", "graph": "knn:6"},
+    "starmap": {
+        "file": "starmap_v1.h5ad",
+        "labels": "layer",
+        "library": None,
+        "kind": "counts",
+        "graph": "knn:6",
+    },
+    "baristaseq": {
+        "file": "baristaseq_visp.h5ad",
+        "labels": "layer",
+        "library": "slice",
+        "kind": "counts",
+        "graph": "knn:6",
+    },
+    "dlpfc": {
+        "file": "dlpfc_151510.h5ad",
+        "labels": "annotation",
+        "library": None,
+        "kind": "counts",
+        "graph": "knn:6",
+    },
+    "lymph_node": {
+        "file": "lymph_node_a1_d1_protein.h5ad",
+        "labels": "region",
+        "library": "slide",
+        "kind": "protein",
+        "graph": "knn:6",
+    },
+    "lymph_node_d1": {
+        "file": "lymph_node_d1_protein.h5ad",
+        "labels": "region_code",
+        "library": None,
+        "kind": "protein",
+        "graph": "knn:6",
+    },
 }
 SPATIAL = ("starmap", "baristaseq", "dlpfc", "lymph_node")
 """Slides of the region benchmark (``lymph_node_d1`` is the multimodal benchmark's)."""
@@ -116,25 +141,35 @@ def scvi_source(a, name: str, *, epochs: int, tag: str = "") -> np.ndarray:
     return _cached(CACHE / f"{name}_scvi_e{epochs}{tag}.npy", make)
 
 
-def ae_source(a, name: str, *, epochs: int, transform="log1p", n_latent: int = 16,
-              seed: int = 0) -> np.ndarray:
+def ae_source(
+    a, name: str, *, epochs: int, transform="log1p", n_latent: int = 16, seed: int = 0
+) -> np.ndarray:
     """Embedding of a denoising autoencoder pretrained on the slide's values alone."""
     from scresidual.sources import pretrain_autoencoder
 
     def make():
         t = time.time()
         tf = np.log1p if transform == "plain-log1p" else transform
-        src = pretrain_autoencoder(a.X, transform=tf, max_epochs=epochs, n_latent=n_latent,
-                                   seed=seed, name=f"{name} autoencoder")
-        print(f"  [{name}] pretrained autoencoder ({epochs} epochs max) in "
-              f"{time.time() - t:.0f}s, validation MSE {src.validation_mse_:.3f}")
+        src = pretrain_autoencoder(
+            a.X,
+            transform=tf,
+            max_epochs=epochs,
+            n_latent=n_latent,
+            seed=seed,
+            name=f"{name} autoencoder",
+        )
+        print(
+            f"  [{name}] pretrained autoencoder ({epochs} epochs max) in "
+            f"{time.time() - t:.0f}s, validation MSE {src.validation_mse_:.3f}"
+        )
         return src.embed(a, progress=False)
 
     return _cached(CACHE / f"{name}_ae_{transform}_l{n_latent}_e{epochs}_s{seed}.npy", make)
 
 
-def harmful_source(a, name: str, *, flip: float = 0.8, epochs: int = 300,
-                   seed: int = 0) -> np.ndarray:
+def harmful_source(
+    a, name: str, *, flip: float = 0.8, epochs: int = 300, seed: int = 0
+) -> np.ndarray:
     """Hidden features of an MLP trained (to memorisation) on labels with ``flip`` flipped.
 
     The stress tests' own corruption and source (:func:`scresidual.stress.flip_labels`, each
@@ -150,12 +185,15 @@ def harmful_source(a, name: str, *, flip: float = 0.8, epochs: int = 300,
         noisy = flip_labels(y, flip, n_classes=len(classes), seed=seed + 1000)
         X = PCAFeatures.fit(a, n_comps=30, seed=seed).transform(a)
         X = ((X - X.mean(0)) / (X.std(0) + 1e-6)).astype(np.float32)
-        model = pretrain_mlp_source(X, noisy, n_classes=len(classes), n_hidden=256, n_out=64,
-                                    epochs=epochs, seed=seed)
+        model = pretrain_mlp_source(
+            X, noisy, n_classes=len(classes), n_hidden=256, n_out=64, epochs=epochs, seed=seed
+        )
         feats, logits = source_outputs(model, X)
-        print(f"  [{name}] harmful MLP: accuracy on its noisy labels "
-              f"{(logits.argmax(1) == noisy).mean():.2f}, on the true labels "
-              f"{(logits.argmax(1) == y).mean():.2f} ({flip:.0%} flipped)")
+        print(
+            f"  [{name}] harmful MLP: accuracy on its noisy labels "
+            f"{(logits.argmax(1) == noisy).mean():.2f}, on the true labels "
+            f"{(logits.argmax(1) == y).mean():.2f} ({flip:.0%} flipped)"
+        )
         return feats
 
     path = CACHE / f"{name}_harmful_stress_f{int(flip * 100)}_e{epochs}_s{seed}.npy"
@@ -179,13 +217,15 @@ def metrics(y_true, y_pred) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
 
     labels = np.unique(y_true)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
-                                       zero_division=0))}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
+    }
 
 
-def fit_arm(train, test, mask, *, arm, sources, features, graph, library, seed, guard=False,
-            **kw):
+def fit_arm(train, test, mask, *, arm, sources, features, graph, library, seed, guard=False, **kw):
     """Fit one arm of :class:`SpatialRegionClassifier`; metrics on ``test[mask]`` + guard details.
 
     Predictions are made on the whole ``test`` slide (its graph needs every cell) and scored on
@@ -195,8 +235,17 @@ def fit_arm(train, test, mask, *, arm, sources, features, graph, library, seed, 
 
     t = time.time()
     clf = fit_regions(
-        train, labels_key="y", sources=sources, features=features, graph=graph,
-        library_key=library, arm=arm, seed=seed, progress=False, guard=guard, **kw,
+        train,
+        labels_key="y",
+        sources=sources,
+        features=features,
+        graph=graph,
+        library_key=library,
+        arm=arm,
+        seed=seed,
+        progress=False,
+        guard=guard,
+        **kw,
     )
     P = clf.predict_proba(test)
     pred = np.asarray(clf.classes_, dtype=object)[P.to_numpy().argmax(1)]
@@ -213,8 +262,11 @@ def summarise(runs: list[dict], keys=("accuracy", "macro_f1")) -> dict:
     out = {}
     for k in keys:
         v = np.array([r[k] for r in runs], dtype=float)
-        out[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                  "per_seed": [round(float(x), 4) for x in v]}
+        out[k] = {
+            "mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "per_seed": [round(float(x), 4) for x in v],
+        }
     return out
 
 

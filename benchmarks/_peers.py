@@ -26,10 +26,15 @@ def tuned_lr(X_train, y_train, seed: int):
 
     counts = np.unique(y_train, return_counts=True)[1]
     k = int(min(5, counts.min())) if counts.min() >= 2 else 2
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced",
-                                                              max_iter=2000))
-    grid = GridSearchCV(pipe, {"logisticregression__C": list(PEER_C)}, scoring="f1_macro",
-                        cv=StratifiedKFold(k, shuffle=True, random_state=seed))
+    pipe = make_pipeline(
+        StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000)
+    )
+    grid = GridSearchCV(
+        pipe,
+        {"logisticregression__C": list(PEER_C)},
+        scoring="f1_macro",
+        cv=StratifiedKFold(k, shuffle=True, random_state=seed),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return grid.fit(X_train, y_train)
@@ -60,9 +65,11 @@ def banksy_features(a, *, library: str | None, seed: int = 0):
     from banksy.embed_banksy import generate_banksy_matrix
     from banksy.initialize_banksy import initialize_banksy
 
-    groups = [np.arange(a.n_obs)] if library is None else [
-        np.flatnonzero((a.obs[library] == v).to_numpy()) for v in a.obs[library].unique()
-    ]
+    groups = (
+        [np.arange(a.n_obs)]
+        if library is None
+        else [np.flatnonzero((a.obs[library] == v).to_numpy()) for v in a.obs[library].unique()]
+    )
     out = None
     for idx in groups:
         b = a[idx].copy()
@@ -75,10 +82,17 @@ def banksy_features(a, *, library: str | None, seed: int = 0):
             import io
 
             with contextlib.redirect_stdout(io.StringIO()):  # BANKSY prints its progress
-                bd = initialize_banksy(b, ("x", "y", "spatial"), BANKSY_K,
-                                       nbr_weight_decay="scaled_gaussian", max_m=1,
-                                       plt_edge_hist=False, plt_nbr_weights=False,
-                                       plt_agf_angles=False, plt_theta=False)
+                bd = initialize_banksy(
+                    b,
+                    ("x", "y", "spatial"),
+                    BANKSY_K,
+                    nbr_weight_decay="scaled_gaussian",
+                    max_m=1,
+                    plt_edge_hist=False,
+                    plt_nbr_weights=False,
+                    plt_agf_angles=False,
+                    plt_theta=False,
+                )
                 _, M = generate_banksy_matrix(b, bd, [BANKSY_LAMBDA], 1, verbose=False)
         X = M.X.toarray() if hasattr(M.X, "toarray") else np.asarray(M.X)
         if out is None:

@@ -22,15 +22,23 @@ def main(modality: str, subdir: str) -> None:
     p.add_argument("--settings", default=None, help="comma list (default: all)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(ROOT / "results" / f"stress_{modality}.json"))
-    p.add_argument("--resume", action="store_true",
-                   help="keep the finished (setting, seed) runs already in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished (setting, seed) runs already in --out",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     start = time.perf_counter()
     records = run(
-        modality, args.data_dir, quick=args.quick, seeds=args.seeds, out=args.out,
-        settings=None if args.settings is None else args.settings.split(","), resume=args.resume,
+        modality,
+        args.data_dir,
+        quick=args.quick,
+        seeds=args.seeds,
+        out=args.out,
+        settings=None if args.settings is None else args.settings.split(","),
+        resume=args.resume,
     )
     print(results_table(records))
     print(f"wrote {args.out} ({len(records)} records, {time.perf_counter() - start:.0f}s)")

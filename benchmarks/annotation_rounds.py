@@ -66,8 +66,9 @@ def fit(a, y, *, library, seed):
     from scresidual.tl import fit_regions
 
     a.obs["y"] = y
-    return fit_regions(a, labels_key="y", sources=["obsm:X_scVI"], library_key=library,
-                       seed=seed, progress=False)
+    return fit_regions(
+        a, labels_key="y", sources=["obsm:X_scVI"], library_key=library, seed=seed, progress=False
+    )
 
 
 def uncertainty_report(model, a, hidden) -> dict:
@@ -94,8 +95,7 @@ def uncertainty_report(model, a, hidden) -> dict:
     blocks = core.predict_proba(model.views(a))[hidden]
     c = core.calibration_
     return {
-        "coverage": float(np.mean([t in s.split("|") for s, t in zip(sets, truth,
-                                                                     strict=True)])),
+        "coverage": float(np.mean([t in s.split("|") for s, t in zip(sets, truth, strict=True)])),
         "set_size": float(out.obs["y_set_size"].to_numpy()[hidden].mean()),
         "ece_calibrated": expected_calibration_error(cal[known], y[known]),
         "ece_uncalibrated": expected_calibration_error(raw[known], y[known]),
@@ -123,8 +123,9 @@ def run_seed(a, library, seed: int, strategies) -> dict:
         curve = [f1_first["macro_f1"]]
         for _ in FRACTIONS[1:]:
             a.obs["y"] = np.where(labelled, truth, None)
-            picked = suggest_labels(a, model, n=step, strategy=strategy, seed=seed,
-                                    candidates=~test)
+            picked = suggest_labels(
+                a, model, n=step, strategy=strategy, seed=seed, candidates=~test
+            )
             labelled[a.obs_names.get_indexer(picked.index)] = True
             model = fit(a, np.where(labelled, truth, None), library=library, seed=seed)
             pred = np.asarray(model.predict_proba(a).idxmax(1))
@@ -151,19 +152,22 @@ def summarise(runs: list[dict], strategies) -> dict:
     curves = {s: np.array([r[s]["macro_f1"] for r in runs]) for s in strategies}
     target = float(curves["random"][:, -1].mean())
     done = [r["uncertainty_at_10"] for r in runs if "note" not in r["uncertainty_at_10"]]
-    unc = {k: float(np.mean([d[k] for d in done])) if done else float("nan")
-           for k in ("coverage", "set_size", "ece_calibrated", "ece_uncalibrated",
-                     "ece_blocks_only")}
+    unc = {
+        k: float(np.mean([d[k] for d in done])) if done else float("nan")
+        for k in ("coverage", "set_size", "ece_calibrated", "ece_uncalibrated", "ece_blocks_only")
+    }
     unc["n_calibrated_seeds"] = len(done)
     return {
-        "curves": {s: {"mean": c.mean(0).round(4).tolist(), "sd": c.std(0).round(4).tolist()}
-                   for s, c in curves.items()},
+        "curves": {
+            s: {"mean": c.mean(0).round(4).tolist(), "sd": c.std(0).round(4).tolist()}
+            for s, c in curves.items()
+        },
         "random_f1_at_10": target,
         "reach_pct": {s: reach(curves[s].mean(0).tolist(), target) for s in strategies},
         "uncertainty_at_10": unc,
         "criteria": {
-            "diverse_reaches_at<=6%": (reach(curves["diverse"].mean(0).tolist(), target)
-                                       or 99) <= 6 + 1e-9,
+            "diverse_reaches_at<=6%": (reach(curves["diverse"].mean(0).tolist(), target) or 99)
+            <= 6 + 1e-9,
             "coverage_in_88_92": 0.88 <= unc["coverage"] <= 0.92,
             "ece_cal<=0.05_and_below_uncal": unc["ece_calibrated"] <= 0.05
             and unc["ece_calibrated"] < unc["ece_uncalibrated"],
@@ -172,16 +176,23 @@ def summarise(runs: list[dict], strategies) -> dict:
 
 
 def print_table(rows: dict) -> None:
-    print(f"\n{'slide':<11}{'cells':>6}{'rand@10':>9}" + "".join(
-        f"{'reach:' + s:>18}" for s in STRATEGIES) + f"{'cover':>7}{'size':>6}{'ECE cal':>9}"
-        f"{'ECE raw':>9}{'ECE blk':>9}")
+    print(
+        f"\n{'slide':<11}{'cells':>6}{'rand@10':>9}"
+        + "".join(f"{'reach:' + s:>18}" for s in STRATEGIES)
+        + f"{'cover':>7}{'size':>6}{'ECE cal':>9}"
+        f"{'ECE raw':>9}{'ECE blk':>9}"
+    )
     for name, r in rows.items():
-        reach_ = "".join(f"{(f'{v:.1f}%' if v is not None else '>10%'):>18}"
-                         for v in (r["reach_pct"].get(s) for s in STRATEGIES))
+        reach_ = "".join(
+            f"{(f'{v:.1f}%' if v is not None else '>10%'):>18}"
+            for v in (r["reach_pct"].get(s) for s in STRATEGIES)
+        )
         u = r["uncertainty_at_10"]
-        print(f"{name:<11}{r['n_cells']:>6}{r['random_f1_at_10']:>9.3f}{reach_}"
-              f"{u['coverage']:>7.3f}{u['set_size']:>6.2f}{u['ece_calibrated']:>9.3f}"
-              f"{u['ece_uncalibrated']:>9.3f}{u['ece_blocks_only']:>9.3f}")
+        print(
+            f"{name:<11}{r['n_cells']:>6}{r['random_f1_at_10']:>9.3f}{reach_}"
+            f"{u['coverage']:>7.3f}{u['set_size']:>6.2f}{u['ece_calibrated']:>9.3f}"
+            f"{u['ece_uncalibrated']:>9.3f}{u['ece_blocks_only']:>9.3f}"
+        )
 
 
 def figure(rows: dict, path: Path) -> None:
@@ -197,8 +208,7 @@ def figure(rows: dict, path: Path) -> None:
             m, sd = np.array(c["mean"]), np.array(c["sd"])
             ax.plot(pct, m, marker="o", label=s)
             ax.fill_between(pct, m - sd, m + sd, alpha=0.15)
-        ax.axhline(r["random_f1_at_10"], color="grey", ls="--", lw=0.8,
-                   label="random at 10%")
+        ax.axhline(r["random_f1_at_10"], color="grey", ls="--", lw=0.8, label="random at 10%")
         ax.set_title(name)
         ax.set_xlabel("% of cells labelled")
         ax.set_xticks(pct)
@@ -211,16 +221,27 @@ def figure(rows: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=list(bc.SPATIAL), choices=list(bc.SPATIAL),
-                   help="slides to run")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(bc.SPATIAL),
+        choices=list(bc.SPATIAL),
+        help="slides to run",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds")
-    p.add_argument("--quick", action="store_true", help="starmap only (unless --datasets), "
-                   "seed 0")
-    p.add_argument("--data-dir", default=None, help="folder holding spatial/*.h5ad "
-                   "(default ../shared/data relative to the repository root)")
+    p.add_argument("--quick", action="store_true", help="starmap only (unless --datasets), seed 0")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding spatial/*.h5ad "
+        "(default ../shared/data relative to the repository root)",
+    )
     p.add_argument("--pretrain-epochs", type=int, default=100, help="scVI source epochs")
-    p.add_argument("--out", default=str(bc.RESULTS / "annotation_rounds.json"),
-                   help="JSON results (the figure is written next to it, .png)")
+    p.add_argument(
+        "--out",
+        default=str(bc.RESULTS / "annotation_rounds.json"),
+        help="JSON results (the figure is written next to it, .png)",
+    )
     args = p.parse_args(argv)
     ddir = bc.data_dir(args.data_dir)
     bc.quiet()
@@ -232,25 +253,48 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             ts = time.time()
             runs.append(run_seed(a, library, seed, STRATEGIES))
-            print(f"  {name} seed {seed}: " + "; ".join(
-                f"{s} " + " ".join(f"{v:.3f}" for v in runs[-1][s]["macro_f1"])
-                for s in STRATEGIES) + f"; sets {runs[-1]['uncertainty_at_10']} "
-                f"({time.time() - ts:.0f}s)", flush=True)
-        rows[name] = {"n_cells": a.n_obs, "slide": SLIDES.get(name), **summarise(runs,
-                                                                              STRATEGIES),
-                      "runs": runs}
-        total = {"diverse_reaches_at<=6%_on": sum(r["criteria"]["diverse_reaches_at<=6%"]
-                                                  for r in rows.values()),
-                 "n_slides": len(rows)}
-        bc.write_json(Path(args.out), {
-            "fractions": FRACTIONS, "test_fraction": TEST_FRACTION, "alpha": ALPHA,
-            "seeds": args.seeds, "source": f"scVI, {args.pretrain_epochs} epochs, 10 latent",
-            "rows": rows, "overall": total, "seconds": round(time.time() - t0)})
+            print(
+                f"  {name} seed {seed}: "
+                + "; ".join(
+                    f"{s} " + " ".join(f"{v:.3f}" for v in runs[-1][s]["macro_f1"])
+                    for s in STRATEGIES
+                )
+                + f"; sets {runs[-1]['uncertainty_at_10']} "
+                f"({time.time() - ts:.0f}s)",
+                flush=True,
+            )
+        rows[name] = {
+            "n_cells": a.n_obs,
+            "slide": SLIDES.get(name),
+            **summarise(runs, STRATEGIES),
+            "runs": runs,
+        }
+        total = {
+            "diverse_reaches_at<=6%_on": sum(
+                r["criteria"]["diverse_reaches_at<=6%"] for r in rows.values()
+            ),
+            "n_slides": len(rows),
+        }
+        bc.write_json(
+            Path(args.out),
+            {
+                "fractions": FRACTIONS,
+                "test_fraction": TEST_FRACTION,
+                "alpha": ALPHA,
+                "seeds": args.seeds,
+                "source": f"scVI, {args.pretrain_epochs} epochs, 10 latent",
+                "rows": rows,
+                "overall": total,
+                "seconds": round(time.time() - t0),
+            },
+        )
     print_table(rows)
     figure(rows, Path(args.out).with_suffix(".png"))
-    print(f"diverse reaches random's 10% macro-F1 with <= 6% labelled on "
-          f"{total['diverse_reaches_at<=6%_on']} of {total['n_slides']} slides; "
-          f"total {time.time() - t0:.0f}s; results in {args.out}")
+    print(
+        f"diverse reaches random's 10% macro-F1 with <= 6% labelled on "
+        f"{total['diverse_reaches_at<=6%_on']} of {total['n_slides']} slides; "
+        f"total {time.time() - t0:.0f}s; results in {args.out}"
+    )
     return 0
 
 

@@ -49,20 +49,54 @@ def main() -> None:
         a.obs["train"] = a.obs["region"].astype(object).where(keep, None)
         a.write_h5ad(work / "slide.h5ad")
         mdir = work / f"model_{labelled}"
-        fit = timed([sys.executable, "-m", "scresidual.cli", "fit", str(work / "slide.h5ad"),
-                     "--labels-key", "train", "--model-dir", str(mdir),
-                     "--source", f"scvi:{work / 'scvi'}", "--quiet"])
-        pred = timed([sys.executable, "-m", "scresidual.cli", "predict", str(mdir),
-                      str(work / "slide.h5ad"), "--output", str(work / "out.h5ad"), "--quiet"])
+        fit = timed(
+            [
+                sys.executable,
+                "-m",
+                "scresidual.cli",
+                "fit",
+                str(work / "slide.h5ad"),
+                "--labels-key",
+                "train",
+                "--model-dir",
+                str(mdir),
+                "--source",
+                f"scvi:{work / 'scvi'}",
+                "--quiet",
+            ]
+        )
+        pred = timed(
+            [
+                sys.executable,
+                "-m",
+                "scresidual.cli",
+                "predict",
+                str(mdir),
+                str(work / "slide.h5ad"),
+                "--output",
+                str(work / "out.h5ad"),
+                "--quiet",
+            ]
+        )
         meta = json.loads((mdir / "residual_model.json").read_text())
-        rows.append({"spots": a.n_obs, "labelled": int(keep.sum()), "members": meta["n_members"],
-                     "fit_s": round(fit, 1), "predict_s": round(pred, 1),
-                     "total_s": round(fit + pred, 1)})
-    print(f"{'spots':>6} {'labelled':>9} {'members':>8} {'fit s':>7} {'predict s':>10} "
-          f"{'total s':>8}")
+        rows.append(
+            {
+                "spots": a.n_obs,
+                "labelled": int(keep.sum()),
+                "members": meta["n_members"],
+                "fit_s": round(fit, 1),
+                "predict_s": round(pred, 1),
+                "total_s": round(fit + pred, 1),
+            }
+        )
+    print(
+        f"{'spots':>6} {'labelled':>9} {'members':>8} {'fit s':>7} {'predict s':>10} {'total s':>8}"
+    )
     for r in rows:
-        print(f"{r['spots']:>6} {r['labelled']:>9} {r['members']:>8} {r['fit_s']:>7} "
-              f"{r['predict_s']:>10} {r['total_s']:>8}")
+        print(
+            f"{r['spots']:>6} {r['labelled']:>9} {r['members']:>8} {r['fit_s']:>7} "
+            f"{r['predict_s']:>10} {r['total_s']:>8}"
+        )
     write_json(RESULTS / "cli_speed.json", {"rows": rows})
 
 

@@ -62,12 +62,14 @@ def prepare(a, name: str, pretrain_epochs: int) -> None:
         from scresidual.sources import pretrain_autoencoder
 
         def make():
-            src = pretrain_autoencoder(a.X, transform=clr, n_latent=8, seed=1,
-                                       max_epochs=4 * pretrain_epochs)
+            src = pretrain_autoencoder(
+                a.X, transform=clr, n_latent=8, seed=1, max_epochs=4 * pretrain_epochs
+            )
             return src.embed(a, progress=False)
 
-        a.obsm["S2"] = bc._cached(bc.CACHE / f"{name}_ae_clr_l8_e{4 * pretrain_epochs}_s1.npy",
-                                  make)
+        a.obsm["S2"] = bc._cached(
+            bc.CACHE / f"{name}_ae_clr_l8_e{4 * pretrain_epochs}_s1.npy", make
+        )
     else:
         a.obsm["S1"] = bc.scvi_source(a, name, epochs=pretrain_epochs)
         L = _lognorm(a.X)
@@ -87,16 +89,22 @@ def run_seed(a, seed: int, train_kw: dict) -> dict:
     for cname, (sources, features) in CONFIGS.items():
         fkey = tuple(features)
         if fkey not in scratch_cache:
-            scratch_cache[fkey] = bc.fit_arm(train, a, ~m, arm="scratch", sources=[],
-                                             features=features, **common)
-        lp = bc.fit_arm(train, a, ~m, arm="linear-probe", sources=sources, features=features,
-                        **common)
-        ref = bc.fit_arm(train, a, ~m, arm="refine", sources=sources, features=features,
-                         **common)
-        guarded = bc.fit_arm(train, a, ~m, arm="refine", sources=sources, features=features,
-                             guard=True, **common)
-        r[cname] = {"scratch": scratch_cache[fkey], "linear-probe": lp, "refine-noguard": ref,
-                    "refine": guarded}
+            scratch_cache[fkey] = bc.fit_arm(
+                train, a, ~m, arm="scratch", sources=[], features=features, **common
+            )
+        lp = bc.fit_arm(
+            train, a, ~m, arm="linear-probe", sources=sources, features=features, **common
+        )
+        ref = bc.fit_arm(train, a, ~m, arm="refine", sources=sources, features=features, **common)
+        guarded = bc.fit_arm(
+            train, a, ~m, arm="refine", sources=sources, features=features, guard=True, **common
+        )
+        r[cname] = {
+            "scratch": scratch_cache[fkey],
+            "linear-probe": lp,
+            "refine-noguard": ref,
+            "refine": guarded,
+        }
     return r
 
 
@@ -124,33 +132,51 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             ts = time.time()
             runs.append(run_seed(a, seed, train_kw))
-            print(f"  {name} seed {seed}: " + "; ".join(
-                f"{c}: " + ",".join(f"{k}={v['macro_f1']:.3f}" for k, v in runs[-1][c].items())
-                for c in CONFIGS) + f"  ({time.time() - ts:.0f}s)", flush=True)
+            print(
+                f"  {name} seed {seed}: "
+                + "; ".join(
+                    f"{c}: " + ",".join(f"{k}={v['macro_f1']:.3f}" for k, v in runs[-1][c].items())
+                    for c in CONFIGS
+                )
+                + f"  ({time.time() - ts:.0f}s)",
+                flush=True,
+            )
         for cname in CONFIGS:
             s = {arm: bc.summarise([r[cname][arm] for r in runs]) for arm in arms}
             s["refine"]["chosen"] = [r[cname]["refine"]["chosen"] for r in runs]
             f = {arm: s[arm]["macro_f1"]["mean"] for arm in arms}
-            rows.append({
-                "dataset": name, "config": cname, "sources": CONFIGS[cname][0],
-                "features": CONFIGS[cname][1], "seeds": args.seeds, "summary": s,
-                "gain_over_linear_probe": f["refine"] - f["linear-probe"],
-                "gain_over_scratch": f["refine"] - f["scratch"],
-                "refine>=scratch-0.01": f["refine"] >= f["scratch"] - TOL,
-                "runs": [r[cname] for r in runs],
-            })
-        bc.write_json(Path(args.out), {"rows": rows, "options": train_kw,
-                                       "seconds": round(time.time() - t0)})
-    print(f"\n{'dataset':<11} {'config':<10} {'lin-probe F1':>14} {'scratch F1':>14} "
-          f"{'refine-noguard':>14} {'refine F1':>14} {'gain/LP':>8} {'gain/scr':>8}  check  guard")
+            rows.append(
+                {
+                    "dataset": name,
+                    "config": cname,
+                    "sources": CONFIGS[cname][0],
+                    "features": CONFIGS[cname][1],
+                    "seeds": args.seeds,
+                    "summary": s,
+                    "gain_over_linear_probe": f["refine"] - f["linear-probe"],
+                    "gain_over_scratch": f["refine"] - f["scratch"],
+                    "refine>=scratch-0.01": f["refine"] >= f["scratch"] - TOL,
+                    "runs": [r[cname] for r in runs],
+                }
+            )
+        bc.write_json(
+            Path(args.out), {"rows": rows, "options": train_kw, "seconds": round(time.time() - t0)}
+        )
+    print(
+        f"\n{'dataset':<11} {'config':<10} {'lin-probe F1':>14} {'scratch F1':>14} "
+        f"{'refine-noguard':>14} {'refine F1':>14} {'gain/LP':>8} {'gain/scr':>8}  check  guard"
+    )
     for row in rows:
         s = row["summary"]
-        cells = " ".join(f"{s[a]['macro_f1']['mean']:.3f}±{s[a]['macro_f1']['sd']:.3f}".rjust(14)
-                         for a in arms)
-        print(f"{row['dataset']:<11} {row['config']:<10} {cells} "
-              f"{row['gain_over_linear_probe']:+8.3f} {row['gain_over_scratch']:+8.3f}  "
-              f"{'PASS' if row['refine>=scratch-0.01'] else 'FAIL'}   "
-              f"{','.join(s['refine']['chosen'])}")
+        cells = " ".join(
+            f"{s[a]['macro_f1']['mean']:.3f}±{s[a]['macro_f1']['sd']:.3f}".rjust(14) for a in arms
+        )
+        print(
+            f"{row['dataset']:<11} {row['config']:<10} {cells} "
+            f"{row['gain_over_linear_probe']:+8.3f} {row['gain_over_scratch']:+8.3f}  "
+            f"{'PASS' if row['refine>=scratch-0.01'] else 'FAIL'}   "
+            f"{','.join(s['refine']['chosen'])}"
+        )
     print(f"total {time.time() - t0:.0f}s; results in {args.out}")
     return 0
 

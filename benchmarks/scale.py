@@ -119,8 +119,10 @@ class Stages:
         dt = time.perf_counter() - t
         peak = _status("VmHWM") if self.can_reset else None
         self.rows[name] = {
-            "seconds": dt, "peak_rss_gib": peak / 2**30 if peak else None,
-            "items": n_items, "items_per_s": n_items / dt if dt > 0 else None,
+            "seconds": dt,
+            "peak_rss_gib": peak / 2**30 if peak else None,
+            "items": n_items,
+            "items_per_s": n_items / dt if dt > 0 else None,
         }
         return out
 
@@ -151,8 +153,14 @@ def worker_scresidual(n: int, n_genes: int, scvi_dir: str, seed: int) -> dict:
     n_lab = int(adata.obs["region"].notna().sum())
     # The spatial classifier's default: linear residual, fitted exactly (no epochs).
     model = ResidualModel(
-        sources=["source"], residuals={"features": ("linear", {})}, solver="lbfgs",
-        guard=False, progress=False, accelerator="cpu", devices=1, seed=seed,
+        sources=["source"],
+        residuals={"features": ("linear", {})},
+        solver="lbfgs",
+        guard=False,
+        progress=False,
+        accelerator="cpu",
+        devices=1,
+        seed=seed,
     )
     st.run("train", n_lab, model.fit, views, y)
     proba = st.run("predict", n, model.predict_proba, views)
@@ -184,7 +192,8 @@ def worker_dense(n: int, n_genes: int, seed: int) -> dict:
 
     A = st.run("dense_adjacency", n, dense_adjacency)
     pca = st.run(
-        "pca_features", n,
+        "pca_features",
+        n,
         lambda: PCAFeatures.fit(adata, n_comps=30, seed=seed).transform(adata),
     )
     X = torch.as_tensor(pca)
@@ -327,13 +336,18 @@ def main() -> None:
     ok = {r["n"]: r for r in results if r["method"] == "scresidual" and r["status"] == "ok"}
     ratio = (
         ok[1_000_000]["end_to_end_s"] / ok[100_000]["end_to_end_s"]
-        if 1_000_000 in ok and 100_000 in ok else None
+        if 1_000_000 in ok and 100_000 in ok
+        else None
     )
     summary = {
-        "cpu_count": os.cpu_count(), "ram_gib": mem / 2**30, "epochs": EPOCHS,
-        "genes": args.genes, "scvi_pretrain_s": pretrain_s,
+        "cpu_count": os.cpu_count(),
+        "ram_gib": mem / 2**30,
+        "epochs": EPOCHS,
+        "genes": args.genes,
+        "scvi_pretrain_s": pretrain_s,
         "source": "SCVI (scvi-tools) pretrained on a generated 10^4-cell slide, 5 epochs, frozen",
-        "t_1e6_over_t_1e5": ratio, "results": results,
+        "t_1e6_over_t_1e5": ratio,
+        "results": results,
     }
     print()
     print_table(results)

@@ -43,8 +43,7 @@ import _bench_common as bc  # noqa: E402
 import _peers  # noqa: E402
 
 CROSS = {"baristaseq": (["Slice_1", "Slice_2"], ["Slice_3"]), "lymph_node": (["A1"], ["D1"])}
-METHODS = ["refine", "scratch", "linear-probe", "harmful:refine", "cellcharter+lr",
-           "banksy+lr"]
+METHODS = ["refine", "scratch", "linear-probe", "harmful:refine", "cellcharter+lr", "banksy+lr"]
 PEERS = ("cellcharter+lr", "banksy+lr")
 TOL = 0.01
 
@@ -110,8 +109,15 @@ def run_scresidual(train, test, mask, *, library, seed, arm="refine", sources=("
     from scresidual.tl import fit_regions
 
     t = cpu_seconds()
-    clf = fit_regions(train, labels_key="y", sources=list(sources), library_key=library,
-                      arm=arm, seed=seed, progress=False)
+    clf = fit_regions(
+        train,
+        labels_key="y",
+        sources=list(sources),
+        library_key=library,
+        arm=arm,
+        seed=seed,
+        progress=False,
+    )
     P = clf.predict_proba(test).to_numpy()
     pred = np.asarray(clf.classes_, dtype=object)[P.argmax(1)]
     out = bc.metrics(test.obs["truth"].to_numpy()[mask], pred[mask])
@@ -127,8 +133,7 @@ def run_peer(kind, train, test, mask, same, *, library, seed):
     m = labelled(train)
     if kind == "cellcharter+lr":
         Ftr = _peers.cellcharter_features(train, use_rep="X_scVI", library=library)
-        Fte = Ftr if same else _peers.cellcharter_features(test, use_rep="X_scVI",
-                                                           library=library)
+        Fte = Ftr if same else _peers.cellcharter_features(test, use_rep="X_scVI", library=library)
     else:
         Btr = _peers.banksy_features(train, library=library, seed=seed)
         Bte = Btr if same else _peers.banksy_features(test, library=library, seed=seed)
@@ -180,8 +185,8 @@ def criteria(summary: dict) -> dict:
     f = {k: v["macro_f1"]["mean"] for k, v in summary.items()}
     return {
         "refine>=best_peer-0.01": f["refine"] >= max(f[p] for p in PEERS) - TOL,
-        "refine>=max(scratch,probe)-0.01": f["refine"] >= max(f["scratch"],
-                                                              f["linear-probe"]) - TOL,
+        "refine>=max(scratch,probe)-0.01": f["refine"]
+        >= max(f["scratch"], f["linear-probe"]) - TOL,
         "harmful>=scratch-0.01": f["harmful:refine"] >= f["scratch"] - TOL,
         "cpu<=2x_banksy": summary["refine"]["cpu_s"] <= 2 * summary["banksy+lr"]["cpu_s"],
     }
@@ -189,12 +194,16 @@ def criteria(summary: dict) -> dict:
 
 def overall(rows: list[dict]) -> dict:
     """Means over every slide × protocol case, and the headline check."""
-    means = {k: float(np.mean([r["summary"][k]["macro_f1"]["mean"] for r in rows]))
-             for k in METHODS}
+    means = {
+        k: float(np.mean([r["summary"][k]["macro_f1"]["mean"] for r in rows])) for k in METHODS
+    }
     best_peer = max(PEERS, key=means.get)
-    return {"mean_macro_f1": means, "best_peer": best_peer,
-            "refine_mean>=best_peer_mean+0.02": means["refine"] >= means[best_peer] + 0.02,
-            "all_cases_pass": all(all(r["criteria"].values()) for r in rows)}
+    return {
+        "mean_macro_f1": means,
+        "best_peer": best_peer,
+        "refine_mean>=best_peer_mean+0.02": means["refine"] >= means[best_peer] + 0.02,
+        "all_cases_pass": all(all(r["criteria"].values()) for r in rows),
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -213,25 +222,31 @@ def print_table(rows: list[dict], total: dict) -> None:
     print(f"\n{'slide':<11}{'protocol':<12}{head}  criteria")
     for r in rows:
         s = r["summary"]
-        cells = "".join(f"{s[k]['macro_f1']['mean']:>9.3f} ({s[k]['cpu_s']:>3.0f}s)"
-                        for k in METHODS)
+        cells = "".join(
+            f"{s[k]['macro_f1']['mean']:>9.3f} ({s[k]['cpu_s']:>3.0f}s)" for k in METHODS
+        )
         checks = " ".join("✓" if v else "✗" for v in r["criteria"].values())
         print(f"{r['dataset']:<11}{r['protocol']:<12}{cells}  {checks}")
     means = "".join(f"{total['mean_macro_f1'][k]:>16.3f}" for k in METHODS)
     print(f"{'mean':<23}{means}")
-    print(f"best peer {total['best_peer']}; refine mean ≥ it + 0.02: "
-          f"{total['refine_mean>=best_peer_mean+0.02']}; every case passes: "
-          f"{total['all_cases_pass']}")
+    print(
+        f"best peer {total['best_peer']}; refine mean ≥ it + 0.02: "
+        f"{total['refine_mean>=best_peer_mean+0.02']}; every case passes: "
+        f"{total['all_cases_pass']}"
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=list(bc.SPATIAL),
-                   choices=list(bc.SPATIAL))
+    p.add_argument("--datasets", nargs="+", default=list(bc.SPATIAL), choices=list(bc.SPATIAL))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--quick", action="store_true", help="starmap only (unless --datasets), seed 0")
-    p.add_argument("--data-dir", default=None, help="folder holding spatial/*.h5ad "
-                   "(default ../shared/data relative to the repository root)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding spatial/*.h5ad "
+        "(default ../shared/data relative to the repository root)",
+    )
     p.add_argument("--pretrain-epochs", type=int, default=100)
     p.add_argument("--out", default=str(bc.RESULTS / "spatial_regions.json"))
     args = p.parse_args(argv)
@@ -248,25 +263,44 @@ def main(argv=None) -> int:
         if not rows:
             warm_up(a, name)
         context[name] = clustering_ari(a, name)
-        print(f"[{name}] {a.n_obs} cells, {a.n_vars} features; clustering ARI "
-              + ", ".join(f"{k} {v:.3f}" for k, v in context[name].items())
-              + f" ({time.time() - t:.0f}s)", flush=True)
+        print(
+            f"[{name}] {a.n_obs} cells, {a.n_vars} features; clustering ARI "
+            + ", ".join(f"{k} {v:.3f}" for k, v in context[name].items())
+            + f" ({time.time() - t:.0f}s)",
+            flush=True,
+        )
         for protocol in protocols(name):
             runs = []
             for seed in args.seeds:
                 ts = time.time()
                 runs.append(run_seed(a, name, protocol, seed))
-                print(f"  {name}/{protocol} seed {seed}: "
-                      + ", ".join(f"{k}={v['macro_f1']:.3f}" for k, v in runs[-1].items())
-                      + f" [{runs[-1]['refine']['chosen']}] ({time.time() - ts:.0f}s)",
-                      flush=True)
+                print(
+                    f"  {name}/{protocol} seed {seed}: "
+                    + ", ".join(f"{k}={v['macro_f1']:.3f}" for k, v in runs[-1].items())
+                    + f" [{runs[-1]['refine']['chosen']}] ({time.time() - ts:.0f}s)",
+                    flush=True,
+                )
             summary = summarise(runs)
-            rows.append({"dataset": name, "protocol": protocol, "seeds": args.seeds,
-                         "summary": summary, "criteria": criteria(summary), "runs": runs})
-            bc.write_json(Path(args.out), {"rows": rows, "clustering_ari": context,
-                                           "overall": overall(rows),
-                                           "pretrain_epochs": args.pretrain_epochs,
-                                           "seconds": round(time.time() - t0)})
+            rows.append(
+                {
+                    "dataset": name,
+                    "protocol": protocol,
+                    "seeds": args.seeds,
+                    "summary": summary,
+                    "criteria": criteria(summary),
+                    "runs": runs,
+                }
+            )
+            bc.write_json(
+                Path(args.out),
+                {
+                    "rows": rows,
+                    "clustering_ari": context,
+                    "overall": overall(rows),
+                    "pretrain_epochs": args.pretrain_epochs,
+                    "seconds": round(time.time() - t0),
+                },
+            )
     total = overall(rows)
     print_table(rows, total)
     print(f"total {time.time() - t0:.0f}s; results in {args.out}")

@@ -12,10 +12,23 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "datasets", "metrics", "model", "module", "pl", "pp", "read", "sources", "tl", "train",
+    "datasets",
+    "metrics",
+    "model",
+    "module",
+    "pl",
+    "pp",
+    "read",
+    "sources",
+    "tl",
+    "train",
 )
 __all__ = [
-    *_SUBMODULES, "ScResidualError", "SpatialRegionClassifier", "ResidualModel", "settings",
+    *_SUBMODULES,
+    "ScResidualError",
+    "SpatialRegionClassifier",
+    "ResidualModel",
+    "settings",
 ]
 
 from ._errors import ScResidualError  # noqa: E402

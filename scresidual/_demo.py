@@ -60,7 +60,11 @@ def run_demo(
     reference = datasets.lymph_node_reference(n_cells=n_cells, seed=seed)
     print(f"[1/4] data: {slides.n_obs} spots on 2 slides, reference of {reference.n_obs} cells")
     source = pretrain_scvi(
-        reference, out / "source_scvi", n_latent=10, max_epochs=scvi_epochs, seed=seed,
+        reference,
+        out / "source_scvi",
+        n_latent=10,
+        max_epochs=scvi_epochs,
+        seed=seed,
         progress=progress_enabled(progress),  # scvi's trainer reads None as True
     )
     print(f"[2/4] SCVI source pretrained on the reference and frozen ({time.time() - t0:.0f} s)")
@@ -71,8 +75,14 @@ def run_demo(
     keep = rng.random(train.n_obs) < label_fraction
     train.obs["region_given"] = train.obs[REGION_KEY].astype(object).where(keep, None)
     results, models = tl.compare_arms(
-        train, labels_key="region_given", truth_key=REGION_KEY, test={"held-out slide": held_out},
-        sources=[f"obsm:{SOURCE_KEY}"], seed=seed, max_epochs=max_epochs, n_jobs=n_jobs,
+        train,
+        labels_key="region_given",
+        truth_key=REGION_KEY,
+        test={"held-out slide": held_out},
+        sources=[f"obsm:{SOURCE_KEY}"],
+        seed=seed,
+        max_epochs=max_epochs,
+        n_jobs=n_jobs,
         progress=progress,
     )
     print(f"[3/4] four arms fitted on {int(keep.sum())} labelled spots ({time.time() - t0:.0f} s)")

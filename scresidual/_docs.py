@@ -39,9 +39,7 @@ T = TypeVar("T")
 
 doc_layer = "Layer to read instead of ``X``."
 doc_layer_counts = "Layer with raw counts to read instead of ``X`` (default ``X``)."
-doc_min_overlap = (
-    "Smallest fraction of the query's genes that must be in the model's vocabulary."
-)
+doc_min_overlap = "Smallest fraction of the query's genes that must be in the model's vocabulary."
 doc_min_overlap_model = """\
 Smallest fraction of the model's genes that must be in the query (the others are
 zero-filled)."""

@@ -93,7 +93,10 @@ def warn_if_modified(path: Path, sha256: str) -> Path:
     if got != sha256:
         logger.warning(
             "%s differs from the official file (sha256 %s…, expected %s…); results will not "
-            "match published ones.", path, got[:12], sha256[:12],
+            "match published ones.",
+            path,
+            got[:12],
+            sha256[:12],
         )
     return path
 

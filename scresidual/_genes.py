@@ -82,13 +82,20 @@ def match_genes(
         logger.warning(
             "only %.0f%% (%d/%d) of the %s's genes are in the slide; missing genes are "
             "zero-filled, which can change predictions a lot: use a slide measuring the "
-            "model's genes.", 100 * frac, int(present.sum()), len(present), model_name,
+            "model's genes.",
+            100 * frac,
+            int(present.sum()),
+            len(present),
+            model_name,
         )
     else:
         logger.log(
             logging.INFO if frac < 1 else logging.DEBUG,
-            "%s: %d of %d model genes found in the query (%.1f%%); missing genes are "
-            "zero-filled.", model_name, int(present.sum()), len(present), 100 * frac,
+            "%s: %d of %d model genes found in the query (%.1f%%); missing genes are zero-filled.",
+            model_name,
+            int(present.sum()),
+            len(present),
+            100 * frac,
         )
     return position, present
 
@@ -184,9 +191,13 @@ def _aligned_blocks(adata, position, present, layer, chunk_size):
     for start, block in iter_row_blocks(adata, layer=layer, chunk_size=chunk_size):
         # Select present columns, then scatter them into the model's order.
         taken = block[:, cols].tocoo()
-        yield start, sp.csr_matrix(
-            (taken.data, (taken.row, target[taken.col])), shape=(block.shape[0], n_model),
-            dtype=np.float32,
+        yield (
+            start,
+            sp.csr_matrix(
+                (taken.data, (taken.row, target[taken.col])),
+                shape=(block.shape[0], n_model),
+                dtype=np.float32,
+            ),
         )
 
 

@@ -209,8 +209,12 @@ def check_outside_model_dirs(path: Path, model_dirs, flag: str) -> None:
 
 
 def check_output_file(
-    path: str | os.PathLike, *, inputs: Iterable = (), model_dirs: Iterable = (),
-    suffix: str = ".h5ad", flag: str = "--output",
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable = (),
+    model_dirs: Iterable = (),
+    suffix: str = ".h5ad",
+    flag: str = "--output",
 ) -> None:
     """Raise unless ``path`` may take a new output file.
 
@@ -221,16 +225,13 @@ def check_output_file(
         raise ScResidualError(f"{flag} {str(path)!r} must end in {suffix}.")
     path = Path(path)
     if path.is_dir():
-        raise ScResidualError(
-            f"{flag} {path} is a folder; pass a file path ending in {suffix}."
-        )
+        raise ScResidualError(f"{flag} {path} is a folder; pass a file path ending in {suffix}.")
     for inp in inputs:
         if path.resolve() == Path(inp).resolve() or (
             path.exists() and Path(inp).exists() and path.samefile(inp)
         ):
             raise ScResidualError(
-                f"{flag} {path} is the input {inp}; pass another {flag} (inputs are never "
-                "changed)."
+                f"{flag} {path} is the input {inp}; pass another {flag} (inputs are never changed)."
             )
     check_outside_model_dirs(path, model_dirs, flag)
     _writable(path.parent, flag)

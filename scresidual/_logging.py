@@ -48,7 +48,10 @@ _NOISY_WARNINGS = (
 
 
 _LIGHTNING_LOGGERS = (
-    "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "pytorch_lightning",
+    "lightning_fabric",
 )
 
 

@@ -74,9 +74,12 @@ def fork_map(fn: Callable[[int], object], n: int, jobs: int) -> Iterator:
                         ok, value = pickle.loads(recv.recv_bytes())
                     except EOFError:  # killed before it could answer (e.g. out of memory)
                         proc.join()
-                        ok, value = False, RuntimeError(
-                            f"a worker process died (exit code {proc.exitcode}); use n_jobs=1 "
-                            "or free memory."
+                        ok, value = (
+                            False,
+                            RuntimeError(
+                                f"a worker process died (exit code {proc.exitcode}); use n_jobs=1 "
+                                "or free memory."
+                            ),
                         )
                     proc.join()
                     if not ok:

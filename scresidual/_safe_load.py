@@ -31,8 +31,15 @@ def _data_globals() -> list:
     import pandas as pd
 
     allowed: list = [
-        bytes, dict, slice, np.ndarray, np.dtype, (_plain_dict, "collections.defaultdict"),
-        pd.DataFrame, pd.Index, pd.RangeIndex,
+        bytes,
+        dict,
+        slice,
+        np.ndarray,
+        np.dtype,
+        (_plain_dict, "collections.defaultdict"),
+        pd.DataFrame,
+        pd.Index,
+        pd.RangeIndex,
     ]
     try:  # pandas' private rebuilders of frames (scvi-tools' training history)
         from pandas._libs.internals import _unpickle_block
@@ -45,8 +52,10 @@ def _data_globals() -> list:
     allowed += list({type(np.dtype(c)) for c in ["?", *"bhilqBHILQefdgFDGOUSV", "M8", "m8"]})
     # numpy's array and scalar rebuilders; files from numpy 1.x name them numpy.core.*.
     for fn in (np.zeros(1).__reduce__()[0], np.float32(0).__reduce__()[0]):
-        allowed += [(fn, f"numpy.core.multiarray.{fn.__name__}"),
-                    (fn, f"numpy._core.multiarray.{fn.__name__}")]
+        allowed += [
+            (fn, f"numpy.core.multiarray.{fn.__name__}"),
+            (fn, f"numpy._core.multiarray.{fn.__name__}"),
+        ]
     return allowed
 
 
@@ -104,8 +113,11 @@ def _plain_globals() -> dict:
 
     scalar, reconstruct = np.float32(0).__reduce__()[0], np.zeros(1).__reduce__()[0]
     frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 arrays
-    allowed = {("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray,
-               ("_codecs", "encode"): codecs.encode}
+    allowed = {
+        ("numpy", "dtype"): np.dtype,
+        ("numpy", "ndarray"): np.ndarray,
+        ("_codecs", "encode"): codecs.encode,
+    }
     for core in ("numpy.core", "numpy._core"):
         allowed[f"{core}.multiarray", "scalar"] = scalar
         allowed[f"{core}.multiarray", "_reconstruct"] = reconstruct
@@ -142,8 +154,9 @@ def read_plain_pickle(path: Path, *, what: str, fix: str, encoding: str = "ASCII
     except OSError:  # unreadable, not damaged: the operating system's message says why
         raise
     except Exception as err:  # truncated pickles raise many types
-        raise ScResidualError(f"cannot read the {what} {path} ({type(err).__name__}); {fix}.") \
-            from err
+        raise ScResidualError(
+            f"cannot read the {what} {path} ({type(err).__name__}); {fix}."
+        ) from err
 
 
 # ---------------------------------------------------------------------------- paths
@@ -168,7 +181,7 @@ def path_inside(root: Path, relative: str, *, what: str) -> Path:
 # ---------------------------------------------------------------------------- sizes
 def count_members(state: dict, prefix: str = "members.") -> int:
     """Members of an ensemble's state dict (``members.<i>.…`` keys), 1 for a single network."""
-    ids = {k[len(prefix):].partition(".")[0] for k in state if k.startswith(prefix)}
+    ids = {k[len(prefix) :].partition(".")[0] for k in state if k.startswith(prefix)}
     return len(ids) or 1
 
 
@@ -198,9 +211,17 @@ def check_state_fits(build, state: dict, where: Path) -> None:
 
 # ---------------------------------------------------------------------------- spatial setup
 _SETUP_TYPES = {
-    "labels_key": str, "sources": list, "features": list, "graph": str, "n_hops": int,
-    "aggregate_sources": bool, "encoder": str, "library_key": (str, type(None)),
-    "spatial_key": str, "layer": (str, type(None)), "n_comps": int,
+    "labels_key": str,
+    "sources": list,
+    "features": list,
+    "graph": str,
+    "n_hops": int,
+    "aggregate_sources": bool,
+    "encoder": str,
+    "library_key": (str, type(None)),
+    "spatial_key": str,
+    "layer": (str, type(None)),
+    "n_comps": int,
 }
 
 
@@ -219,7 +240,8 @@ def check_spatial_setup(setup, file: Path, *, n_sources: int, n_features: int) -
         raise ScResidualError(f"{file} {what}; the model folder is damaged: refit the model.")
     specs = [*setup["sources"], *setup["features"]]
     if not all(isinstance(s, str) for s in specs) or (
-        len(setup["sources"]), len(setup["features"])
+        len(setup["sources"]),
+        len(setup["features"]),
     ) != (n_sources, n_features):
         raise ScResidualError(
             f"the sources/features in {file} do not match the saved network; the model folder "

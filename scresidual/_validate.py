@@ -103,7 +103,8 @@ def warn_placeholder_labels(y) -> None:
         logger.warning(
             "%d cell(s) are labelled with a text placeholder (%s); they are treated as "
             "unlabelled: store missing labels as NaN, or rename a class really called so.",
-            n, "/".join(sorted(PLACEHOLDER_LABELS)),
+            n,
+            "/".join(sorted(PLACEHOLDER_LABELS)),
         )
 
 

@@ -56,15 +56,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def _subcommand(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
     return sub.add_parser(
-        name, help=help, description=help, epilog=f"example:\n  {example}",
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
         formatter_class=_HelpFormatter,
     )
 
 
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quiet", action="store_true", help="no progress bars or progress messages (warnings "
-        "and errors still show)",
+        "--quiet",
+        action="store_true",
+        help="no progress bars or progress messages (warnings and errors still show)",
     )
 
 
@@ -77,20 +81,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = _subcommand(
-        sub, "demo", "run the main job on the embedded lymph-node data (about 2-3 min on 2 cores)",
+        sub,
+        "demo",
+        "run the main job on the embedded lymph-node data (about 2-3 min on 2 cores)",
         "scresidual demo --out scresidual_demo",
     )
     demo.add_argument("--out", default="scresidual_demo", help="output folder")
     demo.add_argument("--seed", type=int, default=0, help="random seed (data, labels, training)")
     _add_n_jobs(demo)
     demo.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="smaller slides, fewer epochs: checks the installation, not the method",
     )
     _add_quiet(demo)
 
     pre = _subcommand(
-        sub, "pretrain-scvi",
+        sub,
+        "pretrain-scvi",
         "pretrain an scVI model on a slide's counts (no labels, no coordinates), to use "
         "frozen with `fit --source scvi:DIR`",
         "scresidual pretrain-scvi slide.h5ad --out scvi_source/ && scresidual fit slide.h5ad "
@@ -111,52 +119,68 @@ def _parser() -> argparse.ArgumentParser:
     _add_quiet(pre)
 
     fit = _subcommand(
-        sub, "fit", "fit a region classifier on a slide (.h5ad or SpatialData .zarr)",
+        sub,
+        "fit",
+        "fit a region classifier on a slide (.h5ad or SpatialData .zarr)",
         "scresidual fit slide.h5ad --labels-key region --model-dir model/ "
         "--source scvi:scvi_source/ --output slide_labelled.h5ad",
     )
     fit.add_argument(
-        "input", help="training slide with raw counts: .h5ad with obsm['spatial'], or a "
+        "input",
+        help="training slide with raw counts: .h5ad with obsm['spatial'], or a "
         "SpatialData .zarr store (coordinates from its table or the shapes/points it annotates)",
     )
     _add_table(fit)
     fit.add_argument(
-        "--labels-key", required=True,
+        "--labels-key",
+        required=True,
         help="obs column of labels; empty/NaN spots are unlabelled: predicted, not trained on",
     )
     fit.add_argument("--model-dir", required=True, help="folder to save the fitted model to")
     fit.add_argument(
-        "--source", action="append", default=None,
+        "--source",
+        action="append",
+        default=None,
         help="frozen source: obsm:KEY (a stored embedding) | scvi:DIR (an scvi-tools model "
         "folder, e.g. from `scresidual pretrain-scvi`) | none; repeatable (default: none, "
         "the spatial residual alone, i.e. scratch, with a warning)",
     )
     fit.add_argument(
-        "--arm", choices=ARM_CHOICES, default="refine",
+        "--arm",
+        choices=ARM_CHOICES,
+        default="refine",
         help="refine: source + residual; scratch: residual only; linear-probe: source only; "
         "adapter: source through a small MLP",
     )
     fit.add_argument(
-        "--features", action="append", default=None,
+        "--features",
+        action="append",
+        default=None,
         help="input of the trainable residual: pca (of the log-normalised counts) | obsm:KEY; "
         "repeatable (default: pca)",
     )
     fit.add_argument(
-        "--graph", default=DEFAULT_GRAPH,
+        "--graph",
+        default=DEFAULT_GRAPH,
         help="spatial graph: delaunay (long links dropped) | knn:K | radius:R (coordinate "
         "units) | none",
     )
     fit.add_argument(
-        "--n-hops", type=int, default=DEFAULT_N_HOPS,
+        "--n-hops",
+        type=int,
+        default=DEFAULT_N_HOPS,
         help="neighbour rings averaged around each spot (of the features and the sources)",
     )
     fit.add_argument(
-        "--encoder", choices=tuple(ENCODER_SOLVERS), default=DEFAULT_ENCODER,
+        "--encoder",
+        choices=tuple(ENCODER_SOLVERS),
+        default=DEFAULT_ENCODER,
         help="residual encoder: linear (ring means, fitted exactly) | hops (a graph encoder "
         "trained by gradient descent)",
     )
     fit.add_argument(
-        "--library-key", default=None,
+        "--library-key",
+        default=None,
         help="obs column naming each spot's slide: one graph per slide (default: one slide)",
     )
     fit.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates")
@@ -165,41 +189,52 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--seed", type=int, default=0, help="random seed (splits, initialisation)")
     fit.add_argument(
-        "--max-epochs", type=int, default=200,
+        "--max-epochs",
+        type=int,
+        default=200,
         help="most epochs per gradient-descent fit, early-stopped (--encoder hops, --arm "
-        "adapter; the linear encoder is fitted exactly)"
+        "adapter; the linear encoder is fitted exactly)",
     )
     fit.add_argument(
-        "--no-guard", action="store_true",
+        "--no-guard",
+        action="store_true",
         help="keep the --arm even when scratch or the probe validates measurably better",
     )
     fit.add_argument(
-        "--folds", type=int, default=None,
+        "--folds",
+        type=int,
+        default=None,
         help="validation folds: cross-validation folds of the linear encoder (default 5, "
         "repeated 3 times below 1,000 labelled spots); cross-fitted members of "
         "gradient-descent fits (default: 5 below 1,000 labelled spots, else one 20%% split)",
     )
     fit.add_argument(
-        "--min-gene-overlap", type=float, default=MIN_GENE_OVERLAP,
+        "--min-gene-overlap",
+        type=float,
+        default=MIN_GENE_OVERLAP,
         help="smallest fraction of the genes of the PCA and of scvi sources a slide must have "
         "(missing genes are zero-filled)",
     )
     _add_n_jobs(fit)
     fit.add_argument(
-        "--output", default=None,
+        "--output",
+        default=None,
         help=f"also write the slide with predictions and obs['<labels-key>{TRAIN_SUFFIX}'] "
         "(training spots) to this .h5ad; for a .zarr input, the input store itself (adds them "
         "to its table in place) or a new .zarr (a copy) (default: not written)",
     )
     fit.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace an existing --model-dir (only a folder scresidual saved a model in)",
     )
     fit.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     _add_quiet(fit)
 
     pred = _subcommand(
-        sub, "predict", "label a slide with a fitted model",
+        sub,
+        "predict",
+        "label a slide with a fitted model",
         "scresidual predict model/ other_slide.h5ad --output other_slide_labelled.h5ad",
     )
     pred.add_argument("model_dir", help="folder written by `scresidual fit --model-dir`")
@@ -208,48 +243,63 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_table(pred)
     pred.add_argument(
-        "--output", required=True,
+        "--output",
+        required=True,
         help="output .h5ad: the slide with obs['<labels-key>_pred'] and probabilities; for a "
         ".zarr input, the input store itself (adds them to its table in place, atomically) or "
         "a new .zarr path (a copy)",
     )
     pred.add_argument(
-        "--min-gene-overlap", type=float, default=None,
+        "--min-gene-overlap",
+        type=float,
+        default=None,
         help="smallest fraction of the model's genes the slide must have (default: the "
         "value the model was fitted with)",
     )
     pred.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     pred.add_argument(
-        "--alpha", type=float, default=0.1,
+        "--alpha",
+        type=float,
+        default=0.1,
         help="conformal sets cover the true region with probability 1 - alpha (default 0.1)",
     )
-    pred.add_argument("--sets-method", choices=("lac", "aps"), default="lac",
-                      help="conformal score: lac (smallest sets) or aps (adaptive)")
+    pred.add_argument(
+        "--sets-method",
+        choices=("lac", "aps"),
+        default="lac",
+        help="conformal score: lac (smallest sets) or aps (adaptive)",
+    )
     _add_quiet(pred)
 
     sug = _subcommand(
-        sub, "suggest", "suggest the unlabelled spots to label next (uncertain, spread out, "
-        "rare classes first)",
+        sub,
+        "suggest",
+        "suggest the unlabelled spots to label next (uncertain, spread out, rare classes first)",
         "scresidual suggest model/ slide.h5ad --n 50 --output suggestions.csv",
     )
     sug.add_argument("model_dir", help="folder written by `scresidual fit --model-dir`")
     sug.add_argument(
-        "input", help="the slide being annotated, .h5ad (never modified) or SpatialData .zarr "
+        "input",
+        help="the slide being annotated, .h5ad (never modified) or SpatialData .zarr "
         "store (never modified), with the labels so far",
     )
     _add_table(sug)
     sug.add_argument("--n", type=int, default=50, help="spots to suggest")
     sug.add_argument(
-        "--output", required=True,
+        "--output",
+        required=True,
         help="CSV of the suggestions (obs name, coordinates, current prediction, score), "
         "in the order picked",
     )
     sug.add_argument(
-        "--labels-key", default=None,
+        "--labels-key",
+        default=None,
         help="obs column of the labels so far (default: the model's labels key)",
     )
     sug.add_argument(
-        "--strategy", choices=SUGGEST_STRATEGIES, default="diverse",
+        "--strategy",
+        choices=SUGGEST_STRATEGIES,
+        default="diverse",
         help="diverse: uncertain spots, rare classes boosted, spread over the tissue, 30%% at "
         "random; "
         "uncertainty: the most uncertain; random",
@@ -260,7 +310,8 @@ def _parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands "stress-test …" to the stress-test parser.
     sub.add_parser(
-        "stress-test", help="the paper's negative-transfer stress tests (image, text, tabular)",
+        "stress-test",
+        help="the paper's negative-transfer stress tests (image, text, tabular)",
         add_help=False,
     )
     for parser in sub.choices.values():
@@ -270,14 +321,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_table(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--table", default=None,
+        "--table",
+        default=None,
         help="table of a .zarr input to use (default: its only table)",
     )
 
 
 def _add_n_jobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--n-jobs", type=int, default=None,
+        "--n-jobs",
+        type=int,
+        default=None,
         help="worker processes for the cross-fitted folds (default: one per CPU core on CPU)",
     )
 
@@ -326,7 +380,9 @@ def _check_source(spec: str, adata, args) -> None:
         return
     genes = ScviSource.load(value, trust_pickle=args.trust_pickle).genes
     check_gene_overlap(
-        adata.var_names, genes, min_overlap=args.min_gene_overlap,
+        adata.var_names,
+        genes,
+        min_overlap=args.min_gene_overlap,
         model_name=f"scvi model in {value}",
     )
 
@@ -358,7 +414,9 @@ def _check_fit_args(args, adata) -> None:
     from .read.sdata import check_outside_store, is_zarr
 
     _check_positive(
-        ("--n-hops", args.n_hops), ("--max-epochs", args.max_epochs), ("--folds", args.folds),
+        ("--n-hops", args.n_hops),
+        ("--max-epochs", args.max_epochs),
+        ("--folds", args.folds),
         ("--n-jobs", args.n_jobs),
     )
     _check_fraction("--min-gene-overlap", args.min_gene_overlap)
@@ -465,13 +523,23 @@ def _fit(args) -> None:
         if args.source is None:
             print(NO_SOURCE_WARNING, file=sys.stderr)
     SpatialRegionClassifier.setup_anndata(
-        adata, labels_key=args.labels_key, sources=sources,
-        features=args.features or ["pca"], graph=args.graph, n_hops=args.n_hops,
-        library_key=args.library_key, spatial_key=args.spatial_key, layer=args.layer,
+        adata,
+        labels_key=args.labels_key,
+        sources=sources,
+        features=args.features or ["pca"],
+        graph=args.graph,
+        n_hops=args.n_hops,
+        library_key=args.library_key,
+        spatial_key=args.spatial_key,
+        layer=args.layer,
         min_gene_overlap=args.min_gene_overlap,
     )
     model = SpatialRegionClassifier(
-        adata, arm=arm, encoder=args.encoder, guard=not args.no_guard, seed=args.seed,
+        adata,
+        arm=arm,
+        encoder=args.encoder,
+        guard=not args.no_guard,
+        seed=args.seed,
         trust_pickle=args.trust_pickle,
     )
     model.train(args.max_epochs, folds=args.folds, n_jobs=args.n_jobs, progress=not args.quiet)
@@ -508,7 +576,8 @@ def _predict(args) -> None:
         model.setup["min_gene_overlap"] = args.min_gene_overlap
     _check_output(args, [args.model_dir])
     adata, store = _read_slide(
-        args, model.setup["spatial_key"],
+        args,
+        model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     model.predict(adata, alpha=args.alpha, method=args.sets_method)
@@ -526,23 +595,29 @@ def _suggest(args) -> None:
 
     _check_positive(("--n", args.n))
     with _flag("--output"):
-        check_output_file(args.output, inputs=[args.input], model_dirs=[args.model_dir],
-                          suffix=".csv")
+        check_output_file(
+            args.output, inputs=[args.input], model_dirs=[args.model_dir], suffix=".csv"
+        )
     model = SpatialRegionClassifier.load(
         args.model_dir, progress=not args.quiet, trust_pickle=args.trust_pickle
     )
     adata, _ = _read_slide(
-        args, model.setup["spatial_key"],
+        args,
+        model.setup["spatial_key"],
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     labels_key = args.labels_key or model.setup["labels_key"]
-    table = suggest_labels(adata, model, n=args.n, labels_key=labels_key,
-                           strategy=args.strategy, seed=args.seed)
+    table = suggest_labels(
+        adata, model, n=args.n, labels_key=labels_key, strategy=args.strategy, seed=args.seed
+    )
     with atomic_path(args.output) as tmp:
         table.to_csv(tmp, index_label="obs_name")
     counts = table["prediction"].value_counts()
-    print(f"suggested {len(table)} spots to label (currently predicted: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"); written to {args.output}")
+    print(
+        f"suggested {len(table)} spots to label (currently predicted: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f"); written to {args.output}"
+    )
 
 
 def _pretrain_scvi(args) -> None:
@@ -561,11 +636,19 @@ def _pretrain_scvi(args) -> None:
         with _flag("--batch-key"):
             check_obs_key(adata, args.batch_key)
     pretrain_scvi(
-        adata, args.out, layer=args.layer, batch_key=args.batch_key, n_latent=args.n_latent,
-        max_epochs=args.max_epochs, seed=args.seed, progress=not args.quiet,
+        adata,
+        args.out,
+        layer=args.layer,
+        batch_key=args.batch_key,
+        n_latent=args.n_latent,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        progress=not args.quiet,
     )
-    print(f"scVI source saved to {args.out}; use it frozen with: scresidual fit {args.input} "
-          f"--labels-key KEY --model-dir DIR --source scvi:{args.out}")
+    print(
+        f"scVI source saved to {args.out}; use it frozen with: scresidual fit {args.input} "
+        f"--labels-key KEY --model-dir DIR --source scvi:{args.out}"
+    )
 
 
 def _demo(args) -> None:
@@ -602,8 +685,13 @@ def main(argv: list[str] | None = None) -> int:
     from ._settings import settings
 
     settings.verbosity = "warning" if quiet else "info"
-    commands = {"demo": _demo, "pretrain-scvi": _pretrain_scvi, "fit": _fit, "predict": _predict,
-                "suggest": _suggest}
+    commands = {
+        "demo": _demo,
+        "pretrain-scvi": _pretrain_scvi,
+        "fit": _fit,
+        "predict": _predict,
+        "suggest": _suggest,
+    }
     try:
         commands[args.command](args)
     except ScResidualError as err:

@@ -57,8 +57,10 @@ def _unfilled(path: Path) -> list[str]:
             continue
         wanted = set(PLACEHOLDER.findall(ast.get_docstring(node, clean=False) or ""))
         given = {
-            kw.arg for d in node.decorator_list if isinstance(d, ast.Call)
-            and getattr(d.func, "id", None) == "doc_params" for kw in d.keywords
+            kw.arg
+            for d in node.decorator_list
+            if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "doc_params"
+            for kw in d.keywords
         }
         out += [f"{path.name}:{node.lineno} {node.name}: {{{n}}}" for n in sorted(wanted - given)]
     return out
@@ -67,8 +69,12 @@ def _unfilled(path: Path) -> list[str]:
 def test_every_placeholder_has_a_decorator_that_fills_it():
     # Static, so it covers modules whose imports are heavy; a missing text fails at import.
     package = Path(scresidual.__file__).parent
-    left = [p for path in sorted(package.rglob("*.py")) if path.name != "_docs.py"
-            for p in _unfilled(path)]
+    left = [
+        p
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "_docs.py"
+        for p in _unfilled(path)
+    ]
     assert not left, "\n".join(left)
 
 

@@ -87,5 +87,9 @@ def test_the_check_sees_violations(rel, source, problem):
 
 
 def test_the_check_allows_shared_and_downward_imports():
-    assert _problems(("model", "_spatial"), "from .._validate import parse_spec\n"
-                                            "from ..pp import read_pca\n") == []
+    assert (
+        _problems(
+            ("model", "_spatial"), "from .._validate import parse_spec\nfrom ..pp import read_pca\n"
+        )
+        == []
+    )

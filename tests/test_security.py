@@ -45,7 +45,7 @@ def _slide(n=N_CELLS, seed=0) -> ad.AnnData:
     a = ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
     a.var_names = [f"g{i}" for i in range(N_GENES)]
     a.obsm["spatial"] = xy
-    a.obsm["X_src"] = (np.eye(2)[(region == "left").astype(int)] + rng.normal(0, .3, (n, 2)))
+    a.obsm["X_src"] = np.eye(2)[(region == "left").astype(int)] + rng.normal(0, 0.3, (n, 2))
     a.obs["region"] = region
     a.obs["label"] = pd.Series(region, index=a.obs_names, dtype=object).where(
         rng.random(n) < 0.6, np.nan
@@ -53,8 +53,21 @@ def _slide(n=N_CELLS, seed=0) -> ad.AnnData:
     return a
 
 
-FIT = ["--labels-key", "label", "--source", "obsm:X_src", "--arm", "linear-probe",
-       "--graph", "knn:3", "--max-epochs", "2", "--folds", "1", "--quiet"]
+FIT = [
+    "--labels-key",
+    "label",
+    "--source",
+    "obsm:X_src",
+    "--arm",
+    "linear-probe",
+    "--graph",
+    "knn:3",
+    "--max-epochs",
+    "2",
+    "--folds",
+    "1",
+    "--quiet",
+]
 
 
 def _run(argv, capsys):
@@ -153,9 +166,20 @@ def test_crafted_scvi_source_real_command(work, tmp_path):
     _set_scvi_source(model, "scvi:sources/source_0")
     before = _snapshot(tmp_path)
     run = subprocess.run(
-        [sys.executable, "-m", "scresidual.cli", "predict", str(model), str(slide),
-         "--output", str(tmp_path / "o.h5ad"), "--quiet"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [
+            sys.executable,
+            "-m",
+            "scresidual.cli",
+            "predict",
+            str(model),
+            str(slide),
+            "--output",
+            str(tmp_path / "o.h5ad"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     _one_line_error(run.returncode, run.stderr, "--trust-pickle")
     assert not marker.exists() and _snapshot(tmp_path) == before
@@ -185,8 +209,10 @@ def _fake_geneformer(folder: Path) -> Path:
 def test_crafted_geneformer_dictionaries_run_nothing(tmp_path, which):
     marker = tmp_path / "pwned"
     folder = _fake_geneformer(tmp_path / "gf")
-    good = {"token_dictionary": {"<pad>": 0, "ENSG1": 1},
-            "gene_median_dictionary": {"ENSG1": np.float32(1.5)}}
+    good = {
+        "token_dictionary": {"<pad>": 0, "ENSG1": 1},
+        "gene_median_dictionary": {"ENSG1": np.float32(1.5)},
+    }
     for name, value in good.items():
         payload = {"ENSG1": PAYLOADS["os.system"](marker)} if name == which else value
         (folder / f"{name}_x.pkl").write_bytes(pickle.dumps(payload))
@@ -220,9 +246,11 @@ def test_crafted_cifar_batches_run_nothing(tmp_path):
     marker = tmp_path / "pwned"
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    (folder / "data_batch_1").write_bytes(pickle.dumps(
-        {b"data": np.zeros((1, 3072), np.uint8), b"labels": PAYLOADS["os.system"](marker)}
-    ))
+    (folder / "data_batch_1").write_bytes(
+        pickle.dumps(
+            {b"data": np.zeros((1, 3072), np.uint8), b"labels": PAYLOADS["os.system"](marker)}
+        )
+    )
     with pytest.raises(ScResidualError, match="refused"):
         load_cifar(tmp_path)
     assert not marker.exists()
@@ -233,8 +261,11 @@ def test_setup_paths_stay_inside_the_model_folder(work, tmp_path, capsys, escape
     slide, model = work
     marker = tmp_path / "pwned"
     outside = _evil_scvi_dir(tmp_path / "outside", marker)
-    spec = {"dotdot": "scvi:../outside", "absolute": f"scvi:{outside}",
-            "symlink": "scvi:sources/source_0"}[escape]
+    spec = {
+        "dotdot": "scvi:../outside",
+        "absolute": f"scvi:{outside}",
+        "symlink": "scvi:sources/source_0",
+    }[escape]
     if escape == "symlink":
         (model / "sources").mkdir()
         (model / "sources" / "source_0").symlink_to(outside)
@@ -559,8 +590,14 @@ def test_nan_strings_are_not_a_class(caplog):
     y = np.array(["a", "b"] * 30, dtype=object)
     y[:6] = ["nan", "NaN", "None", "nan", "NaN", "None"]
     X = (rng.normal(size=(60, 4)) + (y == "a")[:, None]).astype(np.float32)
-    model = ResidualModel(arm="scratch", residuals={"x": ("mlp", {})}, max_epochs=1, folds=1,
-                          progress=False, accelerator="cpu")
+    model = ResidualModel(
+        arm="scratch",
+        residuals={"x": ("mlp", {})},
+        max_epochs=1,
+        folds=1,
+        progress=False,
+        accelerator="cpu",
+    )
     with caplog.at_level(logging.WARNING, logger="scresidual"):
         model.fit({"x": X}, y)
     assert model.classes_ == ["a", "b"]
@@ -573,9 +610,20 @@ def test_low_gene_overlap_is_a_warning_quiet_does_not_hide(work, tmp_path):
     a = a[:, : int(N_GENES * 0.6)].copy()
     slide = _write(a, tmp_path / "few_genes.h5ad")
     run = subprocess.run(
-        [sys.executable, "-m", "scresidual.cli", "predict", str(model), str(slide),
-         "--output", str(tmp_path / "o.h5ad"), "--quiet"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [
+            sys.executable,
+            "-m",
+            "scresidual.cli",
+            "predict",
+            str(model),
+            str(slide),
+            "--output",
+            str(tmp_path / "o.h5ad"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert run.returncode == 0, run.stderr
     assert "only 60% (12/20)" in run.stderr, run.stderr
@@ -591,8 +639,9 @@ def test_fold_workers_die_with_their_parent(tmp_path):
             time.sleep(600)  # until its parent is killed
         list(fork_map(work, 1, 1))
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     worker = int(parent.stdout.readline())
     assert _alive(worker)
     parent.send_signal(signal.SIGKILL)

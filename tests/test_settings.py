@@ -54,15 +54,22 @@ def test_progress_enabled_reads_the_setting_when_called():
 
 @pytest.mark.parametrize(
     "value, level",
-    [(0, logging.ERROR), (1, logging.WARNING), (2, logging.INFO), (3, logging.DEBUG),
-     ("info", logging.INFO), ("DEBUG", logging.DEBUG)],
+    [
+        (0, logging.ERROR),
+        (1, logging.WARNING),
+        (2, logging.INFO),
+        (3, logging.DEBUG),
+        ("info", logging.INFO),
+        ("DEBUG", logging.DEBUG),
+    ],
 )
 def test_verbosity_sets_the_package_logger_level(value, level):
     sr.settings.verbosity = value
     assert logging.getLogger("scresidual").level == level
     assert logging.getLogger("scresidual.pp._graph").getEffectiveLevel() == level
-    assert sr.settings.verbosity == (value if isinstance(value, int) else {
-        "info": 2, "DEBUG": 3}[value])
+    assert sr.settings.verbosity == (
+        value if isinstance(value, int) else {"info": 2, "DEBUG": 3}[value]
+    )
 
 
 def test_verbosity_decides_which_messages_are_logged(caplog):
@@ -77,9 +84,18 @@ def test_verbosity_decides_which_messages_are_logged(caplog):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("verbosity", 4), ("verbosity", "loud"), ("verbosity", True), ("progress_bar", "yes"),
-     ("progress_bar", 1), ("seed", -1), ("seed", 1.5), ("seed", True), ("n_jobs", 0),
-     ("n_jobs", "all")],
+    [
+        ("verbosity", 4),
+        ("verbosity", "loud"),
+        ("verbosity", True),
+        ("progress_bar", "yes"),
+        ("progress_bar", 1),
+        ("seed", -1),
+        ("seed", 1.5),
+        ("seed", True),
+        ("n_jobs", 0),
+        ("n_jobs", "all"),
+    ],
 )
 def test_invalid_values_give_a_one_line_error(name, value):
     before = getattr(sr.settings, name)

@@ -17,20 +17,24 @@ from .._safe_load import read_plain_pickle
 
 FASHION_MNIST_URL = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_FILES = {
-    "train-images-idx3-ubyte.gz":
-        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte.gz":
-        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
-    "t10k-images-idx3-ubyte.gz":
-        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
-    "t10k-labels-idx1-ubyte.gz":
-        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",  # noqa: E501
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",  # noqa: E501
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
 """Original Fashion-MNIST files and their sha256."""
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FASHION_MNIST_CONFUSED = ((0, 6), (2, 4), (7, 9))
 """Visually similar class pairs used by the semantic-confusion setting."""
@@ -48,7 +52,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise ScResidualError(f"{path} is not an IDX file of unsigned bytes; check the file.")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
         raise ScResidualError(f"{path} is truncated ({arr.size} values for shape {shape}).")
@@ -86,8 +90,11 @@ def load_fashion_mnist(
         if path is not None and path.name in FASHION_MNIST_FILES:
             warn_if_modified(path, FASHION_MNIST_FILES[path.name])
         if path is None and download is not None:
-            path = fetch(FASHION_MNIST_URL + f"{name}.gz", Path(download) / f"{name}.gz",
-                         FASHION_MNIST_FILES[f"{name}.gz"])
+            path = fetch(
+                FASHION_MNIST_URL + f"{name}.gz",
+                Path(download) / f"{name}.gz",
+                FASHION_MNIST_FILES[f"{name}.gz"],
+            )
         if path is None:
             raise ScResidualError(
                 f"no {name}[.gz] in {root}; put the Fashion-MNIST IDX files there or pass "
@@ -135,8 +142,11 @@ def load_cifar(root: str | Path, split: str = "train") -> tuple[np.ndarray, np.n
     root = Path(root)
     for d in (root, root / "cifar-10-batches-py", root / "cifar-100-python"):
         names = (
-            [f"data_batch_{i}" for i in range(1, 6)] if (d / "data_batch_1").is_file()
-            else ["train"] if (d / "train").is_file() else []
+            [f"data_batch_{i}" for i in range(1, 6)]
+            if (d / "data_batch_1").is_file()
+            else ["train"]
+            if (d / "train").is_file()
+            else []
         )
         if names:
             break
@@ -150,7 +160,9 @@ def load_cifar(root: str | Path, split: str = "train") -> tuple[np.ndarray, np.n
     xs, ys = [], []
     for name in names:
         batch = read_plain_pickle(  # the official format, read as data only
-            d / name, what="CIFAR batch", fix="extract the official CIFAR archive again",
+            d / name,
+            what="CIFAR batch",
+            fix="extract the official CIFAR archive again",
             encoding="bytes",
         )
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
@@ -180,4 +192,3 @@ def as_images(x, *, channels: int | None = None) -> np.ndarray:
         raise ScResidualError("the image split is empty; give at least one image.")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     return x.astype(np.float32) / scale
-

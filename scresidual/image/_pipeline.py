@@ -83,10 +83,18 @@ def fashion_mnist_task(data_dir: str | Path, *, quick: bool = False) -> StressTa
         if xo.shape[2:] == x.shape[2:]:
             other = (as_images(xo), yo)
     return StressTask(
-        modality="image", dataset="fashion_mnist", metric="accuracy", n_classes=10,
-        source_x=x[src], source_y=y[src],
-        target_x=x[tgt], target_y=y[tgt], target_r=x[tgt],
-        test_x=x_test[test], test_y=y_test[test], test_r=x_test[test],
+        modality="image",
+        dataset="fashion_mnist",
+        metric="accuracy",
+        n_classes=10,
+        source_x=x[src],
+        source_y=y[src],
+        target_x=x[tgt],
+        target_y=y[tgt],
+        target_r=x[tgt],
+        test_x=x_test[test],
+        test_y=y_test[test],
+        test_r=x_test[test],
         pretrain=lambda xs, ys, seed: pretrain_image_source(
             xs, ys, n_classes=10, epochs=2 if quick else 3, seed=seed
         ),
@@ -95,7 +103,8 @@ def fashion_mnist_task(data_dir: str | Path, *, quick: bool = False) -> StressTa
         other=other,
         fit_options=(
             # quick: one validation split instead of five cross-fitted members
-            {"max_epochs": 6, "patience": 3, "folds": 1} if quick
+            {"max_epochs": 6, "patience": 3, "folds": 1}
+            if quick
             else {"max_epochs": 15, "patience": 4}
         ),
     )

@@ -5,4 +5,8 @@ from ._spatial import SpatialRegionClassifier
 
 __all__ = [
     "TRAIN_OPTIONS",
-    "ResidualConfig", "ResidualModel", "SpatialRegionClassifier", "labelled_mask"]
+    "ResidualConfig",
+    "ResidualModel",
+    "SpatialRegionClassifier",
+    "labelled_mask",
+]

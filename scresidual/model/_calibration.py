@@ -81,8 +81,9 @@ class Calibration:
     thin_classes: tuple[str, ...] = ()  # classes with too few OOF cells (no guarantee)
 
     @classmethod
-    def fit(cls, oof_proba: np.ndarray, y: np.ndarray, *, seed: int = 0,
-            test: bool = True) -> Calibration:
+    def fit(
+        cls, oof_proba: np.ndarray, y: np.ndarray, *, seed: int = 0, test: bool = True
+    ) -> Calibration:
         """Calibrate on out-of-fold probabilities ``oof_proba`` of cells with codes ``y``.
 
         ``test``: keep the fitted temperature only where its likelihood-ratio statistic
@@ -92,14 +93,21 @@ class Calibration:
         fitted = temperature(log_p, y, None)
         t = fitted
         if test:
+
             def nll(scale):
                 return -float(log_softmax(scale * log_p)[np.arange(len(y)), y].sum())
+
             t = fitted if 2 * (nll(1.0) - nll(fitted)) > TEMPERATURE_TEST else 1.0
         cal = np.exp(log_softmax(t * log_p))
         rows = np.random.default_rng(seed).permutation(len(y))[:MAX_SCORES]
         scores = {m: np.sort(conformity_scores(cal[rows], y[rows], m)) for m in METHODS}
-        return cls(t, scores, expected_calibration_error(oof_proba, y),
-                   expected_calibration_error(cal, y), fitted)
+        return cls(
+            t,
+            scores,
+            expected_calibration_error(oof_proba, y),
+            expected_calibration_error(cal, y),
+            fitted,
+        )
 
     def apply(self, proba: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (same argmax)."""
@@ -134,25 +142,43 @@ class Calibration:
 
     def to_dict(self) -> dict:
         """Plain JSON form (rounded scores)."""
-        return {"temperature": self.temperature, "ece_before": self.ece_before,
-                "ece_after": self.ece_after, "fitted_temperature": self.fitted_temperature,
-                "thin_classes": list(self.thin_classes),
-                "scores": {m: np.round(s, 6).tolist() for m, s in self.scores.items()}}
+        return {
+            "temperature": self.temperature,
+            "ece_before": self.ece_before,
+            "ece_after": self.ece_after,
+            "fitted_temperature": self.fitted_temperature,
+            "thin_classes": list(self.thin_classes),
+            "scores": {m: np.round(s, 6).tolist() for m, s in self.scores.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         """Read :meth:`to_dict`'s form, refusing anything else (sizes bounded, values finite)."""
         scores = {m: np.asarray(d["scores"][m], dtype=np.float64) for m in METHODS}
         t = float(d["temperature"])
-        ok = np.isfinite(t) and 0 < t < 1e3 and all(
-            s.ndim == 1 and 0 < len(s) <= MAX_SCORES and np.isfinite(s).all()
-            and (s >= 0).all() and (s <= 1 + 1e-6).all() for s in scores.values()
+        ok = (
+            np.isfinite(t)
+            and 0 < t < 1e3
+            and all(
+                s.ndim == 1
+                and 0 < len(s) <= MAX_SCORES
+                and np.isfinite(s).all()
+                and (s >= 0).all()
+                and (s <= 1 + 1e-6).all()
+                for s in scores.values()
+            )
         )
         if not ok:
             raise ValueError("calibration values out of range")
         thin = tuple(str(c)[:200] for c in list(d.get("thin_classes") or [])[:10_000])
-        return cls(t, {m: np.sort(s) for m, s in scores.items()}, float(d["ece_before"]),
-                   float(d["ece_after"]), float(d.get("fitted_temperature", t)), thin)
+        return cls(
+            t,
+            {m: np.sort(s) for m, s in scores.items()},
+            float(d["ece_before"]),
+            float(d["ece_after"]),
+            float(d.get("fitted_temperature", t)),
+            thin,
+        )
 
 
 def check_alpha(alpha: float) -> float:
@@ -195,9 +221,11 @@ def calibration_problem(model) -> str | None:
     if model.calibration_note_:
         return model.calibration_note_
     if model.config.solver != "lbfgs":
-        return ("the model was fitted without cross-fitting, so it has no out-of-fold "
-                "predictions to calibrate on: refit it with folds=5 (CLI --folds 5) for "
-                "calibrated probabilities and prediction sets.")
+        return (
+            "the model was fitted without cross-fitting, so it has no out-of-fold "
+            "predictions to calibrate on: refit it with folds=5 (CLI --folds 5) for "
+            "calibrated probabilities and prediction sets."
+        )
     return "the model was saved without calibration: refit it with this version."
 
 
@@ -205,15 +233,20 @@ def calibrate(model, y: np.ndarray) -> tuple[Calibration | None, str | None]:
     """Calibration of ``model`` on its out-of-fold predictions (true codes ``y``), or a note."""
     counts = np.bincount(y, minlength=len(model.classes_))
     if not len(y):
-        return None, ("the model has no out-of-fold predictions (too few labels to "
-                      "cross-validate): label more cells and refit for calibrated probabilities "
-                      "and prediction sets.")
+        return None, (
+            "the model has no out-of-fold predictions (too few labels to "
+            "cross-validate): label more cells and refit for calibrated probabilities "
+            "and prediction sets."
+        )
     if len(y) < MIN_CELLS:
-        return None, (f"calibration needs {MIN_CELLS} out-of-fold cells but the model has "
-                      f"{len(y)}: label more cells and refit.")
+        return None, (
+            f"calibration needs {MIN_CELLS} out-of-fold cells but the model has "
+            f"{len(y)}: label more cells and refit."
+        )
     cal = Calibration.fit(model.oof_proba_, y, seed=model.config.seed)
-    cal.thin_classes = tuple(str(c) for c, n in zip(model.classes_, counts, strict=True)
-                             if n < MIN_PER_CLASS)
+    cal.thin_classes = tuple(
+        str(c) for c, n in zip(model.classes_, counts, strict=True) if n < MIN_PER_CLASS
+    )
     if cal.thin_classes:
         logger.warning("%s", thin_note(cal.thin_classes))
     return cal, None
@@ -222,14 +255,23 @@ def calibrate(model, y: np.ndarray) -> tuple[Calibration | None, str | None]:
 def thin_note(classes) -> str:
     """One line: these classes have too few out-of-fold cells for their coverage to hold."""
     names = ", ".join(repr(c) for c in list(classes)[:10]) + (" …" if len(classes) > 10 else "")
-    return (f"calibrated without {names}: fewer than {MIN_PER_CLASS} out-of-fold cells each, "
-            "so the prediction sets' coverage is not guaranteed for them; label more cells "
-            "of them and refit.")
+    return (
+        f"calibrated without {names}: fewer than {MIN_PER_CLASS} out-of-fold cells each, "
+        "so the prediction sets' coverage is not guaranteed for them; label more cells "
+        "of them and refit."
+    )
 
 
 def write_uncertainty(
-    adata, key: str, proba: np.ndarray, classes: list[str], calibration: Calibration | None,
-    *, sets: bool, alpha: float, method: str,
+    adata,
+    key: str,
+    proba: np.ndarray,
+    classes: list[str],
+    calibration: Calibration | None,
+    *,
+    sets: bool,
+    alpha: float,
+    method: str,
 ) -> None:
     """Write ``obs['<key>_uncertainty']`` and, with ``sets``, the conformal sets into ``adata``.
 
@@ -238,9 +280,12 @@ def write_uncertainty(
     adata.obs[uncertainty_key(key)] = (1 - proba.max(1)).astype(np.float32)
     info = {"calibrated": calibration is not None, "uncertainty": "1 - max probability"}
     if calibration is not None:
-        info.update(temperature=calibration.temperature, ece_before=calibration.ece_before,
-                    ece_after=calibration.ece_after,
-                    fitted_temperature=calibration.fitted_temperature)
+        info.update(
+            temperature=calibration.temperature,
+            ece_before=calibration.ece_before,
+            ece_after=calibration.ece_after,
+            fitted_temperature=calibration.fitted_temperature,
+        )
         if calibration.thin_classes:
             info["classes_without_guarantee"] = list(calibration.thin_classes)
     if sets:
@@ -251,7 +296,11 @@ def write_uncertainty(
             ["|".join(names[o[m[o]]]) for o, m in zip(order, member, strict=True)]
         )
         adata.obs[set_size_key(key)] = member.sum(1).astype(np.int64)
-        info.update(alpha=alpha, coverage=1 - alpha, score=method,
-                    threshold=calibration.threshold(alpha, method),
-                    n_calibration=len(calibration.scores[method]))
+        info.update(
+            alpha=alpha,
+            coverage=1 - alpha,
+            score=method,
+            threshold=calibration.threshold(alpha, method),
+            n_calibration=len(calibration.scores[method]),
+        )
     adata.uns[calibration_key(key)] = info

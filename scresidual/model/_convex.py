@@ -51,16 +51,24 @@ def _full_log_proba(model: LogisticRegression, X: np.ndarray, n_classes: int) ->
     return out
 
 
-def _model(C: float, weights: np.ndarray | None, seed: int, tol: float = 1e-3
-           ) -> LogisticRegression:
+def _model(
+    C: float, weights: np.ndarray | None, seed: int, tol: float = 1e-3
+) -> LogisticRegression:
     cw = None if weights is None else dict(enumerate(weights.tolist()))
     # newton-cg: a handful of Newton steps on these small problems (5x faster than lbfgs
     # here); warm_start: along the increasing C path each fit starts from the previous one.
     # The fold fits only rank penalties and give out-of-fold predictions: at tol 1e-3 they
     # take half the time on a few thousand labels. The final fit keeps sklearn's 1e-4 (a
     # loose final fit cost DLPFC's annotated half 0.025 macro-F1).
-    return LogisticRegression(C=C, class_weight=cw, solver="newton-cg", max_iter=200,
-                              tol=tol, warm_start=True, random_state=seed)
+    return LogisticRegression(
+        C=C,
+        class_weight=cw,
+        solver="newton-cg",
+        max_iter=200,
+        tol=tol,
+        warm_start=True,
+        random_state=seed,
+    )
 
 
 def fit_block(
@@ -107,8 +115,9 @@ def fit_block(
         oof_final = np.zeros((len(y), n_classes))
         if folds:
             rows = scorable_rows(y, folds)
-            best, cv_loss = _least_loss_penalty({C: p[rows] for C, p in oof.items()}, y[rows],
-                                                weights)
+            best, cv_loss = _least_loss_penalty(
+                {C: p[rows] for C, p in oof.items()}, y[rows], weights
+            )
             matched = best * len(y) / np.mean([len(tr) for tr, _ in folds])
             for train, val in folds:  # the fold models at the final model's per-cell penalty
                 model = _model(matched, weights, seed).fit(X[train], y[train])
@@ -118,11 +127,15 @@ def fit_block(
         final = _model(best, weights, seed, tol=1e-4).fit(X, y)
     coef = np.zeros((n_classes, X.shape[1]))
     intercept = np.full(n_classes, np.log(PROBA_FLOOR))  # an unseen class is never predicted
-    coef[final.classes_] = final.coef_ if len(final.classes_) > 2 else np.vstack(
-        [-final.coef_[0] / 2, final.coef_[0] / 2]
+    coef[final.classes_] = (
+        final.coef_
+        if len(final.classes_) > 2
+        else np.vstack([-final.coef_[0] / 2, final.coef_[0] / 2])
     )
-    intercept[final.classes_] = final.intercept_ if len(final.classes_) > 2 else np.array(
-        [-final.intercept_[0] / 2, final.intercept_[0] / 2]
+    intercept[final.classes_] = (
+        final.intercept_
+        if len(final.classes_) > 2
+        else np.array([-final.intercept_[0] / 2, final.intercept_[0] / 2])
     )
     oof_best = log_softmax(scale * oof_final) if folds else np.zeros((len(y), n_classes))
     return BlockFit(best, scale, coef * scale, intercept * scale, oof_best, cv_loss)
@@ -162,8 +175,7 @@ def temperature(log_proba: np.ndarray, y, weights) -> float:
     from scipy.optimize import minimize_scalar
 
     def loss(log_scale):
-        return float(weighted_losses(log_softmax(np.exp(log_scale) * log_proba), y,
-                                     weights).mean())
+        return float(weighted_losses(log_softmax(np.exp(log_scale) * log_proba), y, weights).mean())
 
     return float(np.exp(minimize_scalar(loss, bounds=(-4, 4), method="bounded").x))
 

@@ -89,8 +89,18 @@ class ResidualConfig:
 
 
 TRAIN_OPTIONS = (
-    "max_epochs", "lr", "probe_lr", "weight_decay", "source_weight_decay", "batch_size",
-    "patience", "min_steps_per_epoch", "validation_size", "folds", "group_folds", "cv_repeats",
+    "max_epochs",
+    "lr",
+    "probe_lr",
+    "weight_decay",
+    "source_weight_decay",
+    "batch_size",
+    "patience",
+    "min_steps_per_epoch",
+    "validation_size",
+    "folds",
+    "group_folds",
+    "cv_repeats",
     "n_jobs",
 )
 """Fields of :class:`ResidualConfig` that say how to train, not what the model is."""
@@ -208,8 +218,13 @@ class ResidualModel:
             )
         residuals = {k: [v[0], dict(v[1])] for k, v in (residuals or {}).items()}
         self.config = ResidualConfig(
-            arm=arm, sources=list(sources), residuals=residuals, head=head, guard=guard,
-            seed=settings.seed if seed is None else seed, **config,
+            arm=arm,
+            sources=list(sources),
+            residuals=residuals,
+            head=head,
+            guard=guard,
+            seed=settings.seed if seed is None else seed,
+            **config,
         )
         self.trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
         self.progress = progress
@@ -239,8 +254,10 @@ class ResidualModel:
         encoders = {}
         if use_residual:
             for name, (kind, kwargs) in self.config.residuals.items():
-                n_in = int(np.prod(self.shapes_[name][:1])) if kind == "cnn" else int(
-                    np.prod(self.shapes_[name])
+                n_in = (
+                    int(np.prod(self.shapes_[name][:1]))
+                    if kind == "cnn"
+                    else int(np.prod(self.shapes_[name]))
                 )
                 encoders[name] = build_encoder(kind, n_in, **kwargs)
         return ResidualNetwork(
@@ -330,8 +347,9 @@ class ResidualModel:
         weights = None
         if cfg.class_weight == "balanced":
             weights = torch.tensor(
-                compute_class_weight("balanced", classes=np.arange(len(self.classes_)),
-                                     y=codes[labelled]),
+                compute_class_weight(
+                    "balanced", classes=np.arange(len(self.classes_)), y=codes[labelled]
+                ),
                 dtype=torch.float32,
             )
         groups = self._fold_groups(groups, labelled, len(y))
@@ -386,8 +404,9 @@ class ResidualModel:
             fits = self._fit_folds_in_workers(args, jobs)
         else:
             fits = [self._fit_fold(*a) for a in args]
-        members, reports, oof = self._out_of_fold(stages, splits, fits, tensors, y_t, labelled,
-                                                  weights)
+        members, reports, oof = self._out_of_fold(
+            stages, splits, fits, tensors, y_t, labelled, weights
+        )
         losses, preds, probas = oof
         validated = ~np.isnan(losses[stages[0]])
         y_val = codes[labelled][validated]
@@ -398,10 +417,16 @@ class ResidualModel:
         if len(splits) > 1:  # cross-fitted: every labelled cell was predicted out of fold
             self._keep_oof(labelled[validated], probas[arm][validated], codes)
         else:
-            self._keep_oof(np.array([], dtype=np.int64), None, codes, note=(
-                "the model was fitted on one validation split, without cross-fitting, so it "
-                "has no out-of-fold predictions of every labelled cell to calibrate on: refit "
-                "it with folds=5 (CLI --folds 5) for calibrated probabilities and sets."))
+            self._keep_oof(
+                np.array([], dtype=np.int64),
+                None,
+                codes,
+                note=(
+                    "the model was fitted on one validation split, without cross-fitting, so it "
+                    "has no out-of-fold predictions of every labelled cell to calibrate on: refit "
+                    "it with folds=5 (CLI --folds 5) for calibrated probabilities and sets."
+                ),
+            )
         return self
 
     def _out_of_fold(self, stages, splits, fits, tensors, y_t, labelled, weights):
@@ -471,7 +496,8 @@ class ResidualModel:
         self.chosen_arm_ = self._guard_choice(arm, fallbacks, val_losses)
         if fallbacks:
             logger.info(
-                "guard: kept %r (validation loss %s)", self.chosen_arm_,
+                "guard: kept %r (validation loss %s)",
+                self.chosen_arm_,
                 ", ".join(f"{a}={r['val_loss']:.4f}" for a, r in self.guard_report_.items()),
             )
         return self.chosen_arm_
@@ -488,8 +514,11 @@ class ResidualModel:
         make one round's choice noisy), then refitted on every labelled cell.
         """
         cfg = self.config
-        if (cfg.arm not in ("refine", "scratch", "linear-probe") or cfg.head != "linear"
-                or any(kind != "linear" for kind, _ in cfg.residuals.values())):
+        if (
+            cfg.arm not in ("refine", "scratch", "linear-probe")
+            or cfg.head != "linear"
+            or any(kind != "linear" for kind, _ in cfg.residuals.values())
+        ):
             raise ScResidualError(
                 "solver='lbfgs' fits linear models only (arm refine/scratch/linear-probe, "
                 "head 'linear', residual encoder 'linear'); use solver='adam' otherwise."
@@ -504,8 +533,9 @@ class ResidualModel:
         folds = [
             (np.searchsorted(labelled, tr), np.searchsorted(labelled, va))
             for r in range(repeats)
-            for tr, va in self._splits(labelled, y, n_folds=int(cfg.folds or AUTO_FOLDS),
-                                       repeat=r, groups=groups)
+            for tr, va in self._splits(
+                labelled, y, n_folds=int(cfg.folds or AUTO_FOLDS), repeat=r, groups=groups
+            )
         ]
         if not all(len(va) for _, va in folds):
             folds = []  # too few labels to validate: default penalty, no guard
@@ -517,33 +547,54 @@ class ResidualModel:
             net.fit_normalisation(tensors)
             net.eval()
             with torch.no_grad():
-                X = (net.source_features(rows) if arm == "linear-probe"
-                     else net.residual_features(rows)).double().numpy()
-            fits[arm] = fit_block(X, y, folds, n_classes=len(self.classes_), weights=w,
-                                  seed=cfg.seed)
+                X = (
+                    (
+                        net.source_features(rows)
+                        if arm == "linear-probe"
+                        else net.residual_features(rows)
+                    )
+                    .double()
+                    .numpy()
+                )
+            fits[arm] = fit_block(
+                X, y, folds, n_classes=len(self.classes_), weights=w, seed=cfg.seed
+            )
             head = net.head_source if arm == "linear-probe" else net.head_residual
             with torch.no_grad():
                 head.weight.copy_(torch.from_numpy(fits[arm].coef))
                 head.bias.copy_(torch.from_numpy(fits[arm].intercept))
             nets[arm] = net
         oof = {arm: f.oof_log_proba for arm, f in fits.items()}
-        reports = {arm: {"C": f.C, "logit_scale": f.scale, "cv_loss": f.cv_loss, "n_members": 1}
-                   for arm, f in fits.items()}
+        reports = {
+            arm: {"C": f.C, "logit_scale": f.scale, "cv_loss": f.cv_loss, "n_members": 1}
+            for arm, f in fits.items()
+        }
         stages = list(base)
         rows = scorable_rows(y, folds) if folds else np.ones(len(y), dtype=bool)
         if len(base) == 2:
-            scores = {s: float(weighted_losses(
-                mixed_log_proba(oof["linear-probe"][rows], oof["scratch"][rows], s), y[rows],
-                w).mean()) for s in cfg.source_shares} if folds else {0.5: float("nan")}
+            scores = (
+                {
+                    s: float(
+                        weighted_losses(
+                            mixed_log_proba(oof["linear-probe"][rows], oof["scratch"][rows], s),
+                            y[rows],
+                            w,
+                        ).mean()
+                    )
+                    for s in cfg.source_shares
+                }
+                if folds
+                else {0.5: float("nan")}
+            )
             share = min(scores, key=scores.get)
             net = self._build("refine")
             net.start_from(nets["linear-probe"], nets["scratch"], share)
             nets["refine"], stages = net, [*stages, "refine"]
             oof["refine"] = mixed_log_proba(oof["linear-probe"], oof["scratch"], share)
-            reports["refine"] = {"source_share": share, "cv_loss_by_share": scores,
-                                 "n_members": 1}
-        val = {a: (weighted_losses(oof[a][rows], y[rows], w), oof[a][rows].argmax(1))
-               for a in stages}
+            reports["refine"] = {"source_share": share, "cv_loss_by_share": scores, "n_members": 1}
+        val = {
+            a: (weighted_losses(oof[a][rows], y[rows], w), oof[a][rows].argmax(1)) for a in stages
+        }
         arm = cfg.arm if cfg.arm in stages else stages[0]  # refine without a branch is it
         val = val if folds else None
         chosen = self._choose(arm, stages, reports, val, y[rows])
@@ -573,7 +624,8 @@ class ResidualModel:
         if jobs is None:
             kw = self.trainer_kwargs
             cpu = kw["accelerator"] == "cpu" or (
-                kw["accelerator"] == "auto" and not torch.cuda.is_available()
+                kw["accelerator"] == "auto"
+                and not torch.cuda.is_available()
                 and not torch.backends.mps.is_available()
             )
             single = kw["strategy"] == "auto" and kw["devices"] in ("auto", 1)
@@ -594,19 +646,27 @@ class ResidualModel:
                 # Python >= 3.12 warns on forking a threaded process (torch's OpenMP pool);
                 # the workers leave that pool alone (see _fit_fold_in_worker).
                 warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
-                fits = list(tqdm(
-                    fork_map(lambda i: self._fit_fold_in_worker(*args[i]), len(args), jobs),
-                    **bar,
-                ))
+                fits = list(
+                    tqdm(
+                        fork_map(lambda i: self._fit_fold_in_worker(*args[i]), len(args), jobs),
+                        **bar,
+                    )
+                )
         else:
             from joblib import Parallel, delayed
 
             kinds = {k: ENCODERS[k] for k, _ in self.config.residuals.values() if k in ENCODERS}
-            fits = list(tqdm(Parallel(n_jobs=jobs, return_as="generator")(
-                delayed(self._fit_fold_in_worker)(*a, encoders=kinds) for a in args
-            ), **bar))
-        return [[(arm, self._rebuild(arm, state), *rest) for arm, state, *rest in fold]
-                for fold in fits]
+            fits = list(
+                tqdm(
+                    Parallel(n_jobs=jobs, return_as="generator")(
+                        delayed(self._fit_fold_in_worker)(*a, encoders=kinds) for a in args
+                    ),
+                    **bar,
+                )
+            )
+        return [
+            [(arm, self._rebuild(arm, state), *rest) for arm, state, *rest in fold] for fold in fits
+        ]
 
     def _fit_fold_in_worker(self, *args, encoders: Mapping | None = None) -> list:
         """``_fit_fold`` in a worker process, returning state dicts instead of networks.
@@ -645,8 +705,10 @@ class ResidualModel:
         seed_all(cfg.seed)
         net = self._build(arm)
         net.fit_normalisation(tensors)
-        started = arm == "refine" and len(fitted) == 2 and net.start_from(
-            fitted["linear-probe"], fitted["scratch"]
+        started = (
+            arm == "refine"
+            and len(fitted) == 2
+            and net.start_from(fitted["linear-probe"], fitted["scratch"])
         )
         share = None
         if started:
@@ -657,17 +719,28 @@ class ResidualModel:
                 val = {k: t[val_idx] for k, t in tensors.items()}
                 for s in cfg.source_shares:
                     net.start_from(fitted["linear-probe"], fitted["scratch"], s)
-                    scores[s] = float(F.cross_entropy(self._logits(net, val), y_t[val_idx],
-                                                      weight=weights))
+                    scores[s] = float(
+                        F.cross_entropy(self._logits(net, val), y_t[val_idx], weight=weights)
+                    )
                 share = min(scores, key=scores.get)
             net.start_from(fitted["linear-probe"], fitted["scratch"], share)
         result = train_network(
-            net, tensors, y_t, train_idx, val_idx,
-            max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
+            net,
+            tensors,
+            y_t,
+            train_idx,
+            val_idx,
+            max_epochs=cfg.max_epochs,
+            batch_size=cfg.batch_size,
             lr=cfg.probe_lr if arm == "linear-probe" else cfg.lr,
-            weight_decay=cfg.weight_decay, source_weight_decay=cfg.source_weight_decay,
-            patience=cfg.patience, min_steps_per_epoch=cfg.min_steps_per_epoch,
-            keep_start=started, class_weights=weights, seed=cfg.seed, progress=self.progress,
+            weight_decay=cfg.weight_decay,
+            source_weight_decay=cfg.source_weight_decay,
+            patience=cfg.patience,
+            min_steps_per_epoch=cfg.min_steps_per_epoch,
+            keep_start=started,
+            class_weights=weights,
+            seed=cfg.seed,
+            progress=self.progress,
             **self.trainer_kwargs,
         )
         return net, result.best_epoch, share
@@ -718,8 +791,12 @@ class ResidualModel:
         return codes if len(np.unique(codes[labelled])) >= 2 else None
 
     def _splits(
-        self, labelled: np.ndarray, codes: np.ndarray, n_folds: int | None = None,
-        repeat: int = 0, groups: np.ndarray | None = None,
+        self,
+        labelled: np.ndarray,
+        codes: np.ndarray,
+        n_folds: int | None = None,
+        repeat: int = 0,
+        groups: np.ndarray | None = None,
     ) -> list[tuple[np.ndarray, ...]]:
         """``(train, validation)`` index pairs: k folds, one split, or no validation."""
         seed = self.config.seed + 7919 * repeat  # another shuffle for each repeat
@@ -728,8 +805,9 @@ class ResidualModel:
         if k > 1 and groups is not None:
             g = groups[labelled]
             k = min(k, len(np.unique(g)))
-            return [(labelled[tr], labelled[va])
-                    for tr, va in GroupKFold(k).split(labelled, codes, g)]
+            return [
+                (labelled[tr], labelled[va]) for tr, va in GroupKFold(k).split(labelled, codes, g)
+            ]
         if k > 1:
             # Stratify when every class can appear in each fold's training part (and
             # sklearn can: some class must have at least k cells).
@@ -807,8 +885,11 @@ class ResidualModel:
             "chosen_arm": self.chosen_arm_,
             "n_members": len(net.members) if isinstance(net, EnsembleNetwork) else 1,
             "guard_report": self.guard_report_,
-            "calibration": (self.calibration_.to_dict() if self.calibration_ is not None
-                            else {"note": self.calibration_note_}),
+            "calibration": (
+                self.calibration_.to_dict()
+                if self.calibration_ is not None
+                else {"note": self.calibration_note_}
+            ),
             "unscaled": self.unscaled_,
         }
         (directory / "residual_model.json").write_text(json.dumps(meta, indent=2))
@@ -880,8 +961,14 @@ class ResidualModel:
         arm, sources, residuals = cfg.pop("arm"), cfg.pop("sources"), cfg.pop("residuals")
         head, guard, seed = cfg.pop("head"), cfg.pop("guard"), cfg.pop("seed")
         model = cls(
-            arm=arm, sources=sources, residuals=residuals, head=head, guard=guard, seed=seed,
-            **kwargs, **cfg,
+            arm=arm,
+            sources=sources,
+            residuals=residuals,
+            head=head,
+            guard=guard,
+            seed=seed,
+            **kwargs,
+            **cfg,
         )
         model.classes_ = [str(c) for c in meta["classes"]]
         model.shapes_ = {k: tuple(int(d) for d in v) for k, v in meta["shapes"].items()}
@@ -906,8 +993,11 @@ def _unscaled(chosen: str, fits: dict, share: float | None) -> dict | None:
     if chosen == "refine":
         p, s = fits["linear-probe"], fits["scratch"]
         bias = share * p.intercept / p.scale + (1 - share) * s.intercept / s.scale
-        return {"head_source": scale["linear-probe"], "head_residual": scale["scratch"],
-                "bias": bias.tolist()}
+        return {
+            "head_source": scale["linear-probe"],
+            "head_residual": scale["scratch"],
+            "bias": bias.tolist(),
+        }
     head = "head_source" if chosen == "linear-probe" else "head_residual"
     return {head: scale[chosen], "bias": (fits[chosen].intercept / scale[chosen]).tolist()}
 
@@ -919,6 +1009,9 @@ def _read_unscaled(d, n_classes: int) -> dict | None:
         bias = [float(b) for b in d["bias"]]
     except (TypeError, KeyError, ValueError, AttributeError):
         return None
-    ok = (len(bias) == n_classes and all(np.isfinite(bias))
-          and all(np.isfinite(v) and v > 0 for v in out.values()))
+    ok = (
+        len(bias) == n_classes
+        and all(np.isfinite(bias))
+        and all(np.isfinite(v) and v > 0 for v in out.values())
+    )
     return {**out, "bias": bias} if ok and out else None

@@ -184,7 +184,11 @@ class SpatialRegionClassifier:
         self.adata = adata
         self.setup = {**{k: v for k, v in args.items() if k != "table_key"}, "encoder": encoder}
         self.init_params_ = {
-            "arm": arm, "head": head, "guard": guard, "seed": seed, **model_kwargs,
+            "arm": arm,
+            "head": head,
+            "guard": guard,
+            "seed": seed,
+            **model_kwargs,
         }
         self.trust_pickle = trust_pickle
         self.progress: bool | None = None
@@ -195,7 +199,8 @@ class SpatialRegionClassifier:
 
     @classmethod
     @doc_params(
-        doc_spatial_key=doc_spatial_key, doc_layer_counts=doc_layer_counts,
+        doc_spatial_key=doc_spatial_key,
+        doc_layer_counts=doc_layer_counts,
         doc_min_overlap_model=doc_min_overlap_model,
     )
     def setup_anndata(
@@ -265,12 +270,23 @@ class SpatialRegionClassifier:
 
         """
         train = training_anndata(adata, table_key, spatial_key, library_key)
-        args = check_setup_args(train, {
-            "labels_key": labels_key, "sources": sources, "features": features, "graph": graph,
-            "n_hops": n_hops, "aggregate_sources": aggregate_sources,
-            "library_key": library_key, "spatial_key": spatial_key, "layer": layer,
-            "n_comps": n_comps, "min_gene_overlap": min_gene_overlap, "table_key": table_key,
-        })
+        args = check_setup_args(
+            train,
+            {
+                "labels_key": labels_key,
+                "sources": sources,
+                "features": features,
+                "graph": graph,
+                "n_hops": n_hops,
+                "aggregate_sources": aggregate_sources,
+                "library_key": library_key,
+                "spatial_key": spatial_key,
+                "layer": layer,
+                "n_comps": n_comps,
+                "min_gene_overlap": min_gene_overlap,
+                "table_key": table_key,
+            },
+        )
         register(adata, args, fit_feature_maps(train, args, seed))
 
     def _core(self, **train_options) -> ResidualModel:
@@ -284,7 +300,10 @@ class SpatialRegionClassifier:
         params.setdefault("solver", ENCODER_SOLVERS[self.setup["encoder"]] if linear else "adam")
         return ResidualModel(
             sources=[f"source_{i}" for i in range(len(self.setup["sources"]))],
-            residuals=self._residuals(), **params, **options, **trainer,
+            residuals=self._residuals(),
+            **params,
+            **options,
+            **trainer,
         )
 
     def _residuals(self) -> dict[str, tuple[str, dict]]:
@@ -311,8 +330,10 @@ class SpatialRegionClassifier:
                 from ..sources import ScviSource
 
                 self._frozen[i] = ScviSource.load(
-                    self._scvi_dir(value), layer=self.setup["layer"],
-                    min_overlap=self._min_gene_overlap, trust_pickle=self.trust_pickle,
+                    self._scvi_dir(value),
+                    layer=self.setup["layer"],
+                    min_overlap=self._min_gene_overlap,
+                    trust_pickle=self.trust_pickle,
                 )
             Z = _embed_in_chunks(self._frozen[i], adata, progress=self.progress)
         check_finite(Z, f"source {self.setup['sources'][i]!r}")
@@ -351,7 +372,9 @@ class SpatialRegionClassifier:
             if library_key is not None and library_key not in adata.obs:
                 library_key = None  # a single new slide without the slide column
             conn, _ = spatial_graph_matrix(
-                adata, self.setup["graph"], spatial_key=self.setup["spatial_key"],
+                adata,
+                self.setup["graph"],
+                spatial_key=self.setup["spatial_key"],
                 library_key=library_key,
             )
         rings = self.setup["n_hops"]
@@ -413,8 +436,11 @@ class SpatialRegionClassifier:
             )
         options = {"max_epochs": max_epochs, "folds": folds, "n_jobs": n_jobs, **train_kwargs}
         core = self._core(
-            **{k: v for k, v in options.items() if v is not None}, accelerator=accelerator,
-            devices=devices, strategy=strategy, progress=progress,
+            **{k: v for k, v in options.items() if v is not None},
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            progress=progress,
         )
         self.progress = progress
         library_key = self.setup["library_key"]
@@ -469,8 +495,14 @@ class SpatialRegionClassifier:
         return P
 
     def predict(
-        self, adata: AnnData | SpatialData | None = None, *, key_added: str | None = None,
-        copy: bool = False, sets: bool | None = None, alpha: float = 0.1, method: str = "lac",
+        self,
+        adata: AnnData | SpatialData | None = None,
+        *,
+        key_added: str | None = None,
+        copy: bool = False,
+        sets: bool | None = None,
+        alpha: float = 0.1,
+        method: str = "lac",
         table_key: str | None = None,
     ) -> AnnData | SpatialData | None:
         """Predict regions and store them in ``adata``.
@@ -504,8 +536,14 @@ class SpatialRegionClassifier:
         """
         if is_spatialdata(adata):
             return predict_spatialdata(
-                self, adata, table_key=table_key, key_added=key_added, copy=copy, sets=sets,
-                alpha=alpha, method=method,
+                self,
+                adata,
+                table_key=table_key,
+                key_added=key_added,
+                copy=copy,
+                sets=sets,
+                alpha=alpha,
+                method=method,
             )
         if table_key is not None:
             raise ScResidualError(
@@ -530,7 +568,8 @@ class SpatialRegionClassifier:
         if copy and adata.isbacked:
             # X stays on disk; the copy carries everything else and the predictions.
             adata = AnnData(
-                obs=adata.obs.copy(), var=adata.var.copy(),
+                obs=adata.obs.copy(),
+                var=adata.var.copy(),
                 obsm={k: np.asarray(v).copy() for k, v in adata.obsm.items()},
                 uns=dict(adata.uns),
             )
@@ -545,8 +584,16 @@ class SpatialRegionClassifier:
         write_sets = sets is not False and not problem
         if write_sets and core.calibration_.thin_classes:
             logger.warning("%s", thin_note(core.calibration_.thin_classes))
-        write_uncertainty(adata, key, proba.to_numpy(), self.classes_, core.calibration_,
-                          sets=write_sets, alpha=alpha, method=method)
+        write_uncertainty(
+            adata,
+            key,
+            proba.to_numpy(),
+            self.classes_,
+            core.calibration_,
+            sets=write_sets,
+            alpha=alpha,
+            method=method,
+        )
         return adata if copy else None
 
     # ------------------------------------------------------------------ saving
@@ -603,7 +650,9 @@ class SpatialRegionClassifier:
         self._model_dir, self.progress = path, progress
         self.residual_model_ = core = ResidualModel.load(path, progress=progress)
         self.setup = check_spatial_setup(
-            setup, path / SETUP_FILE, n_sources=len(core.config.sources),
+            setup,
+            path / SETUP_FILE,
+            n_sources=len(core.config.sources),
             n_features=len(core.config.residuals),
         )
         cfg = core.config

@@ -41,9 +41,14 @@ def check_setup_args(adata: AnnData, args: dict) -> dict:
         parse_spec(f, FEATURE_KINDS, "features")
     parse_graph(args["graph"])
     return {
-        **args, "format": SETUP_FORMAT, "sources": sources, "features": features,
-        "n_hops": int(args["n_hops"]), "aggregate_sources": bool(args["aggregate_sources"]),
-        "n_comps": int(args["n_comps"]), "min_gene_overlap": float(args["min_gene_overlap"]),
+        **args,
+        "format": SETUP_FORMAT,
+        "sources": sources,
+        "features": features,
+        "n_hops": int(args["n_hops"]),
+        "aggregate_sources": bool(args["aggregate_sources"]),
+        "n_comps": int(args["n_comps"]),
+        "min_gene_overlap": float(args["min_gene_overlap"]),
     }
 
 
@@ -65,7 +70,8 @@ def register(adata, args: dict, pca: dict[int, PCAFeatures]) -> None:
     """Write the setup into ``uns[SETUP_KEY]`` of ``adata`` (a SpatialData: of its table)."""
     target = _table_of(adata, args["table_key"]) if is_spatialdata(adata) else adata
     target.uns[SETUP_KEY] = {
-        "args": json.dumps(args), "pca": {str(j): p.to_dict() for j, p in pca.items()},
+        "args": json.dumps(args),
+        "pca": {str(j): p.to_dict() for j, p in pca.items()},
     }
 
 
@@ -112,4 +118,3 @@ def registered(adata) -> tuple[AnnData, dict, dict[int, PCAFeatures]]:
         )
     train = training_anndata(adata, args["table_key"], args["spatial_key"], args["library_key"])
     return train, args, pca
-

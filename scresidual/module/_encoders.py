@@ -120,9 +120,7 @@ class CNNEncoder(nn.Module):
         blocks: list[nn.Module] = []
         c = n_in
         for w in widths:
-            blocks += [
-                nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)
-            ]
+            blocks += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
             c = w
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(2), nn.Flatten())
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(c * 4, n_out), nn.ReLU())

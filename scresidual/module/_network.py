@@ -75,7 +75,9 @@ class Adapter(nn.Module):
     def __init__(self, n_in: int, n_bottleneck: int = 32, dropout: float = 0.1):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(n_in, n_bottleneck), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(n_in, n_bottleneck),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(n_bottleneck, n_in),
         )
 

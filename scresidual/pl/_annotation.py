@@ -79,13 +79,28 @@ def uncertainty(
     size = point_size or max(2.0, 8000 / max(mask.sum(), 1))
     fig, ax = _figure(ax, (6.5, 5.5))
     values = adata.obs[uk].to_numpy(float)[mask]
-    im = ax.scatter(xy[mask, 0], xy[mask, 1], c=values, s=size, cmap="magma_r", vmin=0,
-                    vmax=max(float(values.max(initial=0)), 1e-6), linewidths=0)
+    im = ax.scatter(
+        xy[mask, 0],
+        xy[mask, 1],
+        c=values,
+        s=size,
+        cmap="magma_r",
+        vmin=0,
+        vmax=max(float(values.max(initial=0)), 1e-6),
+        linewidths=0,
+    )
     sk = suggested_key(key)
     if sk in adata.obs:
         picked = mask & adata.obs[sk].to_numpy(bool)
-        ax.scatter(xy[picked, 0], xy[picked, 1], s=4 * size, facecolors="none",
-                   edgecolors="black", linewidths=0.8, label="suggested for labelling")
+        ax.scatter(
+            xy[picked, 0],
+            xy[picked, 1],
+            s=4 * size,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.8,
+            label="suggested for labelling",
+        )
         if picked.any():
             ax.legend(loc="upper right", frameon=False, fontsize=8)
     ax.set_title(f"{key}: uncertainty (1 - max probability)")

@@ -82,9 +82,7 @@ def class_order(
     missing from that order are appended, sorted.
     """
     pred_key = pred_key or _constants.pred_key(labels_key)
-    present = {
-        str(v) for k in (labels_key, pred_key) for v in adata.obs[k].dropna().unique()
-    }
+    present = {str(v) for k in (labels_key, pred_key) for v in adata.obs[k].dropna().unique()}
     if order is None:
         labels = adata.obs[labels_key]
         is_cat = isinstance(labels.dtype, pd.CategoricalDtype)
@@ -227,11 +225,18 @@ def regions(
         a.scatter(xy[mask, 0], xy[mask, 1], c=c, s=size, linewidths=0)
         if name == "true" and trained[mask].any():
             t = mask & trained
-            a.scatter(xy[t, 0], xy[t, 1], s=size, facecolors="none", edgecolors="black",
-                      linewidths=0.6)
+            a.scatter(
+                xy[t, 0], xy[t, 1], s=size, facecolors="none", edgecolors="black", linewidths=0.6
+            )
         if marked.any():
-            a.scatter(xy[marked, 0], xy[marked, 1], s=6 * size, facecolors="none",
-                      edgecolors="red", linewidths=1.0)
+            a.scatter(
+                xy[marked, 0],
+                xy[marked, 1],
+                s=6 * size,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.0,
+            )
         a.set_title(f"{name} regions")
         a.set_aspect("equal")
         if not a.yaxis_inverted():  # shared y axes invert together: once is enough
@@ -242,18 +247,37 @@ def regions(
     if unlabelled[mask].any():
         handles.append(plt.Line2D([], [], ls="", marker="o", color=_GREY, label=UNLABELLED))
     if trained[mask].any():
-        handles.append(plt.Line2D([], [], ls="", marker="o", markerfacecolor="none",
-                                  markeredgecolor="black", label="training spot"))
+        handles.append(
+            plt.Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor="black",
+                label="training spot",
+            )
+        )
     if marked.any():
-        handles.append(plt.Line2D([], [], ls="", marker="o", markerfacecolor="none",
-                                  markeredgecolor="red", label="suggested for labelling"))
+        handles.append(
+            plt.Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor="red",
+                label="suggested for labelling",
+            )
+        )
     where = f", {library_key} {slide}" if library_key is not None and slide is not None else ""
     if new:
         fig.legend(handles=handles, loc="outside right center", frameon=False)
         fig.suptitle(title or f"{labels_key}: true and predicted regions{where}")
     else:
-        axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5),
-                       frameon=False)
+        axes[1].legend(
+            handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+        )
         if title:
             fig.suptitle(title)
     return _finish(fig, axes, show=show, save=save, return_fig=return_fig)
@@ -328,8 +352,15 @@ def confusion(
     for i in range(len(cats)):
         for j in range(len(cats)):
             v = values[i, j]
-            ax.text(j, i, f"{v:.2f}" if normalize else int(v), ha="center", va="center",
-                    fontsize=7, color="white" if v > 0.6 * values.max() else "black")
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}" if normalize else int(v),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v > 0.6 * values.max() else "black",
+            )
     bar = fig.colorbar(im, ax=ax, fraction=0.046)
     bar.set_label("fraction of the true region" if normalize else "spots")
     return _finish(fig, ax, show=show, save=save, return_fig=return_fig)

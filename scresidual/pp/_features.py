@@ -21,7 +21,7 @@ from .._validate import check_cells, check_finite
 def _is_counts(X) -> bool:
     """Whether ``X`` holds counts; counts with some negative values are refused, not guessed."""
     vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    sample = vals[: 100_000]
+    sample = vals[:100_000]
     if sample.size == 0:
         return True
     whole = np.isclose(sample, np.round(sample))
@@ -72,9 +72,11 @@ class PCAFeatures:
         """
         check_cells(adata, 2, "fitting PCA features")
         rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(adata.n_obs, max_cells, replace=False)) if (
-            adata.n_obs > max_cells
-        ) else np.arange(adata.n_obs)
+        rows = (
+            np.sort(rng.choice(adata.n_obs, max_cells, replace=False))
+            if (adata.n_obs > max_cells)
+            else np.arange(adata.n_obs)
+        )
         # Read X in row blocks (backed AnnData never loads whole); keep only the sampled rows.
         lognorm, sample = None, []
         for start, block in iter_row_blocks(adata, layer=layer, chunk_size=chunk_size):
@@ -124,7 +126,11 @@ class PCAFeatures:
         out = np.empty((adata.n_obs, len(self.components)), dtype=np.float32)
         offset = self.mean @ self.components.T
         blocks = iter_aligned_genes(
-            adata, self.genes, layer=layer, min_overlap=min_overlap, model_name="PCA features",
+            adata,
+            self.genes,
+            layer=layer,
+            min_overlap=min_overlap,
+            model_name="PCA features",
             chunk_size=chunk_size,
         )
         for start, block in blocks:
@@ -141,7 +147,9 @@ class PCAFeatures:
     def to_dict(self) -> dict:
         """Arrays for saving with ``np.savez``."""
         return {
-            "genes": self.genes.astype(str), "mean": self.mean, "components": self.components,
+            "genes": self.genes.astype(str),
+            "mean": self.mean,
+            "components": self.components,
             "lognorm": np.array(self.lognorm),
         }
 
@@ -149,8 +157,10 @@ class PCAFeatures:
     def from_dict(cls, d) -> PCAFeatures:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            genes=np.asarray(d["genes"], dtype=object), mean=np.asarray(d["mean"]),
-            components=np.asarray(d["components"]), lognorm=bool(d["lognorm"]),
+            genes=np.asarray(d["genes"], dtype=object),
+            mean=np.asarray(d["mean"]),
+            components=np.asarray(d["components"]),
+            lognorm=bool(d["lognorm"]),
         )
 
 

@@ -45,8 +45,9 @@ def first_line(err: BaseException) -> str:
     return line if len(line) <= 120 else line[:117] + "..."
 
 
-def read_frame(path: Path, what: str, *, sep: str | None = None, header: bool = True,
-               dtype=None) -> pd.DataFrame:
+def read_frame(
+    path: Path, what: str, *, sep: str | None = None, header: bool = True, dtype=None
+) -> pd.DataFrame:
     """Read a CSV/TSV (optionally compressed) or Parquet table, wrapping every parse failure.
 
     ``sep=None`` takes a tab for ``.tsv``/``.txt``/``.tab`` files, else a comma; pandas infers
@@ -77,8 +78,7 @@ def read_frame(path: Path, what: str, *, sep: str | None = None, header: bool = 
     return df
 
 
-def require_columns(df: pd.DataFrame, columns: list[str], what: str, path: Path,
-                    fix: str) -> None:
+def require_columns(df: pd.DataFrame, columns: list[str], what: str, path: Path, fix: str) -> None:
     """Raise naming the columns of ``columns`` missing from ``df``; ``fix`` ends the message."""
     missing = [c for c in columns if c not in df.columns]
     if missing:

@@ -29,8 +29,11 @@ def _id_column(df: pd.DataFrame, *preferred: str | None) -> str:
 
 
 def _cell_ids(df: pd.DataFrame, column: str, what: str, path) -> pd.Index:
-    return unique_ids(df.pop(column), f"duplicate cell id {{dup}} in column {column!r} of {what} "
-                      f"{path.name}; make the cell ids unique.")
+    return unique_ids(
+        df.pop(column),
+        f"duplicate cell id {{dup}} in column {column!r} of {what} "
+        f"{path.name}; make the cell ids unique.",
+    )
 
 
 def _count_matrix(df: pd.DataFrame, path) -> np.ndarray:
@@ -46,8 +49,11 @@ def _count_matrix(df: pd.DataFrame, path) -> np.ndarray:
     for n_bad, problem, fix in (
         (np.isnan(values).sum(), "missing/NaN counts", "fill empty entries with 0"),
         (np.isinf(values).sum(), "infinite counts", "pass raw integer counts"),
-        ((values < 0).sum(), "negative values but raw counts are required",
-         "pass the raw count table, not scaled data"),
+        (
+            (values < 0).sum(),
+            "negative values but raw counts are required",
+            "pass the raw count table, not scaled data",
+        ),
     ):
         if n_bad:
             raise ScResidualError(f"counts table {path.name} has {n_bad} {problem}; {fix}.")

@@ -61,8 +61,9 @@ def _probe_h5(path: Path) -> dict[str, str]:
         )
     try:
         with h5py.File(path, "r") as f:  # Cell Ranger 2 keeps one group per genome instead
-            tenx = "matrix" in f or any(isinstance(g, h5py.Group) and "genes" in g
-                                        for g in f.values())
+            tenx = "matrix" in f or any(
+                isinstance(g, h5py.Group) and "genes" in g for g in f.values()
+            )
             attrs = {k: _text(f.attrs[k]) for k in H5_METADATA if k in f.attrs}
     except Exception as err:  # h5py raises OSError/KeyError on damaged files
         raise _unreadable(path, err) from err
@@ -102,13 +103,19 @@ def _read_mex(folder: Path) -> AnnData:
 
 def _check_counts(adata: AnnData, source: Path) -> None:
     """Raise unless barcodes are unique and counts numeric, finite and non-negative."""
-    unique_ids(adata.obs_names, f"duplicate barcodes in {source} (e.g. {{dup}}); the count "
-               "matrix is damaged or hand-edited, re-copy it from the Ranger output.")
+    unique_ids(
+        adata.obs_names,
+        f"duplicate barcodes in {source} (e.g. {{dup}}); the count "
+        "matrix is damaged or hand-edited, re-copy it from the Ranger output.",
+    )
     data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
     problem = (
-        f"counts of dtype {data.dtype}" if data.dtype.kind not in "iuf"
-        else f"{int((~np.isfinite(data)).sum())} NaN/inf counts" if not np.isfinite(data).all()
-        else f"{int((data < 0).sum())} negative counts" if (data < 0).any()
+        f"counts of dtype {data.dtype}"
+        if data.dtype.kind not in "iuf"
+        else f"{int((~np.isfinite(data)).sum())} NaN/inf counts"
+        if not np.isfinite(data).all()
+        else f"{int((data < 0).sum())} negative counts"
+        if (data < 0).any()
         else None
     )
     if problem:
@@ -169,8 +176,14 @@ def split_gene_expression(adata: AnnData, source: Path) -> tuple[AnnData, AnnDat
 
 
 # ---------------------------------------------------------------------------- Visium
-POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres",
-                    "pxl_col_in_fullres"]
+POSITION_COLUMNS = [
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+]
 """Columns of ``tissue_positions.csv`` (the header Space Ranger >= 2 writes)."""
 
 POSITION_FILES = ["tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet"]
@@ -186,20 +199,23 @@ def _read_positions(path: Path) -> pd.DataFrame:
             header = parquet or fh.readline().strip().lower().startswith(b"barcode")
     except OSError as err:
         raise ScResidualError(f"could not open {path}; check its permissions.") from err
-    df = read_frame(path, "tissue positions file", sep=",", header=header,
-                    dtype=None if parquet else str)
+    df = read_frame(
+        path, "tissue positions file", sep=",", header=header, dtype=None if parquet else str
+    )
     if not header:
         df = df.rename(columns=dict(enumerate(POSITION_COLUMNS)))
     require_columns(df, POSITION_COLUMNS, "tissue positions file", path, SPACE_RANGER)
-    df.index = unique_ids(df["barcode"], f"duplicate barcodes in {path.name} (e.g. {{dup}}); "
-                          f"{SPACE_RANGER}.")
+    df.index = unique_ids(
+        df["barcode"], f"duplicate barcodes in {path.name} (e.g. {{dup}}); {SPACE_RANGER}."
+    )
     values = numeric_coordinates(df, POSITION_COLUMNS[1:], f"tissue positions file {path.name}")
     return pd.DataFrame(values, index=df.index, columns=POSITION_COLUMNS[1:])
 
 
 def _read_scalefactors(path: Path) -> dict:
-    require_path(path, "Visium scale factors", "copy the complete 'spatial/' folder from Space "
-                 "Ranger")
+    require_path(
+        path, "Visium scale factors", "copy the complete 'spatial/' folder from Space Ranger"
+    )
     try:
         scalefactors = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(scalefactors, dict):
@@ -291,12 +307,16 @@ def visium(
 
     """
     folder = require_path(
-        as_path(path, "path"), "Space Ranger output folder",
-        "pass the 'outs/' folder that holds the count matrix and 'spatial/'", folder=True,
+        as_path(path, "path"),
+        "Space Ranger output folder",
+        "pass the 'outs/' folder that holds the count matrix and 'spatial/'",
+        folder=True,
     )
     spatial_dir = require_path(
-        folder / "spatial", "Visium 'spatial/' folder",
-        "copy the complete Space Ranger output including 'spatial/'", folder=True,
+        folder / "spatial",
+        "Visium 'spatial/' folder",
+        "copy the complete Space Ranger output including 'spatial/'",
+        folder=True,
     )
     positions_file = first_existing(spatial_dir, POSITION_FILES)
     if positions_file is None:
@@ -395,8 +415,10 @@ def xenium(path: str | os.PathLike) -> AnnData:
 
     """
     folder = require_path(
-        as_path(path, "path"), "Xenium output folder",
-        "pass the folder that holds cell_feature_matrix.h5 and cells.parquet", folder=True,
+        as_path(path, "path"),
+        "Xenium output folder",
+        "pass the folder that holds cell_feature_matrix.h5 and cells.parquet",
+        folder=True,
     )
     cells_file = first_existing(folder, CELL_FILES)
     if cells_file is None:
@@ -410,10 +432,18 @@ def xenium(path: str | os.PathLike) -> AnnData:
     adata, other = split_gene_expression(matrix, source)
 
     cells = read_frame(cells_file, "Xenium cells table", dtype={"cell_id": str})
-    require_columns(cells, CELL_COLUMNS, "Xenium cells table", cells_file,
-                    "use the cells table written by the Xenium instrument")
-    cells.index = unique_ids(cells.pop("cell_id"), f"duplicate cell_id in {cells_file.name} "
-                             "(e.g. {dup}); use the cells table written by the Xenium instrument.")
+    require_columns(
+        cells,
+        CELL_COLUMNS,
+        "Xenium cells table",
+        cells_file,
+        "use the cells table written by the Xenium instrument",
+    )
+    cells.index = unique_ids(
+        cells.pop("cell_id"),
+        f"duplicate cell_id in {cells_file.name} "
+        "(e.g. {dup}); use the cells table written by the Xenium instrument.",
+    )
     missing = ~adata.obs_names.isin(cells.index)
     if missing.any():
         raise ScResidualError(

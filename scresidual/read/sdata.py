@@ -53,8 +53,13 @@ _ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 def prediction_keys(key: str) -> dict[str, tuple[str, ...]]:
     """The keys ``predict`` (and ``fit --output``) write, per AnnData attribute."""
     return {
-        "obs": (pred_key(key), uncertainty_key(key), set_key(key), set_size_key(key),
-                train_key(key)),
+        "obs": (
+            pred_key(key),
+            uncertainty_key(key),
+            set_key(key),
+            set_size_key(key),
+            train_key(key),
+        ),
         "obsm": (proba_key(key),),
         "uns": (proba_classes_key(key), calibration_key(key)),
     }
@@ -217,7 +222,10 @@ def _coordinates(sdata, table: AnnData, name: str, where: str) -> np.ndarray:
 
 
 def table_anndata(
-    sdata, *, table_key: str | None = None, spatial_key: str = SPATIAL_KEY,
+    sdata,
+    *,
+    table_key: str | None = None,
+    spatial_key: str = SPATIAL_KEY,
     where: str = "the SpatialData",
 ) -> tuple[str, AnnData]:
     """The chosen table's name and the table as a new AnnData with coordinates.
@@ -229,8 +237,12 @@ def table_anndata(
     table = sdata.tables[name]
     _annotation(sdata, table, name, where)
     adata = AnnData(
-        X=table.X, obs=table.obs.copy(), var=table.var.copy(), obsm=dict(table.obsm),
-        layers=dict(table.layers), uns=dict(table.uns),
+        X=table.X,
+        obs=table.obs.copy(),
+        var=table.var.copy(),
+        obsm=dict(table.obsm),
+        layers=dict(table.layers),
+        uns=dict(table.uns),
     )
     if spatial_key not in adata.obsm:
         adata.obsm[spatial_key] = _coordinates(sdata, table, name, where)
@@ -242,9 +254,7 @@ def table_anndata(
     return name, adata
 
 
-def spatialdata(
-    sdata, *, table_key: str | None = None, spatial_key: str = SPATIAL_KEY
-) -> AnnData:
+def spatialdata(sdata, *, table_key: str | None = None, spatial_key: str = SPATIAL_KEY) -> AnnData:
     """One table of a SpatialData (object or ``.zarr`` store) as an AnnData with coordinates.
 
     Parameters
@@ -279,7 +289,8 @@ def warn_several_regions(adata: AnnData, library_key: str | None) -> None:
         logger.warning(
             "the table annotates %d elements but all cells share one spatial graph; pass "
             "library_key=%r to build one graph per element.",
-            adata.obs[region_key].nunique(), region_key,
+            adata.obs[region_key].nunique(),
+            region_key,
         )
 
 
@@ -295,8 +306,9 @@ def add_predictions(adata: AnnData, table: AnnData, key: str) -> list[str]:
     return added
 
 
-def predict_spatialdata(model, sdata, *, table_key: str | None, key_added: str | None,
-                        copy: bool, **kwargs):
+def predict_spatialdata(
+    model, sdata, *, table_key: str | None, key_added: str | None, copy: bool, **kwargs
+):
     """``model.predict`` on a table of ``sdata``; the predictions go into that table.
 
     With ``copy`` the table is copied into a new SpatialData that shares the other elements;
@@ -313,8 +325,12 @@ def predict_spatialdata(model, sdata, *, table_key: str | None, key_added: str |
     table = sdata.tables[name].copy()
     add_predictions(adata, table, key)
     return spatialdata.SpatialData(
-        images=dict(sdata.images), labels=dict(sdata.labels), points=dict(sdata.points),
-        shapes=dict(sdata.shapes), tables={**sdata.tables, name: table}, attrs=dict(sdata.attrs),
+        images=dict(sdata.images),
+        labels=dict(sdata.labels),
+        points=dict(sdata.points),
+        shapes=dict(sdata.shapes),
+        tables={**sdata.tables, name: table},
+        attrs=dict(sdata.attrs),
     )
 
 
@@ -397,8 +413,9 @@ def check_zarr_output(
     return False
 
 
-def check_outside_store(path: str | os.PathLike, store: str | os.PathLike, *,
-                        flag: str | None = None) -> None:
+def check_outside_store(
+    path: str | os.PathLike, store: str | os.PathLike, *, flag: str | None = None
+) -> None:
     """Raise if ``path`` lies inside the input store (which changes only by its table)."""
     if Path(path).resolve().is_relative_to(Path(store).resolve()):
         name = f"{flag} {path}" if flag else str(path)
@@ -417,8 +434,13 @@ class ZarrSlide:
     table: str
 
     @classmethod
-    def read(cls, path: str | os.PathLike, *, table_key: str | None = None,
-             spatial_key: str = SPATIAL_KEY) -> tuple[ZarrSlide, AnnData]:
+    def read(
+        cls,
+        path: str | os.PathLike,
+        *,
+        table_key: str | None = None,
+        spatial_key: str = SPATIAL_KEY,
+    ) -> tuple[ZarrSlide, AnnData]:
         """Open the store; return it and its table as an AnnData (see :func:`spatialdata`)."""
         path = Path(path)
         sdata = read_zarr(path)

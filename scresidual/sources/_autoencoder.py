@@ -143,9 +143,20 @@ def pretrain_autoencoder(
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(validation_size * n)) if validation_size and n >= 20 else 0
     result = train_autoencoder(
-        core, decoder, (Xt - mean) / std, order[n_val:], order[:n_val], noise=noise, lr=lr,
-        weight_decay=weight_decay, max_epochs=int(max_epochs), batch_size=batch_size,
-        patience=patience, min_steps_per_epoch=1, seed=seed, accelerator="cpu",
+        core,
+        decoder,
+        (Xt - mean) / std,
+        order[n_val:],
+        order[:n_val],
+        noise=noise,
+        lr=lr,
+        weight_decay=weight_decay,
+        max_epochs=int(max_epochs),
+        batch_size=batch_size,
+        patience=patience,
+        min_steps_per_epoch=1,
+        seed=seed,
+        accelerator="cpu",
         progress=progress,
     )
     encoder = nn.Sequential(_Standardise(mean, std), *core)

@@ -247,12 +247,18 @@ class GeneformerSource(FrozenSource):
                 "model weights into the folder."
             )
         tokens = cls._dictionary(
-            token_dictionary, model_dir, "token_dictionary*.pkl", "token dictionary",
+            token_dictionary,
+            model_dir,
+            "token_dictionary*.pkl",
+            "token dictionary",
             "token_dictionary",
         )
         medians = cls._dictionary(
-            gene_median_dictionary, model_dir, "gene_median_dictionary*.pkl",
-            "gene median dictionary", "gene_median_dictionary",
+            gene_median_dictionary,
+            model_dir,
+            "gene_median_dictionary*.pkl",
+            "gene median dictionary",
+            "gene_median_dictionary",
         )
         model = _load_bert(model_dir)
         vocab_size = int(model.config.vocab_size)
@@ -264,16 +270,25 @@ class GeneformerSource(FrozenSource):
                 "model (V1 and V2 Geneformer dictionaries differ)."
             )
         return cls(
-            model, tokens, medians, emb_layer=emb_layer, device=device, gene_col=gene_col,
-            layer=layer, model_input_size=model_input_size, min_overlap=min_overlap,
+            model,
+            tokens,
+            medians,
+            emb_layer=emb_layer,
+            device=device,
+            gene_col=gene_col,
+            layer=layer,
+            model_input_size=model_input_size,
+            min_overlap=min_overlap,
         )
 
     @staticmethod
     def _dictionary(value, model_dir: Path, pattern: str, what: str, argument: str) -> dict:
         if isinstance(value, Mapping):
             return dict(value)
-        path = Path(value) if value is not None else _find_dictionary(
-            model_dir, pattern, what, argument
+        path = (
+            Path(value)
+            if value is not None
+            else _find_dictionary(model_dir, pattern, what, argument)
         )
         return _read_pickle_dict(path, what)
 
@@ -292,8 +307,12 @@ class GeneformerSource(FrozenSource):
         X_all = _matrix(adata, self.layer)
         genes = _gene_ids(adata, self._gene_column(adata), what="Ensembl gene ids")
         X, tokens = _match_genes(
-            X_all, genes, self._gene_vocab, min_overlap=self.min_overlap,
-            model_name=self.name, what="Ensembl gene ids",
+            X_all,
+            genes,
+            self._gene_vocab,
+            min_overlap=self.min_overlap,
+            model_name=self.name,
+            what="Ensembl gene ids",
         )
         if "n_counts" in adata.obs.columns:  # Geneformer reads obs["n_counts"]
             totals = np.asarray(adata.obs["n_counts"], dtype=np.float64)
@@ -355,7 +374,7 @@ class GeneformerSource(FrozenSource):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r
             attention[i, : len(r)] = 1
-            pool[i, skip: len(r) - skip] = 1.0  # gene tokens only, as EmbExtractor "cell"
+            pool[i, skip : len(r) - skip] = 1.0  # gene tokens only, as EmbExtractor "cell"
         return torch.from_numpy(ids), torch.from_numpy(attention), torch.from_numpy(pool)
 
     # ------------------------------------------------------------------ embedding
@@ -424,6 +443,10 @@ def _load_bert(model_dir: Path) -> torch.nn.Module:
         )
     unexpected = sorted(info.get("unexpected_keys", []))
     if unexpected:
-        logger.info("Geneformer: %d checkpoint keys unused by %s (%s...).", len(unexpected),
-                    arch, unexpected[0])
+        logger.info(
+            "Geneformer: %d checkpoint keys unused by %s (%s...).",
+            len(unexpected),
+            arch,
+            unexpected[0],
+        )
     return model

@@ -99,8 +99,18 @@ def pretrain_source(
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
     yt = torch.as_tensor(y, dtype=torch.long)
     train_network(
-        model, xt, yt, np.arange(len(yt)), None, max_epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, min_steps_per_epoch=1, seed=seed, accelerator="cpu",
+        model,
+        xt,
+        yt,
+        np.arange(len(yt)),
+        None,
+        max_epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        min_steps_per_epoch=1,
+        seed=seed,
+        accelerator="cpu",
         progress=False,
     )
     return _freeze(model)

@@ -162,7 +162,10 @@ class _TransformerEncoder(nn.Module):
 
 def _mlp3(d_in: int, d_model: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(d_in, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
+        nn.Linear(d_in, d_model),
+        nn.LeakyReLU(),
+        nn.Linear(d_model, d_model),
+        nn.LeakyReLU(),
         nn.Linear(d_model, 1),
     )
 
@@ -320,8 +323,10 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(v, Tensor) for v in obj.values()
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, Tensor) for v in obj.values())
     ):
         raise ScResidualError(
             f"{path} does not hold a state dict of tensors; use the best_model.pt of an scGPT "
@@ -346,7 +351,7 @@ def normalise_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor]
     ignored: list[str] = []
     for key, value in state.items():
         if key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         for pattern, repl in _FLASH_RENAMES:
             key = pattern.sub(repl, key)
         if key.startswith(IGNORED_PREFIXES):
@@ -408,7 +413,8 @@ def _load_strict(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> N
         )
     bad = [
         f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
     ]
     if bad:
         raise ScResidualError(
@@ -593,7 +599,11 @@ class ScGPTSource(FrozenSource):
             emb = state.get("value_encoder.embedding.weight")
             n_input_bins = int(emb.shape[0]) if emb is not None else int(args["n_bins"]) + 2
         model = ScGPTModel(
-            len(vocab), d_model, nhead, d_hid, nlayers,
+            len(vocab),
+            d_model,
+            nhead,
+            d_hid,
+            nlayers,
             input_emb_style=style,
             n_input_bins=n_input_bins,
             pad_value=float(args.get("pad_value", -2)),
@@ -603,11 +613,21 @@ class ScGPTSource(FrozenSource):
         _load_strict(model, state, model_dir / MODEL_FILE)
         logger.info(
             "scGPT: loaded %s (%d layers, d_model=%d, vocabulary %d).",
-            model_dir, nlayers, d_model, len(vocab),
+            model_dir,
+            nlayers,
+            d_model,
+            len(vocab),
         )
         return cls(
-            model, vocab, args, device=device, gene_col=gene_col, layer=layer,
-            max_seq_len=max_seq_len, min_overlap=min_overlap, seed=seed,
+            model,
+            vocab,
+            args,
+            device=device,
+            gene_col=gene_col,
+            layer=layer,
+            max_seq_len=max_seq_len,
+            min_overlap=min_overlap,
+            seed=seed,
         )
 
     # ------------------------------------------------------------------ embedding
@@ -645,7 +665,11 @@ class ScGPTSource(FrozenSource):
         X = _matrix(adata, self.layer)
         genes = _gene_ids(adata, self.gene_col, what="gene symbols")
         return _match_genes(
-            X, genes, self.vocab, min_overlap=self.min_overlap, model_name=self.name,
+            X,
+            genes,
+            self.vocab,
+            min_overlap=self.min_overlap,
+            model_name=self.name,
             what="gene symbols",
         )
 

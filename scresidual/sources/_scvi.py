@@ -85,7 +85,12 @@ class ScviSource(FrozenSource):
     name = "scvi-tools model"
 
     def __init__(
-        self, model, model_dir: Path, *, layer: str | None, min_overlap: float,
+        self,
+        model,
+        model_dir: Path,
+        *,
+        layer: str | None,
+        min_overlap: float,
         covariates: dict[str, object],
     ):
         self.model, self.model_dir = model, model_dir
@@ -140,9 +145,12 @@ class ScviSource(FrozenSource):
             covariates = _query_covariates(registry, batch)
             params = attrs["init_params_"]
             kwargs = {k: v for group in params["kwargs"].values() for k, v in group.items()}
-            args = {k: v for k, v in params["non_kwargs"].items()
-                    # arguments of old SCANVI saves that its constructor no longer takes
-                    if k not in ("unlabeled_category", "pretrained_model")}
+            args = {
+                k: v
+                for k, v in params["non_kwargs"].items()
+                # arguments of old SCANVI saves that its constructor no longer takes
+                if k not in ("unlabeled_category", "pretrained_model")
+            }
             # A tiny AnnData set up from the saved registry becomes the model's own data, so
             # every query is transferred from it and none stays attached to the model (two
             # cells: scvi-tools' library-size initialisation fails on one).
@@ -186,7 +194,9 @@ class ScviSource(FrozenSource):
         from .._validate import check_finite
 
         position, present = match_genes(
-            adata, self.genes, min_overlap=self.min_overlap,
+            adata,
+            self.genes,
+            min_overlap=self.min_overlap,
             model_name=f"scvi model in {self.model_dir}",
         )
         # Only the model's genes are copied (block by block, so a backed slide is read in
@@ -194,7 +204,8 @@ class ScviSource(FrozenSource):
         cols = position[present]
         X = sp.vstack(
             [block[:, cols] for _, block in iter_row_blocks(adata, layer=self.layer)]
-            or [sp.csr_matrix((0, len(cols)), dtype=np.float32)], format="csr",
+            or [sp.csr_matrix((0, len(cols)), dtype=np.float32)],
+            format="csr",
         )
         check_finite(X, "the query counts")
         if X.nnz and X.data.min() < 0:
@@ -202,8 +213,11 @@ class ScviSource(FrozenSource):
                 "the query has negative values but the scvi model needs raw counts; pass layer= "
                 "naming the counts layer."
             )
-        q = AnnData(X, obs=pd.DataFrame(index=adata.obs_names.astype(str)),
-                    var=pd.DataFrame(index=self.genes[present]))
+        q = AnnData(
+            X,
+            obs=pd.DataFrame(index=adata.obs_names.astype(str)),
+            var=pd.DataFrame(index=self.genes[present]),
+        )
         # Its overlap note and low-overlap warning: match_genes has logged the overlap.
         with quiet_loggers("scvi"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -270,7 +284,10 @@ def pretrain_scvi(
         scvi.model.SCVI.setup_anndata(ref, batch_key=batch_key)
         model = scvi.model.SCVI(ref, n_latent=n_latent)
         model.train(
-            max_epochs=max_epochs, accelerator="cpu", early_stopping=True, batch_size=256,
+            max_epochs=max_epochs,
+            accelerator="cpu",
+            early_stopping=True,
+            batch_size=256,
             enable_progress_bar=progress_enabled(progress),
         )
     # Replaces an earlier scvi model folder (model.pt), never any other folder.

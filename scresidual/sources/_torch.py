@@ -24,15 +24,14 @@ from ._base import FrozenSource
 
 logger = logging.getLogger(__name__)
 
+
 # --------------------------------------------------------------------------- shared helpers
 def _as_device(device: str | torch.device) -> torch.device:
     """Parse ``device``, raising :class:`ScResidualError` for unknown or unavailable devices."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ScResidualError(
-            f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'."
-        ) from err
+        raise ScResidualError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'.") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ScResidualError(f"device {device!r} requested but CUDA is not available; use 'cpu'.")
     return dev
@@ -108,14 +107,19 @@ def _match_genes(
     in the model vocabulary (foundation-model vocabularies are much larger than any one data
     set), as scGPT's ``embed_data`` reports it.
     """
-    tokens = np.fromiter((vocab.get(g, -1) for g in query_genes), dtype=np.int64,
-                         count=len(query_genes))
+    tokens = np.fromiter(
+        (vocab.get(g, -1) for g in query_genes), dtype=np.int64, count=len(query_genes)
+    )
     present = tokens >= 0
     n_match = int(present.sum())
     frac = n_match / len(query_genes) if len(query_genes) else 0.0
     logger.info(
         "%s: %d of %d query genes found in the model vocabulary of %d genes (%.1f%%).",
-        model_name, n_match, len(query_genes), len(vocab), 100 * frac,
+        model_name,
+        n_match,
+        len(query_genes),
+        len(vocab),
+        100 * frac,
     )
     if n_match == 0 or frac < min_overlap:
         example = ", ".join(list(vocab)[:3])
@@ -250,7 +254,10 @@ class TorchSource(FrozenSource):
         """Embed every cell of ``adata``; returns float32 ``(n_obs, n_latent)``."""
         if self.genes is not None:
             X = align_genes(
-                adata, self.genes, layer=self.layer, min_overlap=self.min_overlap,
+                adata,
+                self.genes,
+                layer=self.layer,
+                min_overlap=self.min_overlap,
                 model_name=self.name,
             )
         else:

@@ -40,22 +40,39 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("modality", choices=MODALITIES)
     p.add_argument("--data-dir", required=True, help="folder with the modality's data files")
     p.add_argument("--out", required=True, help="JSON file for the result records")
-    p.add_argument("--quick", action="store_true",
-                   help="small splits, short training, no cross-fitting, settings "
-                   + ",".join(QUICK_SETTINGS))
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small splits, short training, no cross-fitting, settings " + ",".join(QUICK_SETTINGS),
+    )
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick 1)")
     p.add_argument("--settings", default=None, help=f"comma list from {','.join(SETTINGS)}")
     p.add_argument("--arms", default=",".join(ARMS), help="comma list of arms")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the finished (setting, seed) runs already in --out, run the rest")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: these small models gain little from more)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished (setting, seed) runs already in --out, run the rest",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these small models gain little from more)",
+    )
     return p
 
 
-def run(modality: str, data_dir: str, *, quick: bool = False, seeds: int | None = None,
-        settings: Sequence[str] | None = None, arms: Sequence[str] = ARMS,
-        out: str | None = None, resume: bool = False) -> list[dict]:
+def run(
+    modality: str,
+    data_dir: str,
+    *,
+    quick: bool = False,
+    seeds: int | None = None,
+    settings: Sequence[str] | None = None,
+    arms: Sequence[str] = ARMS,
+    out: str | None = None,
+    resume: bool = False,
+) -> list[dict]:
     """Run the stress test of one modality; write the records to ``out`` after each arm.
 
     Parameters
@@ -104,8 +121,9 @@ def run(modality: str, data_dir: str, *, quick: bool = False, seeds: int | None 
                 tmp.write_text(json.dumps(records, indent=1))
 
     for task in pipeline.stress_tasks(data_dir, quick=quick):
-        run_task(task, settings=settings, arms=arms, seeds=range(n_seeds), on_record=save,
-                 done=done)
+        run_task(
+            task, settings=settings, arms=arms, seeds=range(n_seeds), on_record=save, done=done
+        )
     return records
 
 
@@ -126,8 +144,7 @@ def _finished_records(out: str, arms: Sequence[str]) -> list[dict]:
     for *key, arm in keys:
         arms_of.setdefault(tuple(key), set()).add(arm)
     complete = {k for k, have in arms_of.items() if set(arms) <= have}
-    return [r for r, k in zip(records, keys, strict=True)
-            if k[:3] in complete and k[3] in arms]
+    return [r for r, k in zip(records, keys, strict=True) if k[:3] in complete and k[3] in arms]
 
 
 def main_stress_test(argv: Sequence[str] | None = None) -> int:
@@ -138,8 +155,13 @@ def main_stress_test(argv: Sequence[str] | None = None) -> int:
     try:
         settings = None if args.settings is None else _names(args.settings, SETTINGS, "setting")
         records = run(
-            args.modality, args.data_dir, quick=args.quick, seeds=args.seeds,
-            settings=settings, arms=_names(args.arms, ARMS, "arm"), out=args.out,
+            args.modality,
+            args.data_dir,
+            quick=args.quick,
+            seeds=args.seeds,
+            settings=settings,
+            arms=_names(args.arms, ARMS, "arm"),
+            out=args.out,
             resume=args.resume,
         )
     except ScResidualError as err:

@@ -96,9 +96,7 @@ def confuse_classes(
 
 
 @doc_params(doc_seed=doc_seed)
-def imbalance_indices(
-    y, proportions: Sequence[float] = IMBALANCE, *, seed: int = 0
-) -> np.ndarray:
+def imbalance_indices(y, proportions: Sequence[float] = IMBALANCE, *, seed: int = 0) -> np.ndarray:
     """Rows of a subsample whose class ``k`` makes up ``proportions[k]`` (renormalised).
 
     The subsample is the largest one the available rows allow.
@@ -128,7 +126,8 @@ def imbalance_indices(
     rng = np.random.default_rng(seed)
     keep = [
         rng.choice(np.flatnonzero(y == c), size=max(1, int(share[c] * total)), replace=False)
-        for c in range(k) if counts[c]
+        for c in range(k)
+        if counts[c]
     ]
     return np.sort(np.concatenate(keep))
 

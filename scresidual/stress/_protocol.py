@@ -115,16 +115,29 @@ def run_task(
             for arm in arms:
                 value, model = fit_arm(task, arm, views, test_views, source.head_weights(), seed)
                 rec = {
-                    "modality": task.modality, "dataset": task.dataset, "setting": setting,
-                    "arm": arm, "seed": int(seed), "metric": task.metric, "value": value,
+                    "modality": task.modality,
+                    "dataset": task.dataset,
+                    "setting": setting,
+                    "arm": arm,
+                    "seed": int(seed),
+                    "metric": task.metric,
+                    "value": value,
                 }
                 records.append(rec)
                 if on_record is not None:
                     on_record(rec)
-                logger.info("%s %s seed=%d %s: %.4f (chosen %s)", task.dataset, setting, seed,
-                            arm, value, model.chosen_arm_)
-            logger.info("%s %s seed=%d took %.0fs", task.dataset, setting, seed,
-                        time.perf_counter() - start)
+                logger.info(
+                    "%s %s seed=%d %s: %.4f (chosen %s)",
+                    task.dataset,
+                    setting,
+                    seed,
+                    arm,
+                    value,
+                    model.chosen_arm_,
+                )
+            logger.info(
+                "%s %s seed=%d took %.0fs", task.dataset, setting, seed, time.perf_counter() - start
+            )
     return records
 
 

@@ -18,12 +18,29 @@ ADULT_FILES = {
 }
 GERMAN_SHA256 = "b21f3d81db8071257d5ff1deaeba1fd4303b62712e6fcc9715c7a86202cb5871"
 ADULT_COLUMNS = (
-    "age", "workclass", "fnlwgt", "education", "education_num", "marital_status",
-    "occupation", "relationship", "race", "sex", "capital_gain", "capital_loss",
-    "hours_per_week", "native_country",
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education_num",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+    "native_country",
 )
 ADULT_CATEGORICAL = (
-    "workclass", "education", "marital_status", "occupation", "relationship", "race", "sex",
+    "workclass",
+    "education",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
     "native_country",
 )
 GERMAN_COLUMNS = tuple(f"A{i}" for i in range(1, 21))
@@ -66,8 +83,12 @@ def load_adult(
     name = "adult.data" if split == "train" else "adult.test"
     path = _find(root, name, ADULT_FILES[name], UCI + "adult/" + name, download)
     df = pd.read_csv(
-        path, header=None, names=[*ADULT_COLUMNS, "income"], skipinitialspace=True,
-        comment="|", skip_blank_lines=True,
+        path,
+        header=None,
+        names=[*ADULT_COLUMNS, "income"],
+        skipinitialspace=True,
+        comment="|",
+        skip_blank_lines=True,
     ).dropna(subset=["income"])
     income = df.pop("income").astype(str).str.rstrip(".")
     bad = set(income) - {"<=50K", ">50K"}

@@ -43,15 +43,25 @@ def _task(dataset, metric, categorical, source, target, test, quick, n_target) -
     enc = TabularEncoder(categorical).fit(pd.concat([df_s.iloc[s], df_t.iloc[t]]))
     xs, xt, xe = (enc.transform(d) for d in (df_s.iloc[s], df_t.iloc[t], df_e.iloc[e]))
     return StressTask(
-        modality="tabular", dataset=dataset, metric=metric, n_classes=2,
-        source_x=xs, source_y=y_s[s], target_x=xt, target_y=y_t[t], target_r=xt,
-        test_x=xe, test_y=y_e[e], test_r=xe,
+        modality="tabular",
+        dataset=dataset,
+        metric=metric,
+        n_classes=2,
+        source_x=xs,
+        source_y=y_s[s],
+        target_x=xt,
+        target_y=y_t[t],
+        target_r=xt,
+        test_x=xe,
+        test_y=y_e[e],
+        test_r=xe,
         pretrain=lambda x, y, seed: pretrain_tabular_source(
             x, y, n_classes=2, epochs=5 if quick else 15, seed=seed
         ),
         encoder=RESIDUAL_ENCODER,
         fit_options={
-            "max_epochs": 15 if quick else 60, "patience": 5 if quick else 10,
+            "max_epochs": 15 if quick else 60,
+            "patience": 5 if quick else 10,
             "folds": 1 if quick else None,  # quick: one validation split, no cross-fitting
             # accuracy is scored: unweighted loss; ROC-AUC: balanced classes
             "class_weight": None if metric == "accuracy" else "balanced",
@@ -66,8 +76,14 @@ def adult_task(data_dir: str | Path, *, quick: bool = False) -> StressTask:
     us = (df["native_country"] == "United-States").to_numpy()
     away = ~(df_test["native_country"] == "United-States").to_numpy()
     return _task(
-        "adult", "accuracy", ADULT_CATEGORICAL, (df[us], y[us]), (df[~us], y[~us]),
-        (df_test[away], y_test[away]), quick, 1000,
+        "adult",
+        "accuracy",
+        ADULT_CATEGORICAL,
+        (df[us], y[us]),
+        (df[~us], y[~us]),
+        (df_test[away], y_test[away]),
+        quick,
+        1000,
     )
 
 
@@ -80,8 +96,14 @@ def german_task(data_dir: str | Path, *, quick: bool = False) -> StressTask:
     tgt, test = split_indices(len(young), [n_tgt, len(young) - n_tgt], seed=0)
     tgt, test = young[tgt], young[test]
     return _task(
-        "german_credit", "roc_auc", GERMAN_CATEGORICAL, (df[old], y[old]),
-        (df.iloc[tgt], y[tgt]), (df.iloc[test], y[test]), quick, n_tgt,
+        "german_credit",
+        "roc_auc",
+        GERMAN_CATEGORICAL,
+        (df[old], y[old]),
+        (df.iloc[tgt], y[tgt]),
+        (df.iloc[test], y[test]),
+        quick,
+        n_tgt,
     )
 
 

@@ -211,6 +211,9 @@ class SentenceEncoder:
         """Embed texts once (eval mode, no gradients); float32 ``(n, 384)``."""
         _require_texts(texts)
         return self.model.encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=False,
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         ).astype(np.float32)

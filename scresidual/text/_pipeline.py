@@ -70,22 +70,36 @@ def rotten_tomatoes_task(
     e_src, e_tgt, e_test = np.split(emb, np.cumsum([len(src), len(tgt)]))
     e_plot = encode([plot[i] for i in plot_rows])
     # Mismatch: a source trained to tell plot synopses (0) from reviews (1).
-    other = (np.concatenate([e_plot, e_src[:n_plot]]),
-             np.repeat(np.array([0, 1], dtype=np.int64), n_plot))
+    other = (
+        np.concatenate([e_plot, e_src[:n_plot]]),
+        np.repeat(np.array([0, 1], dtype=np.int64), n_plot),
+    )
     features = (residual_features or StaticTokenEmbedding()).fit([texts[i] for i in tgt])
     return StressTask(
-        modality="text", dataset="rotten_tomatoes", metric="macro_f1", n_classes=2,
-        source_x=e_src, source_y=y[src], target_x=e_tgt, target_y=y[tgt],
+        modality="text",
+        dataset="rotten_tomatoes",
+        metric="macro_f1",
+        n_classes=2,
+        source_x=e_src,
+        source_y=y[src],
+        target_x=e_tgt,
+        target_y=y[tgt],
         target_r=features.transform([texts[i] for i in tgt]),
-        test_x=e_test, test_y=y[test], test_r=features.transform([texts[i] for i in test]),
+        test_x=e_test,
+        test_y=y[test],
+        test_r=features.transform([texts[i] for i in test]),
         pretrain=lambda x, yy, seed: pretrain_text_source(
             x, yy, n_classes=2, epochs=10 if quick else 30, seed=seed
         ),
         encoder=RESIDUAL_ENCODER,
         other=other,
         # quick: one validation split instead of five cross-fitted members
-        fit_options={"max_epochs": 30 if quick else 100, "patience": 8 if quick else 15,
-                     "batch_size": 64, "folds": 1 if quick else None},
+        fit_options={
+            "max_epochs": 30 if quick else 100,
+            "patience": 8 if quick else 15,
+            "batch_size": 64,
+            "folds": 1 if quick else None,
+        },
     )
 
 

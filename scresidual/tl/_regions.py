@@ -105,16 +105,23 @@ def compare_arms(
             pred = model.predict_proba(adata).idxmax(axis=1).to_numpy()
             truth = adata.obs[truth_key].to_numpy()[unlabelled]
             rows.append(
-                {"arm": arm, "chosen": chosen, "evaluated_on": "unlabelled cells",
-                 **evaluate(truth, pred[unlabelled])}
+                {
+                    "arm": arm,
+                    "chosen": chosen,
+                    "evaluated_on": "unlabelled cells",
+                    **evaluate(truth, pred[unlabelled]),
+                }
             )
         for name, other in (test or {}).items():
             key = truth_key or labels_key
             check_obs_key(other, key)
             pred = model.predict_proba(other).idxmax(axis=1).to_numpy()
             rows.append(
-                {"arm": arm, "chosen": chosen, "evaluated_on": name,
-                 **evaluate(other.obs[key].to_numpy(), pred)}
+                {
+                    "arm": arm,
+                    "chosen": chosen,
+                    "evaluated_on": name,
+                    **evaluate(other.obs[key].to_numpy(), pred),
+                }
             )
     return pd.DataFrame(rows), models
-

@@ -95,8 +95,9 @@ def _representation(views: dict, rows: np.ndarray, seed: int) -> np.ndarray:
     """The model's inputs of ``rows``, standardised, in their first principal components."""
     from sklearn.decomposition import PCA
 
-    X = np.concatenate([np.asarray(v, dtype=np.float32).reshape(len(v), -1)[rows]
-                        for v in views.values()], axis=1)
+    X = np.concatenate(
+        [np.asarray(v, dtype=np.float32).reshape(len(v), -1)[rows] for v in views.values()], axis=1
+    )
     X = (X - X.mean(0)) / (X.std(0) + 1e-6)
     k = min(N_COMPONENTS, *X.shape)
     return PCA(k, random_state=seed).fit_transform(X) if k < X.shape[1] else X
@@ -195,16 +196,23 @@ def suggest_labels(
             extra = np.random.default_rng(seed).choice(rest, n_random, replace=False)
             picked = np.concatenate([picked, extra])
     cells = rows[picked]
-    xy = np.asarray(adata.obsm[model.setup["spatial_key"]])[cells, :2] if (
-        model.setup["spatial_key"] in adata.obsm) else np.full((len(cells), 2), np.nan)
+    xy = (
+        np.asarray(adata.obsm[model.setup["spatial_key"]])[cells, :2]
+        if (model.setup["spatial_key"] in adata.obsm)
+        else np.full((len(cells), 2), np.nan)
+    )
     classes = np.asarray(model.classes_, dtype=object)
-    table = pd.DataFrame({
-        "x": xy[:, 0], "y": xy[:, 1],
-        "prediction": classes[p[picked].argmax(1)],
-        "probability": p[picked].max(1),
-        "uncertainty": uncertainty[picked],
-        "score": score[picked],
-    }, index=adata.obs_names[cells])
+    table = pd.DataFrame(
+        {
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "prediction": classes[p[picked].argmax(1)],
+            "probability": p[picked].max(1),
+            "uncertainty": uncertainty[picked],
+            "score": score[picked],
+        },
+        index=adata.obs_names[cells],
+    )
     library = model.setup.get("library_key")
     if library is not None and library in adata.obs:
         table.insert(0, library, adata.obs[library].to_numpy()[cells])

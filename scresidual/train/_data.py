@@ -61,7 +61,8 @@ class ViewsDataset(Dataset):
         rows = self.indices[torch.as_tensor(batch)]
         views = self.views
         out: dict = {
-            "views": views[rows] if isinstance(views, torch.Tensor)
+            "views": views[rows]
+            if isinstance(views, torch.Tensor)
             else {k: v[rows] for k, v in views.items()}
         }
         if self.y is not None:
@@ -125,12 +126,17 @@ def batch_loader(
     """
     if num_replicas > 1:
         sampler = DistributedSampler(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
             drop_last=False,
         )
     elif shuffle:
         sampler = RandomSampler(
-            dataset, num_samples=max(len(dataset), min_batches * batch_size),
+            dataset,
+            num_samples=max(len(dataset), min_batches * batch_size),
             generator=torch.Generator().manual_seed(seed),
         )
     else:

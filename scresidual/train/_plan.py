@@ -69,8 +69,11 @@ class ClassifierPlan(pl.LightningModule):
         teacher = getattr(self.network, "teacher", None)
         if teacher is not None:
             loss = distillation_loss(
-                loss, logits, batch["views"][teacher],
-                alpha=self.network.kd_alpha, temperature=self.network.kd_temperature,
+                loss,
+                logits,
+                batch["views"][teacher],
+                alpha=self.network.kd_alpha,
+                temperature=self.network.kd_temperature,
             )
         # Summed here and logged once an epoch: a self.log() call per step cost a quarter of
         # the training time of a few hundred labels (thousands of tiny steps).
@@ -197,8 +200,10 @@ def distillation_loss(
     """
     t = temperature
     kl = F.kl_div(
-        F.log_softmax(student / t, 1), F.log_softmax(teacher.float() / t, 1),
-        reduction="batchmean", log_target=True,
+        F.log_softmax(student / t, 1),
+        F.log_softmax(teacher.float() / t, 1),
+        reduction="batchmean",
+        log_target=True,
     )
     return alpha * ce + (1 - alpha) * t * t * kl
 

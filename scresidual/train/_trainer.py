@@ -75,12 +75,14 @@ class KeepBestWeights(pl.Callback):
             self.best_state, self.best_epoch, self.best_score, self.history = best
         if self.best_state is not None:
             pl_module.network.load_state_dict(self.best_state)
-        trainer.callback_metrics.update({
-            "_best_epoch": torch.tensor(self.best_epoch),
-            "_best_val_loss": torch.tensor(self.best_score if self.history else float("nan")),
-            "_val_history": torch.tensor(self.history, dtype=torch.float64),
-            "_n_epochs": torch.tensor(trainer.current_epoch),
-        })
+        trainer.callback_metrics.update(
+            {
+                "_best_epoch": torch.tensor(self.best_epoch),
+                "_best_val_loss": torch.tensor(self.best_score if self.history else float("nan")),
+                "_val_history": torch.tensor(self.history, dtype=torch.float64),
+                "_n_epochs": torch.tensor(trainer.current_epoch),
+            }
+        )
 
 
 class ViewsDataModule(pl.LightningDataModule):
@@ -116,8 +118,12 @@ class ViewsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         return batch_loader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, seed=self.seed,
-            min_batches=self.min_batches, **self._shard(),
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            min_batches=self.min_batches,
+            **self._shard(),
         )
 
     def val_dataloader(self):
@@ -203,7 +209,12 @@ def fit_plan(
     network = plan.network
     has_val = val_idx is not None and len(val_idx) > 0
     data = ViewsDataModule(
-        views, y, train_idx, val_idx if has_val else None, batch_size=batch_size, seed=seed,
+        views,
+        y,
+        train_idx,
+        val_idx if has_val else None,
+        batch_size=batch_size,
+        seed=seed,
         min_batches=min_steps_per_epoch,
     )
     keep = KeepBestWeights(include_start=keep_start and has_val)
@@ -240,7 +251,9 @@ def fit_plan(
     history = [float(v) for v in metrics.get("_val_history", torch.tensor(keep.history))]
     return TrainResult(
         int(metrics.get("_best_epoch", keep.best_epoch)),
-        float(metrics.get("_best_val_loss", keep.best_score)), n_epochs, history,
+        float(metrics.get("_best_val_loss", keep.best_score)),
+        n_epochs,
+        history,
     )
 
 
@@ -265,8 +278,11 @@ def train_network(
     :func:`fit_plan`.
     """
     plan = ClassifierPlan(
-        network, lr=lr, weight_decay=weight_decay,
-        source_weight_decay=source_weight_decay, class_weights=class_weights,
+        network,
+        lr=lr,
+        weight_decay=weight_decay,
+        source_weight_decay=source_weight_decay,
+        class_weights=class_weights,
     )
     return fit_plan(plan, views, y, train_idx, val_idx, **schedule)
 

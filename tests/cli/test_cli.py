@@ -32,9 +32,23 @@ def _run(argv, capsys):
 def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
     digest = file_hash(slide_file)
     code, out, err = _run(
-        ["fit", str(slide_file), "--labels-key", "label", "--model-dir", str(tmp_path / "m"),
-         "--max-epochs", "30", "--folds", "2", "--n-jobs", "1", "--quiet",
-         "--output", str(tmp_path / "f.h5ad")],
+        [
+            "fit",
+            str(slide_file),
+            "--labels-key",
+            "label",
+            "--model-dir",
+            str(tmp_path / "m"),
+            "--max-epochs",
+            "30",
+            "--folds",
+            "2",
+            "--n-jobs",
+            "1",
+            "--quiet",
+            "--output",
+            str(tmp_path / "f.h5ad"),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -46,16 +60,24 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
     meta = json.loads((tmp_path / "m" / "residual_model.json").read_text())
     assert meta["config"]["folds"] == 2  # --folds reached the model
     setup = json.loads((tmp_path / "m" / "spatial_setup.json").read_text())
-    defaults = {**SpatialRegionClassifier.setup_anndata.__kwdefaults__,
-                **SpatialRegionClassifier.__init__.__kwdefaults__}
+    defaults = {
+        **SpatialRegionClassifier.setup_anndata.__kwdefaults__,
+        **SpatialRegionClassifier.__init__.__kwdefaults__,
+    }
     for key in ("graph", "n_hops", "encoder"):  # the CLI's defaults are the class's
         assert setup[key] == defaults[key]
     assert "_scresidual_setup" not in ad.read_h5ad(tmp_path / "f.h5ad").uns
     other = small_slides[small_slides.obs["slide"] == "slide2"].copy()
     other.write_h5ad(tmp_path / "other.h5ad")
     code, out, err = _run(
-        ["predict", str(tmp_path / "m"), str(tmp_path / "other.h5ad"),
-         "--output", str(tmp_path / "pred.h5ad"), "--quiet"],
+        [
+            "predict",
+            str(tmp_path / "m"),
+            str(tmp_path / "other.h5ad"),
+            "--output",
+            str(tmp_path / "pred.h5ad"),
+            "--quiet",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -99,8 +121,17 @@ def test_fit_errors_are_one_line(slide_file, tmp_path, capsys, edit, args, messa
         data = slide_file.read_bytes()
         slide_file.write_bytes(data[: len(data) // 2])
     digest = file_hash(slide_file)
-    argv = ["fit", str(slide_file), "--labels-key", "label", "--model-dir", str(tmp_path / "m"),
-            "--max-epochs", "5", "--quiet"]
+    argv = [
+        "fit",
+        str(slide_file),
+        "--labels-key",
+        "label",
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--max-epochs",
+        "5",
+        "--quiet",
+    ]
     if "--labels-key" in args:
         argv[3] = args[1]
         args = []
@@ -121,7 +152,9 @@ def test_predict_rejects_a_non_model_dir(slide_file, tmp_path, capsys):
 
 def test_console_script_help():
     out = subprocess.run(
-        [sys.executable, "-m", "scresidual.cli", "--help"], capture_output=True, text=True,
+        [sys.executable, "-m", "scresidual.cli", "--help"],
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout
     for command in ("demo", "fit", "predict", "stress-test"):
@@ -200,9 +233,23 @@ def test_pretrain_scvi_then_fit_with_it(slide_file, tmp_path, capsys):
     code, out, err = _run(["pretrain-scvi", str(slide_file), "--out", str(source)], capsys)
     assert code == 2 and "--out" in err and "--overwrite" in err
     code, out, err = _run(
-        ["fit", str(slide_file), "--labels-key", "label", "--model-dir", str(tmp_path / "m"),
-         "--source", f"scvi:{source}", "--max-epochs", "5", "--folds", "2", "--n-jobs", "1",
-         "--quiet"],
+        [
+            "fit",
+            str(slide_file),
+            "--labels-key",
+            "label",
+            "--model-dir",
+            str(tmp_path / "m"),
+            "--source",
+            f"scvi:{source}",
+            "--max-epochs",
+            "5",
+            "--folds",
+            "2",
+            "--n-jobs",
+            "1",
+            "--quiet",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -212,8 +259,16 @@ def test_pretrain_scvi_then_fit_with_it(slide_file, tmp_path, capsys):
     a.var_names = [f"other{i}" for i in range(a.n_vars)]
     a.write_h5ad(tmp_path / "renamed.h5ad")
     code, out, err = _run(
-        ["fit", str(tmp_path / "renamed.h5ad"), "--labels-key", "label",
-         "--model-dir", str(tmp_path / "m2"), "--source", f"scvi:{source}"],
+        [
+            "fit",
+            str(tmp_path / "renamed.h5ad"),
+            "--labels-key",
+            "label",
+            "--model-dir",
+            str(tmp_path / "m2"),
+            "--source",
+            f"scvi:{source}",
+        ],
         capsys,
     )
     assert code == 2 and err.startswith("error: --source: only 0 of")
@@ -224,11 +279,14 @@ def test_pretrain_scvi_then_fit_with_it(slide_file, tmp_path, capsys):
 def test_demo_prints_each_line_once_and_no_third_party_warnings(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "scresidual.cli", "demo", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     lines = [
-        line.strip() for text in (run.stdout, run.stderr) for line in re.split(r"[\r\n]", text)
+        line.strip()
+        for text in (run.stdout, run.stderr)
+        for line in re.split(r"[\r\n]", text)
         if line.strip() and "%|" not in line  # progress bars redraw their line by design
     ]
     repeated = {line for line in lines if lines.count(line) > 1}

@@ -76,8 +76,7 @@ def test_temperature_is_kept_only_where_the_out_of_fold_cells_support_it():
     z, y = _draw(rng, 300)
     honest = Calibration.fit(_softmax(z), y)  # already calibrated: T = 1 is not rejected
     assert honest.temperature == 1.0 and honest.fitted_temperature != 1.0
-    assert Calibration.fit(_softmax(z), y, test=False).temperature == (
-        honest.fitted_temperature)
+    assert Calibration.fit(_softmax(z), y, test=False).temperature == (honest.fitted_temperature)
     sharp = Calibration.fit(_softmax(3 * z), y)  # clearly over-confident: scaled
     assert sharp.temperature == sharp.fitted_temperature < 0.6
 
@@ -93,7 +92,8 @@ def test_uncalibrated_means_the_logistic_regressions_own_probabilities(fitted, t
     y = np.searchsorted(model.classes_, a.obs["region"].astype(str).to_numpy())
     cal = model.predict_proba(a).to_numpy()
     assert expected_calibration_error(cal[~labelled], y[~labelled]) < (
-        expected_calibration_error(raw[~labelled], y[~labelled]))
+        expected_calibration_error(raw[~labelled], y[~labelled])
+    )
     model.save(tmp_path / "m")
     loaded = SpatialRegionClassifier.load(tmp_path / "m", progress=False)
     assert np.allclose(loaded.predict_proba(a, calibrated=False).to_numpy(), raw, atol=1e-5)
@@ -192,22 +192,45 @@ def test_cli_predict_writes_sets(fitted, tmp_path, capsys):
     model.save(tmp_path / "m")
     a.write_h5ad(tmp_path / "slide.h5ad")
     out = tmp_path / "pred.h5ad"
-    code = main(["predict", str(tmp_path / "m"), str(tmp_path / "slide.h5ad"), "--output",
-                 str(out), "--alpha", "0.2", "--sets-method", "aps", "--quiet"])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "m"),
+            str(tmp_path / "slide.h5ad"),
+            "--output",
+            str(out),
+            "--alpha",
+            "0.2",
+            "--sets-method",
+            "aps",
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     pred = ad.read_h5ad(out)
     assert pred.uns["train_calibration"]["score"] == "aps"
     assert {"train_set", "train_set_size", "train_uncertainty"} <= set(pred.obs)
-    code = main(["predict", str(tmp_path / "m"), str(tmp_path / "slide.h5ad"), "--output",
-                 str(tmp_path / "p2.h5ad"), "--alpha", "0", "--quiet"])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "m"),
+            str(tmp_path / "slide.h5ad"),
+            "--output",
+            str(tmp_path / "p2.h5ad"),
+            "--alpha",
+            "0",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: alpha") and err.count("\n") == 1
 
 
 def test_cross_fitted_hops_model_is_calibrated_on_its_out_of_fold_predictions(fitted):
     a, _ = fitted
-    hops = tl.fit_regions(a, labels_key="train", library_key="slide", encoder="hops",
-                          **{**FAST, "folds": 3})
+    hops = tl.fit_regions(
+        a, labels_key="train", library_key="slide", encoder="hops", **{**FAST, "folds": 3}
+    )
     m = hops.residual_model_
     assert m.calibration_ is not None and len(m.oof_rows_) == a.obs["train"].notna().sum()
     assert np.allclose(m.oof_proba_.sum(1), 1, atol=1e-5)

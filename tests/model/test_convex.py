@@ -63,8 +63,13 @@ def test_lbfgs_refuses_nonlinear_parts(toy_views):
     views = {"src": toy_views["good"], "feat": toy_views["feats"]}
     y_train, _ = _split(toy_views["y"], 0.2)
     with pytest.raises(ScResidualError, match="solver='adam'"):
-        ResidualModel(arm="refine", sources=["src"], residuals={"feat": ("mlp", {})},
-                      solver="lbfgs", progress=False).fit(views, y_train)
+        ResidualModel(
+            arm="refine",
+            sources=["src"],
+            residuals={"feat": ("mlp", {})},
+            solver="lbfgs",
+            progress=False,
+        ).fit(views, y_train)
     with pytest.raises(ScResidualError, match="solver='adam'"):
         ResidualModel(arm="adapter", sources=["src"], **LINEAR).fit(views, y_train)
 
@@ -129,6 +134,7 @@ def test_slide_groups_reach_the_cross_validation(toy_views):
     kw = {"sources": ["good"], "residuals": {"feats": ("linear", {})}, "solver": "lbfgs"}
     plain = ResidualModel(**kw).fit(views, y)
     grouped = ResidualModel(**kw).fit(views, y, groups=slide)  # every cell labelled: "auto"
+
     def loss(m):
         return m.guard_report_["scratch"]["cv_loss"]
 
@@ -137,9 +143,11 @@ def test_slide_groups_reach_the_cross_validation(toy_views):
     assert loss(ungrouped) == loss(plain)
     partly = np.where(np.arange(len(y)) % 10 == 0, None, y)  # 10% unlabelled: "auto" is off
     assert loss(ResidualModel(**kw).fit(views, partly, groups=slide)) == loss(
-        ResidualModel(**kw).fit(views, partly))
+        ResidualModel(**kw).fit(views, partly)
+    )
     assert loss(ResidualModel(**kw, group_folds=True).fit(views, partly, groups=slide)) != loss(
-        ResidualModel(**kw).fit(views, partly))
+        ResidualModel(**kw).fit(views, partly)
+    )
     with pytest.raises(ScResidualError, match="one group per row"):
         ResidualModel(**kw).fit(views, y, groups=slide[:10])
 

@@ -37,10 +37,16 @@ def test_each_arm_fits_and_predicts(toy_views, arm):
 def test_arms_use_the_parts_they_should():
     enc = {"feat": build_encoder("mlp", 8)}
     shapes = {"src": (3,)}, {"feat": (8,)}
-    scratch = ResidualNetwork(arm="scratch", source_shapes=shapes[0], residual_shapes=shapes[1],
-                              encoders=enc, n_classes=3)
-    probe = ResidualNetwork(arm="linear-probe", source_shapes=shapes[0],
-                            residual_shapes=shapes[1], encoders=enc, n_classes=3)
+    scratch = ResidualNetwork(
+        arm="scratch", source_shapes=shapes[0], residual_shapes=shapes[1], encoders=enc, n_classes=3
+    )
+    probe = ResidualNetwork(
+        arm="linear-probe",
+        source_shapes=shapes[0],
+        residual_shapes=shapes[1],
+        encoders=enc,
+        n_classes=3,
+    )
     assert scratch.source_names == [] and scratch.residual_names == ["feat"]
     assert probe.residual_names == [] and sum(p.numel() for p in probe.parameters()) == 3 * 3 + 3
 
@@ -76,8 +82,11 @@ def test_guard_rule_needs_a_difference_beyond_noise():
     clear = {"refine": base + 0.5, "scratch": base, "linear-probe": base + 1.0}
     assert model._guard_choice("refine", ["linear-probe", "scratch"], clear) == "scratch"
     # same mean loss, differences only noise
-    noisy = {"refine": base + noise, "scratch": base + rng.permutation(noise),
-             "linear-probe": base + 2}
+    noisy = {
+        "refine": base + noise,
+        "scratch": base + rng.permutation(noise),
+        "linear-probe": base + 2,
+    }
     assert model._guard_choice("refine", ["linear-probe", "scratch"], noisy) == "refine"
     assert model.guard_report_["scratch"]["paired_standard_error"] > 0
     probe_best = {"refine": base + 0.3, "scratch": base + 0.6, "linear-probe": base}
@@ -97,8 +106,9 @@ def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp
     assert model.n_folds(int(mask.sum())) == 5 and model.n_folds(5000) == 1
     # folds fitted in two worker processes or in turn: the same model
     serial = ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, n_jobs=1, **fast)
-    np.testing.assert_allclose(serial.fit(views, y_train).predict_proba(views),
-                               model.predict_proba(views), atol=1e-6)
+    np.testing.assert_allclose(
+        serial.fit(views, y_train).predict_proba(views), model.predict_proba(views), atol=1e-6
+    )
     net = model.network
     assert isinstance(net, EnsembleNetwork) and len(net.members) == 5
     for arm, report in model.guard_report_.items():
@@ -109,8 +119,9 @@ def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp
     x = {k: torch.from_numpy(v[:50]) for k, v in views.items()}
     with torch.no_grad():
         mean = torch.stack([m(x).softmax(1) for m in net.members]).mean(0).numpy()
-    np.testing.assert_allclose(model.predict_proba({k: v[:50] for k, v in views.items()}), mean,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict_proba({k: v[:50] for k, v in views.items()}), mean, atol=1e-5
+    )
     assert _acc(model, views, toy_views["y"], mask) > 0.9
     model.save(tmp_path / "m")
     again = ResidualModel.load(tmp_path / "m", progress=False)
@@ -145,8 +156,9 @@ def test_registered_encoder_reaches_parallel_folds(toy_views, platform, monkeypa
     assert model.guard_report_["scratch"]["n_members"] == 2
     fast["n_jobs"] = 1
     serial = ResidualModel(arm="scratch", residuals={"feat": ("halves-test", {})}, **fast)
-    np.testing.assert_allclose(serial.fit(views, y_train).predict_proba(views),
-                               model.predict_proba(views), atol=1e-6)
+    np.testing.assert_allclose(
+        serial.fit(views, y_train).predict_proba(views), model.predict_proba(views), atol=1e-6
+    )
 
 
 def test_unlabelled_rows_are_not_trained_on(toy_views):

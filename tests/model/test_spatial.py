@@ -17,9 +17,7 @@ def test_fit_predict_save_load(slides, tmp_path, scvi_dir):
     SpatialRegionClassifier.setup_anndata(train, labels_key="train", sources=[f"scvi:{scvi_dir}"])
     model = SpatialRegionClassifier(train, seed=0).train(**FAST)
     # training leaves the AnnData as setup_anndata registered it
-    assert set(train.obs.columns) == set(before.obs.columns) and not train.obsm.keys() - {
-        "spatial"
-    }
+    assert set(train.obs.columns) == set(before.obs.columns) and not train.obsm.keys() - {"spatial"}
     assert set(train.uns) - set(before.uns) == {"_scresidual_setup"}
     out = model.predict(test, copy=True)
     assert "train_pred" not in test.obs
@@ -105,8 +103,9 @@ def test_feature_maps_are_fitted_on_the_training_slide_only(slides):
     own = pp.PCAFeatures.fit(train, n_comps=30, seed=0)
     on_test = pp.PCAFeatures.fit(test, n_comps=30, seed=0)
     assert not np.allclose(on_test.mean, own.mean, rtol=1e-3)  # the test can tell them apart
-    np.testing.assert_allclose(model.views(train)["features_0"][:, :30],
-                               own.transform(train), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        model.views(train)["features_0"][:, :30], own.transform(train), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_sources_enter_as_ring_means_and_stay_frozen(slides):

@@ -60,8 +60,10 @@ def test_confusion_is_labelled_row_normalised_and_follows_class_order():
 
 def _arm_rows() -> pd.DataFrame:
     return pd.DataFrame(
-        [{"arm": arm, "evaluated_on": "held-out", "macro_f1": f1}
-         for arm, f1 in (("refine", 0.8), ("scratch", 0.7), ("adapter", 0.6))]
+        [
+            {"arm": arm, "evaluated_on": "held-out", "macro_f1": f1}
+            for arm, f1 in (("refine", 0.8), ("scratch", 0.7), ("adapter", 0.6))
+        ]
     )
 
 
@@ -195,14 +197,17 @@ def test_class_order_takes_predictions_into_account():
     assert pl.class_order(a, labels_key="region") == ORDER
     assert pl.class_order(a, labels_key="region", pred_key="other_pred") == [*ORDER, "elsewhere"]
     assert pl.class_order(a, labels_key="region", order=["cortex"]) == [
-        "cortex", "follicle", "medulla"
+        "cortex",
+        "follicle",
+        "medulla",
     ]
 
 
 def test_arm_chart_shows_values_and_error_bars_over_seeds():
     rows = [
         {"arm": arm, "evaluated_on": "held-out", "macro_f1": f1 + 0.02 * seed, "seed": seed}
-        for seed in (0, 1, 2) for arm, f1 in (("refine", 0.8), ("scratch", 0.7))
+        for seed in (0, 1, 2)
+        for arm, f1 in (("refine", 0.8), ("scratch", 0.7))
     ]
     ax = pl.arms(pd.DataFrame(rows))
     texts = {t.get_text() for t in ax.texts}

@@ -137,8 +137,14 @@ def make_visium(
         rows.append([b, 0 if b in ("AAAC2-1", "GGGG0-1") else 1, 3, 4, r, c])
     df = pd.DataFrame(
         rows,
-        columns=["barcode", "in_tissue", "array_row", "array_col",
-                 "pxl_row_in_fullres", "pxl_col_in_fullres"],
+        columns=[
+            "barcode",
+            "in_tissue",
+            "array_row",
+            "array_col",
+            "pxl_row_in_fullres",
+            "pxl_col_in_fullres",
+        ],
     )
     if positions == "new":
         df.to_csv(spatial / "tissue_positions.csv", index=False)
@@ -165,15 +171,27 @@ XEN_TYPES = ["Gene Expression"] * 3 + [
     "Negative Control Codeword",
     "Unassigned Codeword",
 ]
-XEN_NAMES = ["Actb", "Gapdh", "Sox2", "NegControlProbe_1", "NegControlProbe_2",
-             "NegControlCodeword_1", "BLANK_0001"]
+XEN_NAMES = [
+    "Actb",
+    "Gapdh",
+    "Sox2",
+    "NegControlProbe_1",
+    "NegControlProbe_2",
+    "NegControlCodeword_1",
+    "BLANK_0001",
+]
 XEN_IDS = [f"X{i}" for i in range(len(XEN_NAMES))]
 CELL_IDS = ["aaaa-1", "aaab-1", "aaac-1", "aaad-1", "aaae-1"]
 
 
 def make_xenium(
-    root: Path, *, matrix: str = "h5", cells: str = "parquet", bytes_ids: bool = False,
-    drop_cell: str | None = None, drop_column: str | None = None,
+    root: Path,
+    *,
+    matrix: str = "h5",
+    cells: str = "parquet",
+    bytes_ids: bool = False,
+    drop_cell: str | None = None,
+    drop_column: str | None = None,
 ) -> tuple[Path, np.ndarray, pd.DataFrame]:
     """A Xenium output folder with a shuffled cells table holding one extra cell."""
     root.mkdir(parents=True)
@@ -184,13 +202,15 @@ def make_xenium(
     else:
         write_mex(root / "cell_feature_matrix", X, CELL_IDS, XEN_IDS, XEN_NAMES, XEN_TYPES)
     ids = CELL_IDS + ["zzzz-1"]
-    df = pd.DataFrame({
-        "cell_id": ids,
-        "x_centroid": np.arange(len(ids)) * 10.0 + 0.5,
-        "y_centroid": np.arange(len(ids)) * -3.0,
-        "transcript_counts": np.arange(len(ids)) + 20,
-        "cell_area": np.linspace(50, 60, len(ids)),
-    })
+    df = pd.DataFrame(
+        {
+            "cell_id": ids,
+            "x_centroid": np.arange(len(ids)) * 10.0 + 0.5,
+            "y_centroid": np.arange(len(ids)) * -3.0,
+            "transcript_counts": np.arange(len(ids)) + 20,
+            "cell_area": np.linspace(50, 60, len(ids)),
+        }
+    )
     df = df.iloc[::-1].reset_index(drop=True)  # different order from the matrix
     if drop_cell is not None:
         df = df[df["cell_id"] != drop_cell]
@@ -215,12 +235,17 @@ def make_tables(root: Path, *, fmt: str = "csv", counts=None, extra_coord: bool 
             {"cell_id": ids, "Gad1": [0, 1, 2, 3], "Sst": [5, 0, 0, 1], "Vip": [1, 1, 1, 1]}
         )
     coords = pd.DataFrame(
-        {"cell_id": ids[::-1], "x": [4.0, 3.0, 2.0, 1.0], "y": [40.0, 30.0, 20.0, 10.0],
-         "fov": [1, 1, 2, 2]}
+        {
+            "cell_id": ids[::-1],
+            "x": [4.0, 3.0, 2.0, 1.0],
+            "y": [40.0, 30.0, 20.0, 10.0],
+            "fov": [1, 1, 2, 2],
+        }
     )
     if extra_coord:
-        coords = pd.concat([coords, pd.DataFrame({"cell_id": ["cX"], "x": [0.0], "y": [0.0],
-                                                  "fov": [9]})])
+        coords = pd.concat(
+            [coords, pd.DataFrame({"cell_id": ["cX"], "x": [0.0], "y": [0.0], "fov": [9]})]
+        )
     if fmt == "csv":
         cpath, xpath = root / "counts.csv", root / "coords.csv"
         counts.to_csv(cpath, index=False)
@@ -236,8 +261,9 @@ def make_tables(root: Path, *, fmt: str = "csv", counts=None, extra_coord: bool 
     return cpath, xpath
 
 
-def make_h5ad(path: Path, *, n_obs: int = 50, spatial: bool = True, X=None, obs_names=None,
-              coords=None) -> ad.AnnData:
+def make_h5ad(
+    path: Path, *, n_obs: int = 50, spatial: bool = True, X=None, obs_names=None, coords=None
+) -> ad.AnnData:
     rng = np.random.default_rng(2)
     if X is None:
         X = sp.csr_matrix(rng.poisson(1.0, size=(n_obs, 30)).astype(np.float32))
@@ -282,8 +308,9 @@ def test_h5ad_missing_file_and_wrong_type(tmp_path):
     with raises_one_line("is a folder"):
         read.h5ad(tmp_path)
     tenx = tmp_path / "m.h5"
-    write_10x_h5(tenx, np.ones((2, 2), int), ["a", "b"], ["g1", "g2"], ["g1", "g2"],
-                 ["Gene Expression"] * 2)
+    write_10x_h5(
+        tenx, np.ones((2, 2), int), ["a", "b"], ["g1", "g2"], ["g1", "g2"], ["Gene Expression"] * 2
+    )
     with raises_one_line("10x count matrix, not an .h5ad"):
         read.h5ad(tenx)
 
@@ -461,8 +488,14 @@ def test_visium_legacy_h5_and_bad_counts(tmp_path):
     root, X = make_visium(tmp_path / "neg")
     X = X.copy()
     X[0, 0] = -3
-    write_10x_h5(root / "filtered_feature_bc_matrix.h5", X, BARCODES, GENE_IDS, GENE_NAMES,
-                 ["Gene Expression"] * 4)
+    write_10x_h5(
+        root / "filtered_feature_bc_matrix.h5",
+        X,
+        BARCODES,
+        GENE_IDS,
+        GENE_NAMES,
+        ["Gene Expression"] * 4,
+    )
     with raises_one_line("1 negative counts"):
         read.visium(root)
 
@@ -478,8 +511,10 @@ def test_visium_legacy_h5_and_bad_counts(tmp_path):
 # --------------------------------------------------------------------------- xenium
 
 
-@pytest.mark.parametrize(("matrix", "cells", "bytes_ids"),
-                         [("h5", "parquet", False), ("h5", "parquet", True), ("mex", "csv", False)])
+@pytest.mark.parametrize(
+    ("matrix", "cells", "bytes_ids"),
+    [("h5", "parquet", False), ("h5", "parquet", True), ("mex", "csv", False)],
+)
 def test_xenium_layouts(tmp_path, matrix, cells, bytes_ids):
     root, X, df = make_xenium(tmp_path / "xen", matrix=matrix, cells=cells, bytes_ids=bytes_ids)
     adata = load_unchanged(read.xenium, root)
@@ -493,8 +528,9 @@ def test_xenium_layouts(tmp_path, matrix, cells, bytes_ids):
     np.testing.assert_array_equal(adata.obs["control_probe_counts"], X[:, 3:5].sum(1))
     np.testing.assert_array_equal(adata.obs["control_codeword_counts"], X[:, 5])
     np.testing.assert_array_equal(adata.obs["unassigned_codeword_counts"], X[:, 6])
-    np.testing.assert_array_equal(adata.obs["transcript_counts"], df.loc[CELL_IDS,
-                                                                         "transcript_counts"])
+    np.testing.assert_array_equal(
+        adata.obs["transcript_counts"], df.loc[CELL_IDS, "transcript_counts"]
+    )
     assert "x_centroid" not in adata.obs and "cell_id" not in adata.obs
     adata.write_h5ad(tmp_path / "xen.h5ad")  # the result is serialisable
 
@@ -552,8 +588,9 @@ def test_table_custom_columns(tmp_path):
     coords = pd.DataFrame({"px": [1.5, 2.5], "py": [3.0, 4.0], "barcode": ["b2", "b1"]})
     counts.to_csv(tmp_path / "c.txt", sep="\t", index=False)
     coords.to_csv(tmp_path / "xy.csv", index=False)
-    adata = read.table(tmp_path / "c.txt", tmp_path / "xy.csv", cell_id_column="barcode",
-                       x="px", y="py")
+    adata = read.table(
+        tmp_path / "c.txt", tmp_path / "xy.csv", cell_id_column="barcode", x="px", y="py"
+    )
     assert list(adata.obs_names) == ["b1", "b2"]
     np.testing.assert_array_equal(adata.obsm["spatial"], [[2.5, 4.0], [1.5, 3.0]])
     np.testing.assert_array_equal(adata.X.toarray(), [[1, 0], [2, 3]])
@@ -604,7 +641,8 @@ def test_table_errors(tmp_path):
         read.table(empty, xpath)
 
     coords_nan = tmp_path / "coords_nan.csv"
-    pd.DataFrame({"cell_id": ["c0", "c1", "c2", "c3"], "x": [1, 2, np.nan, 4],
-                  "y": [1, 2, 3, 4]}).to_csv(coords_nan, index=False)
+    pd.DataFrame(
+        {"cell_id": ["c0", "c1", "c2", "c3"], "x": [1, 2, np.nan, 4], "y": [1, 2, 3, 4]}
+    ).to_csv(coords_nan, index=False)
     with raises_one_line("column 'x' has 1 missing/NaN/inf values \\(e.g. row 'c2'\\)"):
         read.table(cpath, coords_nan)

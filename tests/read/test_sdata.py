@@ -17,7 +17,8 @@ def _tree_hashes(store: Path) -> dict[str, str]:
     return {
         str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(store.rglob("*"))
-        if p.is_file() and p.relative_to(store).parts[0] != "tables"
+        if p.is_file()
+        and p.relative_to(store).parts[0] != "tables"
         and not (p.parent == store and p.name in skip)
     }
 
@@ -35,7 +36,8 @@ def store(small_slides, tmp_path_factory):
     xy = a.obsm.pop("spatial")
     circles = gpd.GeoDataFrame(
         {"radius": np.full(a.n_obs, 0.5)},
-        geometry=[Point(x, y) for x, y in xy], index=np.arange(a.n_obs),
+        geometry=[Point(x, y) for x, y in xy],
+        index=np.arange(a.n_obs),
     )
     shapes = ShapesModel.parse(circles)
     a.obs["spots"] = "spots"
@@ -52,8 +54,7 @@ def test_cli_fit_and_predict_write_into_a_zarr_table(store, tmp_path, capsys):
     before = _tree_hashes(store)
     assert any(k.startswith("shapes/spots/") for k in before)
     model = tmp_path / "model"
-    code = main(["fit", str(store), "--labels-key", "train", "--model-dir", str(model),
-                 "--quiet"])
+    code = main(["fit", str(store), "--labels-key", "train", "--model-dir", str(model), "--quiet"])
     assert code == 0, capsys.readouterr().err
     code = main(["predict", str(model), str(store), "--output", str(store), "--quiet"])
     assert code == 0, capsys.readouterr().err
@@ -72,8 +73,9 @@ def test_cli_fit_and_predict_write_into_a_zarr_table(store, tmp_path, capsys):
 def test_zarr_without_a_usable_table_fails_in_one_line(store, tmp_path, capsys):
     empty = tmp_path / "empty.zarr"
     spatialdata.SpatialData(shapes=dict(spatialdata.read_zarr(store).shapes)).write(empty)
-    code = main(["fit", str(empty), "--labels-key", "train", "--model-dir",
-                 str(tmp_path / "m"), "--quiet"])
+    code = main(
+        ["fit", str(empty), "--labels-key", "train", "--model-dir", str(tmp_path / "m"), "--quiet"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert "table" in err

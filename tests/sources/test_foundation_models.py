@@ -70,11 +70,23 @@ def _scgpt_vocab():
 def _scgpt_args(**extra):
     # field names as in the args.json of the published scGPT_human folder
     args = {
-        "embsize": D_MODEL, "nheads": N_HEAD, "d_hid": D_HID, "nlayers": N_LAYERS,
-        "n_layers_cls": 3, "dropout": 0.2, "pad_token": "<pad>", "pad_value": -2,
-        "mask_value": -1, "n_bins": 51, "input_style": "binned",
-        "input_emb_style": "continuous", "max_seq_len": 1200, "fast_transformer": True,
-        "MVC": True, "USE_GENERATIVE_TRAINING": True, "training_tasks": "both",
+        "embsize": D_MODEL,
+        "nheads": N_HEAD,
+        "d_hid": D_HID,
+        "nlayers": N_LAYERS,
+        "n_layers_cls": 3,
+        "dropout": 0.2,
+        "pad_token": "<pad>",
+        "pad_value": -2,
+        "mask_value": -1,
+        "n_bins": 51,
+        "input_style": "binned",
+        "input_emb_style": "continuous",
+        "max_seq_len": 1200,
+        "fast_transformer": True,
+        "MVC": True,
+        "USE_GENERATIVE_TRAINING": True,
+        "training_tasks": "both",
     }
     args.update(extra)
     return args
@@ -83,23 +95,42 @@ def _scgpt_args(**extra):
 def upstream_scgpt_keys(n_layers, *, flash):
     """Key names of a published scGPT TransformerModel state dict, written out by hand."""
     keys = [
-        "encoder.embedding.weight", "encoder.enc_norm.weight", "encoder.enc_norm.bias",
+        "encoder.embedding.weight",
+        "encoder.enc_norm.weight",
+        "encoder.enc_norm.bias",
         "flag_encoder.weight",
-        "value_encoder.linear1.weight", "value_encoder.linear1.bias",
-        "value_encoder.linear2.weight", "value_encoder.linear2.bias",
-        "value_encoder.norm.weight", "value_encoder.norm.bias",
-        "decoder.fc.0.weight", "decoder.fc.0.bias", "decoder.fc.2.weight", "decoder.fc.2.bias",
-        "decoder.fc.4.weight", "decoder.fc.4.bias",
-        "mvc_decoder.gene2query.weight", "mvc_decoder.gene2query.bias", "mvc_decoder.W.weight",
+        "value_encoder.linear1.weight",
+        "value_encoder.linear1.bias",
+        "value_encoder.linear2.weight",
+        "value_encoder.linear2.bias",
+        "value_encoder.norm.weight",
+        "value_encoder.norm.bias",
+        "decoder.fc.0.weight",
+        "decoder.fc.0.bias",
+        "decoder.fc.2.weight",
+        "decoder.fc.2.bias",
+        "decoder.fc.4.weight",
+        "decoder.fc.4.bias",
+        "mvc_decoder.gene2query.weight",
+        "mvc_decoder.gene2query.bias",
+        "mvc_decoder.W.weight",
     ]
     attn = (
-        ["self_attn.Wqkv.weight", "self_attn.Wqkv.bias"] if flash
+        ["self_attn.Wqkv.weight", "self_attn.Wqkv.bias"]
+        if flash
         else ["self_attn.in_proj_weight", "self_attn.in_proj_bias"]
     )
     block = attn + [
-        "self_attn.out_proj.weight", "self_attn.out_proj.bias",
-        "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
-        "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
+        "self_attn.out_proj.weight",
+        "self_attn.out_proj.bias",
+        "linear1.weight",
+        "linear1.bias",
+        "linear2.weight",
+        "linear2.bias",
+        "norm1.weight",
+        "norm1.bias",
+        "norm2.weight",
+        "norm2.bias",
     ]
     for i in range(n_layers):
         keys += [f"transformer_encoder.layers.{i}.{k}" for k in block]
@@ -107,8 +138,9 @@ def upstream_scgpt_keys(n_layers, *, flash):
 
 
 def _mvc_heads():
-    return {"mvc": {"style": "inner product", "d_in": D_MODEL, "zero_prob": False,
-                    "d_query": D_MODEL}}
+    return {
+        "mvc": {"style": "inner product", "d_in": D_MODEL, "zero_prob": False, "d_query": D_MODEL}
+    }
 
 
 def _random_scgpt_state(seed=0, flash=True):
@@ -131,8 +163,9 @@ def write_scgpt(path, *, flash=True, state=None, args=None, vocab=None):
     path.mkdir(parents=True, exist_ok=True)
     (path / "args.json").write_text(json.dumps(args or _scgpt_args()))
     (path / "vocab.json").write_text(json.dumps(vocab or _scgpt_vocab()))
-    torch.save(state if state is not None else _random_scgpt_state(flash=flash),
-               path / "best_model.pt")
+    torch.save(
+        state if state is not None else _random_scgpt_state(flash=flash), path / "best_model.pt"
+    )
     return path
 
 
@@ -187,11 +220,12 @@ def test_scgpt_encoder_matches_torch_transformer_encoder(scgpt_dir, scgpt_adata)
     src = ScGPTSource.load(scgpt_dir)
     ref = torch.nn.TransformerEncoder(
         torch.nn.TransformerEncoderLayer(D_MODEL, N_HEAD, D_HID, 0.0, batch_first=True),
-        N_LAYERS, enable_nested_tensor=False,
+        N_LAYERS,
+        enable_nested_tensor=False,
     )
     prefix = "transformer_encoder."
     ref.load_state_dict(
-        {k[len(prefix):]: v for k, v in src.model.state_dict().items() if k.startswith(prefix)}
+        {k[len(prefix) :]: v for k, v in src.model.state_dict().items() if k.startswith(prefix)}
     )
     ref.eval()
     genes, values, pad = src.tokenize(scgpt_adata[:20])
@@ -333,8 +367,13 @@ def write_geneformer(path, *, v2=True, max_pos=64, seed=0):
     tokens = _gf_tokens(v2)
     torch.manual_seed(seed)
     config = transformers.BertConfig(
-        vocab_size=len(tokens), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=max_pos, pad_token_id=0,
+        vocab_size=len(tokens),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max_pos,
+        pad_token_id=0,
     )
     transformers.BertForMaskedLM(config).save_pretrained(path)
     suffix = "gc104M" if v2 else "gc30M"
@@ -374,9 +413,11 @@ def _three_cells():
     # medians: G1=1, G2=2, G3=0.5, G4=4; a non-model gene carries the rest of the counts
     genes = ["ENSG_A", "ENSG_B", "ENSG_C", "ENSG_D", "ENSG_OTHER"]
     X = np.array(
-        [[2, 8, 3, 1, 86],  # scaled: A 2, B 4, C 6, D 0.25 -> C B A D (raw order: B D C A)
-         [5, 0, 0, 40, 55],  # A 5, D 10 -> D A
-         [0, 1, 0, 0, 9]],  # B
+        [
+            [2, 8, 3, 1, 86],  # scaled: A 2, B 4, C 6, D 0.25 -> C B A D (raw order: B D C A)
+            [5, 0, 0, 40, 55],  # A 5, D 10 -> D A
+            [0, 1, 0, 0, 9],
+        ],  # B
         dtype=np.float32,
     )
     adata = ad.AnnData(X, var=pd.DataFrame(index=[f"sym{i}" for i in range(5)]))
@@ -389,8 +430,12 @@ def _write_small_gf(path, tokens, medians, max_pos=16):
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=max(tokens.values()) + 1, hidden_size=8, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=16, max_position_embeddings=max_pos,
+        vocab_size=max(tokens.values()) + 1,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=max_pos,
     )
     transformers.BertForMaskedLM(config).save_pretrained(path)
     with open(path / "tok.pkl", "wb") as f:
@@ -403,17 +448,27 @@ def _write_small_gf(path, tokens, medians, max_pos=16):
 @needs_transformers
 def test_geneformer_tokenization_exact_order(tmp_path):
     adata, medians = _three_cells()
-    v2 = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3,
-          "ENSG_A": 4, "ENSG_B": 5, "ENSG_C": 6, "ENSG_D": 7}
+    v2 = {
+        "<pad>": 0,
+        "<mask>": 1,
+        "<cls>": 2,
+        "<eos>": 3,
+        "ENSG_A": 4,
+        "ENSG_B": 5,
+        "ENSG_C": 6,
+        "ENSG_D": 7,
+    }
     path = _write_small_gf(tmp_path / "v2", v2, medians)
-    src = GeneformerSource.load(path, token_dictionary=path / "tok.pkl",
-                               gene_median_dictionary=path / "med.pkl")
+    src = GeneformerSource.load(
+        path, token_dictionary=path / "tok.pkl", gene_median_dictionary=path / "med.pkl"
+    )
     A, B, C, D, CLS, EOS = 4, 5, 6, 7, 2, 3
     got = [t.tolist() for t in src.tokenize(adata)]
     assert got == [[CLS, C, B, A, D, EOS], [CLS, D, A, EOS], [CLS, B, EOS]]
     # truncation keeps room for <cls>/<eos>
-    small = GeneformerSource.load(path, token_dictionary=v2, gene_median_dictionary=medians,
-                                 model_input_size=4)
+    small = GeneformerSource.load(
+        path, token_dictionary=v2, gene_median_dictionary=medians, model_input_size=4
+    )
     assert [t.tolist() for t in small.tokenize(adata)][0] == [CLS, C, B, EOS]
     # obs["n_counts"] is used when present (same ranks here, only the scale changes)
     adata.obs["n_counts"] = [100.0, 100.0, 10.0]
@@ -422,8 +477,9 @@ def test_geneformer_tokenization_exact_order(tmp_path):
     # V1 dictionary: no special tokens
     v1 = {"<pad>": 0, "<mask>": 1, "ENSG_A": 2, "ENSG_B": 3, "ENSG_C": 4, "ENSG_D": 5}
     p1 = _write_small_gf(tmp_path / "v1", v1, medians)
-    src1 = GeneformerSource.load(p1, token_dictionary=p1 / "tok.pkl",
-                                gene_median_dictionary=p1 / "med.pkl")
+    src1 = GeneformerSource.load(
+        p1, token_dictionary=p1 / "tok.pkl", gene_median_dictionary=p1 / "med.pkl"
+    )
     assert [t.tolist() for t in src1.tokenize(adata)] == [[4, 3, 2, 5], [5, 2], [3]]
 
     # embedding = mean over gene tokens of hidden_states[n_layers + emb_layer], pad-invariant
@@ -434,8 +490,9 @@ def test_geneformer_tokenization_exact_order(tmp_path):
             hs = model.base_model(input_ids=torch.from_numpy(ids)[None], output_hidden_states=True)
         expected = hs.hidden_states[2 - 1][0, 1:-1].mean(0).numpy()
         np.testing.assert_allclose(Z[i], expected, atol=1e-5)
-    Z_last = GeneformerSource.load(path, token_dictionary=v2, gene_median_dictionary=medians,
-                                  emb_layer=0).embed(adata, progress=False)
+    Z_last = GeneformerSource.load(
+        path, token_dictionary=v2, gene_median_dictionary=medians, emb_layer=0
+    ).embed(adata, progress=False)
     assert not np.allclose(Z, Z_last)
 
 
@@ -468,8 +525,11 @@ def test_geneformer_errors(tmp_path, gf_dir):
     with pytest.raises(ScResidualError, match="token_dictionary="):
         GeneformerSource.load(two)
     with pytest.raises(ScResidualError, match="outside the model vocabulary"):
-        GeneformerSource.load(two, token_dictionary={"<pad>": 0, GF_GENES[0]: 999},
-                              gene_median_dictionary=_gf_medians())
+        GeneformerSource.load(
+            two,
+            token_dictionary={"<pad>": 0, GF_GENES[0]: 999},
+            gene_median_dictionary=_gf_medians(),
+        )
     symbols = ad.AnnData(_counts(5, 4), var=pd.DataFrame(index=["A", "B", "C", "D"]))
     with pytest.raises(ScResidualError, match="0 of 4 genes"):
         GeneformerSource.load(gf_dir).embed(symbols, progress=False)

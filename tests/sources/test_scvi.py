@@ -28,8 +28,9 @@ def test_scvi_source_is_built_once_and_matches_scvi_tools(small_slides, scvi_dir
 
     a = small_slides[:60].copy()
     q = scvi.model.SCVI.prepare_query_anndata(a.copy(), str(scvi_dir), inplace=False)
-    expected = scvi.model.SCVI.load(str(scvi_dir), adata=q, accelerator="cpu") \
-        .get_latent_representation(q)
+    expected = scvi.model.SCVI.load(
+        str(scvi_dir), adata=q, accelerator="cpu"
+    ).get_latent_representation(q)
     folder = tmp_path / "scvi"
     shutil.copytree(scvi_dir, folder)
     src = ScviSource.load(folder)

@@ -103,8 +103,11 @@ def _views(n=120, d=6, k=3, seed=0):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % k
     src = rng.normal(size=(n, d)).astype(np.float32) + y[:, None]
-    return {"source": src, "x": src[:, :3] + rng.normal(size=(n, 3)).astype(np.float32),
-            "teacher": np.eye(k, dtype=np.float32)[y] * 3}, y.astype(str)
+    return {
+        "source": src,
+        "x": src[:, :3] + rng.normal(size=(n, 3)).astype(np.float32),
+        "teacher": np.eye(k, dtype=np.float32)[y] * 3,
+    }, y.astype(str)
 
 
 # ----------------------------------------------------------------------------- kd / lora
@@ -122,8 +125,14 @@ def test_distillation_loss_formula():
 def test_lora_zero_init_reproduces_source_head():
     rng = np.random.default_rng(0)
     w, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=3).astype(np.float32)
-    net = ResidualNetwork(arm="lora", source_shapes={"s": (6,)}, residual_shapes={},
-                          encoders={}, n_classes=3, source_head={"weight": w, "bias": b})
+    net = ResidualNetwork(
+        arm="lora",
+        source_shapes={"s": (6,)},
+        residual_shapes={},
+        encoders={},
+        n_classes=3,
+        source_head={"weight": w, "bias": b},
+    )
     z = torch.randn(5, 6)
     net.fit_normalisation({"s": z * 10 + 3})  # lora keeps raw features
     assert torch.allclose(net({"s": z}), z @ torch.from_numpy(w).T + torch.from_numpy(b))
@@ -136,8 +145,15 @@ def test_lora_model_aligns_classes_and_saves(tmp_path):
     rng = np.random.default_rng(1)
     w, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=3).astype(np.float32)
     order = ["2", "0", "1"]  # source rows in another class order
-    model = ResidualModel(arm="lora", sources=["source"], source_head={"weight": w, "bias": b},
-                          source_classes=order, progress=False, lr=0.0, **FAST)
+    model = ResidualModel(
+        arm="lora",
+        sources=["source"],
+        source_head={"weight": w, "bias": b},
+        source_classes=order,
+        progress=False,
+        lr=0.0,
+        **FAST,
+    )
     model.fit(views, y)
     expected = torch.softmax(torch.from_numpy(views["source"] @ w.T + b), 1).numpy()
     np.testing.assert_allclose(model.predict_proba(views), expected[:, [1, 2, 0]], atol=1e-5)
@@ -148,8 +164,9 @@ def test_lora_model_aligns_classes_and_saves(tmp_path):
 
 def test_kd_arm_fits_saves_and_needs_teacher(tmp_path):
     views, y = _views()
-    model = ResidualModel(arm="kd", residuals={"x": ("mlp", {})}, teacher="teacher",
-                          progress=False, **FAST).fit(views, y)
+    model = ResidualModel(
+        arm="kd", residuals={"x": ("mlp", {})}, teacher="teacher", progress=False, **FAST
+    ).fit(views, y)
     assert model.chosen_arm_ == "kd" and model.network.teacher == "teacher"
     no_teacher = {k: v for k, v in views.items() if k != "teacher"}
     proba = model.predict_proba(no_teacher)  # prediction does not need the teacher
@@ -159,8 +176,9 @@ def test_kd_arm_fits_saves_and_needs_teacher(tmp_path):
     with pytest.raises(ScResidualError, match="teacher"):
         ResidualModel(arm="kd", residuals={"x": ("mlp", {})}, progress=False).fit(views, y)
     with pytest.raises(ScResidualError, match="missing input view"):
-        ResidualModel(arm="kd", residuals={"x": ("mlp", {})}, teacher="teacher",
-                      progress=False).fit(no_teacher, y)
+        ResidualModel(
+            arm="kd", residuals={"x": ("mlp", {})}, teacher="teacher", progress=False
+        ).fit(no_teacher, y)
     with pytest.raises(ScResidualError, match="source_head"):
         ResidualModel(arm="lora", sources=["source"], progress=False).fit(views, y)
 
@@ -231,8 +249,13 @@ def test_static_token_embedding_averages_input_vectors(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film", "bad"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     transformers.BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=16)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+    )
     transformers.BertModel(config).save_pretrained(tmp_path)
     features = StaticTokenEmbedding(tmp_path).fit(["unused"])
     table = features.table
@@ -269,20 +292,44 @@ def test_bad_input_errors(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 def test_quick_image_command(image_dir, tmp_path, capsys):
     out = tmp_path / "r.json"
-    argv = ["image", "--data-dir", str(image_dir), "--out", str(out), "--quick",
-            "--settings", "noise-0.4"]
+    argv = [
+        "image",
+        "--data-dir",
+        str(image_dir),
+        "--out",
+        str(out),
+        "--quick",
+        "--settings",
+        "noise-0.4",
+    ]
     assert main_stress_test(argv) == 0
     records = json.loads(out.read_text())
-    assert [r["arm"] for r in records] == ["refine", "scratch", "linear-probe", "adapter",
-                                           "kd", "lora"]
+    assert [r["arm"] for r in records] == [
+        "refine",
+        "scratch",
+        "linear-probe",
+        "adapter",
+        "kd",
+        "lora",
+    ]
     assert all(r["dataset"] == "fashion_mnist" and 0 <= r["value"] <= 1 for r in records)
     assert "lora" in capsys.readouterr().out
 
 
 def _quick_tabular(tabular_dir, out, setting: str, arms: str) -> list[str]:
     """Run a quick tabular stress test into ``out``; return its argv for reruns."""
-    argv = ["tabular", "--data-dir", str(tabular_dir), "--out", str(out), "--quick",
-            "--settings", setting, "--arms", arms]
+    argv = [
+        "tabular",
+        "--data-dir",
+        str(tabular_dir),
+        "--out",
+        str(out),
+        "--quick",
+        "--settings",
+        setting,
+        "--arms",
+        arms,
+    ]
     assert main_stress_test(argv) == 0
     return argv
 
@@ -292,7 +339,9 @@ def test_quick_tabular_command(tabular_dir, tmp_path):
     argv = _quick_tabular(tabular_dir, out, "imbalance", "refine,lora")
     records = json.loads(out.read_text())
     assert {(r["dataset"], r["metric"]) for r in records} == {
-        ("adult", "accuracy"), ("german_credit", "roc_auc")}
+        ("adult", "accuracy"),
+        ("german_credit", "roc_auc"),
+    }
     assert main_stress_test(argv[:-1] + ["nope"]) == 2
 
 
@@ -321,13 +370,15 @@ def test_text_pipeline_with_stand_in_encoder(tmp_path):
     cat = ["fresh", "rotten", "plot"] * 40
     texts = [f"{words.get(c, 'a story about')} {rng.integers(100)}" for c in cat]
     pd.DataFrame({"category": cat, "text": texts}).to_csv(
-        tmp_path / "rotten_tomatoes_corpus_full.csv.bz2")
+        tmp_path / "rotten_tomatoes_corpus_full.csv.bz2"
+    )
 
     def encode(batch):  # stand-in for the sentence encoder: word presence
         return np.array([[w in t for w in ("great", "dull", "story")] for t in batch], np.float32)
 
-    task = rotten_tomatoes_task(tmp_path, quick=True, encoder=encode,
-                                residual_features=HashedTfidf(64))
+    task = rotten_tomatoes_task(
+        tmp_path, quick=True, encoder=encode, residual_features=HashedTfidf(64)
+    )
     records = run_task(task, settings=["mismatch"], arms=["refine", "kd"])
     assert [r["metric"] for r in records] == ["macro_f1"] * 2
     assert "refine" in results_table(records)

@@ -75,8 +75,7 @@ def test_regions_and_uncertainty_maps_show_suggestions(annotated):
     a, model = annotated
     out = model.predict(a, copy=True)
     tl.suggest_labels(out, model, n=20)
-    fig = pl.regions(out, labels_key="train", library_key="slide", slide="slide1",
-                     return_fig=True)
+    fig = pl.regions(out, labels_key="train", library_key="slide", slide="slide1", return_fig=True)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "suggested for labelling" in labels
     ax = pl.uncertainty(out, key="train")
@@ -91,8 +90,9 @@ def test_cli_suggest_writes_a_csv(annotated, tmp_path, capsys):
     a.write_h5ad(slide)
     before = slide.read_bytes()
     out = tmp_path / "next.csv"
-    code = main(["suggest", str(tmp_path / "m"), str(slide), "--n", "15", "--output", str(out),
-                 "--quiet"])
+    code = main(
+        ["suggest", str(tmp_path / "m"), str(slide), "--n", "15", "--output", str(out), "--quiet"]
+    )
     assert code == 0, capsys.readouterr().err
     table = pd.read_csv(out, index_col="obs_name")
     assert len(table) == 15 and a.obs.loc[table.index, "train"].isna().all()
@@ -103,8 +103,17 @@ def test_cli_suggest_writes_a_csv(annotated, tmp_path, capsys):
         (["--n", str(a.n_obs)], "unlabelled"),
         (["--labels-key", "nope"], "nope"),
     ]:
-        code = main(["suggest", str(tmp_path / "m"), str(slide), "--output",
-                     str(tmp_path / "x.csv"), "--quiet", *argv])
+        code = main(
+            [
+                "suggest",
+                str(tmp_path / "m"),
+                str(slide),
+                "--output",
+                str(tmp_path / "x.csv"),
+                "--quiet",
+                *argv,
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert what in err

@@ -29,8 +29,10 @@ def _slide(n: int = 300, n_genes: int = 40, seed: int = 0) -> ad.AnnData:
     obs_labels = labels.copy()
     obs_labels[rng.random(n) > 0.4] = np.nan
     adata = ad.AnnData(
-        X=X, obs=pd.DataFrame({"region": obs_labels, "truth": labels},
-                              index=[f"c{i}" for i in range(n)]),
+        X=X,
+        obs=pd.DataFrame(
+            {"region": obs_labels, "truth": labels}, index=[f"c{i}" for i in range(n)]
+        ),
         obsm={"spatial": xy},
     )
     adata.var_names = [f"g{i}" for i in range(n_genes)]
@@ -39,8 +41,15 @@ def _slide(n: int = 300, n_genes: int = 40, seed: int = 0) -> ad.AnnData:
 
 def _fit(adata, **kwargs) -> SpatialRegionClassifier:
     return tl.fit_regions(
-        adata, labels_key="region", n_comps=5, max_epochs=8, progress=False,
-        accelerator="cpu", devices=1, guard=False, **kwargs,
+        adata,
+        labels_key="region",
+        n_comps=5,
+        max_epochs=8,
+        progress=False,
+        accelerator="cpu",
+        devices=1,
+        guard=False,
+        **kwargs,
     )
 
 
@@ -72,8 +81,15 @@ def test_ddp_spawn_two_cpu_processes():
     X = rng.normal(size=(n, 6)).astype(np.float32)
     X[:, 0] += 3 * y
     model = ResidualModel(
-        arm="scratch", residuals={"f": ("mlp", {})}, accelerator="cpu", devices=2,
-        strategy="ddp_spawn", max_epochs=8, progress=False, guard=False, batch_size=32,
+        arm="scratch",
+        residuals={"f": ("mlp", {})},
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=8,
+        progress=False,
+        guard=False,
+        batch_size=32,
         folds=1,  # one spawn: gloo's worker teardown rarely aborts, and five spawns multiply it
     )
     model.fit({"f": X}, y.astype(str))
@@ -110,9 +126,7 @@ def test_chunked_gene_alignment_and_pca_match_in_memory(backed):
     p_mem = PCAFeatures.fit(adata, n_comps=5, max_cells=120, seed=1)
     p_bak = PCAFeatures.fit(b, n_comps=5, max_cells=120, seed=1, chunk_size=41)
     np.testing.assert_allclose(p_mem.components, p_bak.components, atol=1e-5)
-    np.testing.assert_allclose(
-        p_mem.transform(adata), p_bak.transform(b, chunk_size=29), atol=1e-4
-    )
+    np.testing.assert_allclose(p_mem.transform(adata), p_bak.transform(b, chunk_size=29), atol=1e-4)
     b.file.close()
 
 
