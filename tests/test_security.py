@@ -76,6 +76,17 @@ def _run(argv, capsys):
     return code, out.out, out.err
 
 
+def _predict_in_a_new_process(model, slide, output) -> subprocess.CompletedProcess:
+    """``scresidual predict MODEL SLIDE --output OUTPUT --quiet`` as a user runs it."""
+    argv = ["predict", str(model), str(slide), "--output", str(output), "--quiet"]
+    return subprocess.run(
+        [sys.executable, "-m", "scresidual.cli", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
 def _one_line_error(code, err, *words):
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -165,22 +176,7 @@ def test_crafted_scvi_source_real_command(work, tmp_path):
     _evil_scvi_dir(model / "sources" / "source_0", marker, "os.system")
     _set_scvi_source(model, "scvi:sources/source_0")
     before = _snapshot(tmp_path)
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scresidual.cli",
-            "predict",
-            str(model),
-            str(slide),
-            "--output",
-            str(tmp_path / "o.h5ad"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    run = _predict_in_a_new_process(model, slide, tmp_path / "o.h5ad")
     _one_line_error(run.returncode, run.stderr, "--trust-pickle")
     assert not marker.exists() and _snapshot(tmp_path) == before
 
@@ -609,22 +605,7 @@ def test_low_gene_overlap_is_a_warning_quiet_does_not_hide(work, tmp_path):
     a = _slide(seed=2)
     a = a[:, : int(N_GENES * 0.6)].copy()
     slide = _write(a, tmp_path / "few_genes.h5ad")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scresidual.cli",
-            "predict",
-            str(model),
-            str(slide),
-            "--output",
-            str(tmp_path / "o.h5ad"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    run = _predict_in_a_new_process(model, slide, tmp_path / "o.h5ad")
     assert run.returncode == 0, run.stderr
     assert "only 60% (12/20)" in run.stderr, run.stderr
 
