@@ -219,7 +219,6 @@ class SpatialRegionClassifier:
         n_comps: int = 30,
         min_gene_overlap: float = MIN_GENE_OVERLAP,
         table_key: str | None = None,
-        seed: int = 0,
     ) -> None:
         """Register the training data: what the model reads, with its feature maps fitted.
 
@@ -265,8 +264,6 @@ class SpatialRegionClassifier:
         table_key
             For a SpatialData ``adata``: the table to fit on (may be left out when there is
             only one).
-        seed
-            Seed of the cell sample the PCA is fitted on (slides over 50,000 cells).
 
         """
         train = training_anndata(adata, table_key, spatial_key, library_key)
@@ -287,7 +284,7 @@ class SpatialRegionClassifier:
                 "table_key": table_key,
             },
         )
-        register(adata, args, fit_feature_maps(train, args, seed))
+        register(adata, args, fit_feature_maps(train, args))
 
     def _core(self, **train_options) -> ResidualModel:
         """A new, unfitted :class:`ResidualModel` with this model's settings and options."""

@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from .._constants import SETUP_KEY
 from .._errors import ScResidualError
+from .._settings import settings
 from .._validate import check_cells, check_obs_key, check_unique_obs_names, parse_spec
 from ..pp import PCAFeatures, parse_graph
 from ..read.sdata import choose_table, is_spatialdata, spatialdata, warn_several_regions
@@ -52,10 +53,13 @@ def check_setup_args(adata: AnnData, args: dict) -> dict:
     }
 
 
-def fit_feature_maps(adata: AnnData, args: dict, seed: int) -> dict[int, PCAFeatures]:
-    """The PCA of each ``'pca'`` feature view, fitted on the training data."""
+def fit_feature_maps(adata: AnnData, args: dict) -> dict[int, PCAFeatures]:
+    """The PCA of each ``'pca'`` feature view, fitted on the training data.
+
+    Slides over 50,000 cells are fitted on a sample drawn with ``settings.seed``.
+    """
     return {
-        j: PCAFeatures.fit(adata, n_comps=args["n_comps"], layer=args["layer"], seed=seed)
+        j: PCAFeatures.fit(adata, n_comps=args["n_comps"], layer=args["layer"], seed=settings.seed)
         for j, spec in enumerate(args["features"])
         if spec == "pca"
     }

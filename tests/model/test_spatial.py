@@ -88,6 +88,14 @@ def test_options_go_to_their_own_step_and_train_keeps_the_settings(slides):
     assert model.init_params_ == before and model.chosen_arm_ == "scratch"
     model.train(progress=False, folds=1)  # the next call starts from the defaults again
     assert model.residual_model_.config.max_epochs == 200
+    # fit_regions sends each option to its step (the seed reaches the model) and leaves
+    # adata's own registration as it was
+    registered = one.uns["_scresidual_setup"]["args"]
+    fitted = tl.fit_regions(one, labels_key="region", arm="scratch", seed=3, folds=1, patience=2)
+    cfg = fitted.residual_model_.config
+    assert (cfg.seed, cfg.folds, cfg.patience, cfg.arm) == (3, 1, 2, "scratch")
+    assert fitted.setup["labels_key"] == "region"
+    assert one.uns["_scresidual_setup"]["args"] == registered
 
 
 def test_feature_maps_are_fitted_on_the_training_slide_only(slides):
