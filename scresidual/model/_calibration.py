@@ -11,7 +11,8 @@ spending labels on it:
   logistic-regression block is scaled out of fold first (with balanced class weights, before
   REFINE mixes the blocks; see :func:`scresidual.model._convex.fit_block`, whose fold
   models are refitted at the final model's per-cell penalty so that they predict as sharply
-  as it does). The raw logistic-regression probabilities, with no temperature at all, are the
+  as it does). The raw logistic-regression probabilities, with no temperature at all (of a
+  block averaged over penalties, its penalties' logits averaged to a net scale of 1), are the
   *uncalibrated* baseline (``SpatialRegionClassifier.predict_proba(calibrated=False)``; ECE
   0.09-0.45 on the benchmark slides at 10% labels, against 0.01-0.04 calibrated). The
   mixture's temperature is kept only where it is supported: its likelihood-ratio statistic

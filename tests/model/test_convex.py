@@ -5,7 +5,14 @@ import pytest
 
 from scresidual import ScResidualError
 from scresidual.model import ResidualModel
-from scresidual.model._convex import fit_block, scorable_rows, temperature
+from scresidual.model._convex import (
+    EVIDENCE_FLOOR,
+    fit_block,
+    fold_weights,
+    penalty_weights,
+    scorable_rows,
+    temperature,
+)
 
 LINEAR = {"residuals": {"feat": ("linear", {})}, "solver": "lbfgs", "progress": False}
 
@@ -162,3 +169,42 @@ def test_every_class_below_the_number_of_folds_still_cross_validates(toy_views):
     views = {"src": toy_views["good"], "feat": toy_views["feats"]}
     model = ResidualModel(arm="refine", sources=["src"], folds=5, **LINEAR).fit(views, y_train)
     assert len(model.classes_) == 3 and model.predict(views).shape == (len(y),)
+
+
+def test_fold_models_weigh_each_class_as_the_final_fit_does():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0] * 20 + [1] * 6 + [2] * 2)
+    full = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    train = np.setdiff1d(np.arange(len(y)), [0, 1, 20, 26])  # a fold short of class 2's half
+    w = fold_weights(full, y, train)
+    # balanced weights recomputed on the fold: every class has the same total weight again
+    np.testing.assert_allclose(
+        w, compute_class_weight("balanced", classes=np.arange(3), y=y[train])
+    )
+    totals = np.bincount(y[train], weights=w[y[train]])
+    np.testing.assert_allclose(totals, totals[0])
+    assert fold_weights(None, y, train) is None
+
+
+def test_penalties_are_averaged_by_out_of_fold_evidence():
+    # n * loss is a log-likelihood: a tie splits the weight, 10 nats behind gets nothing
+    w = penalty_weights({0.01: 0.30, 0.1: 0.30, 1.0: 0.30 + 10 / 100}, n=100)
+    assert w[0.01] == pytest.approx(0.5) and w[0.1] == pytest.approx(0.5) and w[1.0] == 0
+    w = penalty_weights({0.01: 0.30, 0.1: 0.31}, n=100)  # one nat: e^-1 of the best's weight
+    assert w[0.1] / w[0.01] == pytest.approx(np.exp(-1)) and sum(w.values()) == pytest.approx(1)
+    assert min(v for v in w.values() if v > 0) >= EVIDENCE_FLOOR
+
+
+def test_an_averaged_block_is_one_linear_model_that_predicts_its_labels():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 5))
+    y = (X[:, :3] + 0.3 * rng.normal(size=(150, 3))).argmax(1)
+    folds = [(np.setdiff1d(np.arange(150), v), v) for v in np.array_split(np.arange(150), 5)]
+    fit = fit_block(X, y, folds, n_classes=3, weights=None)
+    assert sum(fit.penalty_weights.values()) == pytest.approx(1)
+    assert fit.C == max(fit.penalty_weights, key=fit.penalty_weights.get)
+    assert set(fit.penalty_weights) <= set(fit.cv_loss)
+    assert fit.coef.shape == (3, 5) and fit.scale > 0
+    assert ((X @ fit.coef.T + fit.intercept).argmax(1) == y).mean() > 0.8
+    assert (fit.oof_log_proba.argmax(1) == y).mean() > 0.7
