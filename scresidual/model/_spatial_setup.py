@@ -108,13 +108,14 @@ def registered(adata) -> tuple[AnnData, dict, dict[int, PCAFeatures]]:
                 "adata is not set up; call SpatialRegionClassifier.setup_anndata(adata, "
                 "labels_key=...) first."
             )
+    damaged = f"uns[{SETUP_KEY!r}] is damaged; run SpatialRegionClassifier.setup_anndata again."
     try:
         args = json.loads(entry["args"])
         pca = {int(j): PCAFeatures.from_dict(d) for j, d in entry["pca"].items()}
     except (KeyError, TypeError, ValueError) as err:
-        raise ScResidualError(
-            f"uns[{SETUP_KEY!r}] is damaged; run SpatialRegionClassifier.setup_anndata again."
-        ) from err
+        raise ScResidualError(damaged) from err
+    if not all(p.consistent() for p in pca.values()):  # the same check as a saved model's
+        raise ScResidualError(damaged)
     if not isinstance(args, dict) or args.get("format") != SETUP_FORMAT:
         raise ScResidualError(
             f"uns[{SETUP_KEY!r}] was written by another version; run "

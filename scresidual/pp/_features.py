@@ -163,6 +163,11 @@ class PCAFeatures:
             lognorm=bool(d["lognorm"]),
         )
 
+    def consistent(self) -> bool:
+        """Whether the genes, their means and the components have matching sizes."""
+        n = len(self.genes)
+        return self.components.ndim == 2 and self.components.shape[1] == n and len(self.mean) == n
+
 
 def pca_features(
     adata: AnnData,
@@ -192,7 +197,6 @@ def read_pca(file: Path) -> PCAFeatures:
         raise ScResidualError(
             f"cannot read {file} ({type(err).__name__}); the file is corrupted: refit the model."
         ) from err
-    n_genes = len(pca.genes)
-    if pca.components.ndim != 2 or pca.components.shape[1] != n_genes or len(pca.mean) != n_genes:
+    if not pca.consistent():
         raise ScResidualError(f"{file} holds arrays of mismatched sizes; refit the model.")
     return pca

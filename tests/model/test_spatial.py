@@ -160,3 +160,13 @@ def test_adapter_arm_trains_by_gradient_descent_under_the_linear_encoder(slides)
     assert model.setup["encoder"] == "linear" and model.residual_model_.config.solver == "adam"
     assert model.residual_model_.config.arm == "adapter"
     assert model.predict_proba(one).shape[0] == one.n_obs
+
+
+def test_a_damaged_registration_is_refused_in_one_line(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    SpatialRegionClassifier.setup_anndata(one, labels_key="train")
+    pca = one.uns["_scresidual_setup"]["pca"]["0"]
+    pca["mean"] = pca["mean"][:-1]  # sizes no longer match the genes
+    with pytest.raises(ScResidualError, match="is damaged; run SpatialRegionClassifier") as err:
+        SpatialRegionClassifier(one)
+    assert "\n" not in str(err.value)
