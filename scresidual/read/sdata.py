@@ -21,7 +21,7 @@ from anndata import AnnData
 from .._constants import SPATIAL_KEY
 from .._errors import ScResidualError
 from .._validate import check_spatial
-from ._common import as_path, first_line, require_path
+from ._common import first_line, reading
 
 ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 """Files that make a folder a zarr group (zarr v3, v2)."""
@@ -42,24 +42,14 @@ def is_zarr(path: str | os.PathLike) -> bool:
 
 
 def read_zarr(path: str | os.PathLike):
-    """Read a SpatialData ``.zarr`` store with :func:`spatialdata.read_zarr`, checking it first."""
-    path = require_path(as_path(path, "store"), "SpatialData store", "check the path", folder=True)
-    if not any((path / name).is_file() for name in ZARR_METADATA[:2]):
-        raise ScResidualError(
-            f"{path} is a folder but not a zarr store (no zarr.json or .zgroup); pass a store "
-            "written by spatialdata (sdata.write('slide.zarr'))."
-        )
+    """Read a SpatialData ``.zarr`` store with :func:`spatialdata.read_zarr`."""
     import spatialdata
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # format and autosharding notices
-            return spatialdata.read_zarr(path)
-    except Exception as err:  # truncated files, foreign layouts, unsupported codecs
-        raise ScResidualError(
-            f"could not read the SpatialData store {path} ({type(err).__name__}: "
-            f"{first_line(err)}); re-write it with spatialdata."
-        ) from err
+    path = Path(path).expanduser()
+    fix = "pass a store written by spatialdata (sdata.write('slide.zarr'))"
+    with reading("SpatialData store", path, fix), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # format and autosharding notices
+        return spatialdata.read_zarr(path)
 
 
 def _elements(sdata) -> str:
