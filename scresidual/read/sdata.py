@@ -21,7 +21,7 @@ from anndata import AnnData
 from .._constants import SPATIAL_KEY
 from .._errors import ScResidualError
 from .._validate import check_spatial
-from ._common import first_line, reading
+from ._common import coordinate_array, first_line, reading
 
 ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 """Files that make a folder a zarr group (zarr v3, v2)."""
@@ -131,14 +131,6 @@ def _coordinate_system(sdata, regions: list[str], where: str) -> str:
     )
 
 
-def _positions(index: pd.Index, ids: pd.Series) -> np.ndarray:
-    """Row of ``index`` for each id (-1 when absent); ids and index may differ in int/str."""
-    pos = index.get_indexer(ids)
-    if (pos < 0).any():
-        pos = index.astype(str).get_indexer(ids.astype(str))
-    return pos
-
-
 def _coordinates(sdata, table: AnnData, name: str, where: str) -> np.ndarray:
     """Centroids of the annotated instances, one row per table row, in a shared system."""
     from spatialdata import get_centroids
@@ -146,30 +138,23 @@ def _coordinates(sdata, table: AnnData, name: str, where: str) -> np.ndarray:
     region, instance = _annotation(sdata, table, name, where)
     regions = list(pd.unique(region))
     system = _coordinate_system(sdata, regions, where)
-    centroids = {}
-    for r in regions:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            centroids[r] = get_centroids(sdata[r], coordinate_system=system).compute()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        centroids = {
+            r: get_centroids(sdata[r], coordinate_system=system).compute() for r in regions
+        }
     axes = [a for a in ("x", "y", "z") if all(a in c.columns for c in centroids.values())]
     xy = np.empty((table.n_obs, len(axes)), dtype=np.float64)
+    fix = (
+        "give the element's instances unique ids that match the table, or store coordinates "
+        "in the table's obsm['spatial']"
+    )
     for r, cent in centroids.items():
-        rows = np.flatnonzero((region == r).to_numpy())
-        if not cent.index.is_unique:
-            raise ScResidualError(
-                f"element {r!r} of {where} repeats instance ids, so table {name!r} cannot be "
-                "matched to it; give its instances unique ids."
-            )
-        pos = _positions(cent.index, instance.iloc[rows])
-        if (pos < 0).any():
-            bad = instance.iloc[rows[pos < 0]]
-            raise ScResidualError(
-                f"{len(bad)} row(s) of table {name!r} of {where} have no instance in element "
-                f"{r!r} (instance key {instance.name!r}, e.g. {bad.iloc[0]!r}), so they have no "
-                "coordinates; match the table to the element or store coordinates in the "
-                "table's obsm['spatial']."
-            )
-        xy[rows] = cent[axes].to_numpy(dtype=np.float64)[pos]
+        rows = (region == r).to_numpy()
+        with reading(f"the instances (key {instance.name!r}) of element {r!r} in", where, fix):
+            # ids may differ in int/str; a repeated instance id fails the reindex
+            frame = cent.set_axis(cent.index.astype(str)).reindex(instance[rows].astype(str))
+            xy[rows] = coordinate_array(frame, axes, f"element {r!r} of {where}", fix)
     return xy
 
 
