@@ -410,8 +410,9 @@ def _check_fit_args(args, adata) -> None:
     from ._genes import expression_matrix
     from ._io import check_model_dir
     from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial, parse_spec
+    from .model.sdata import check_outside_store
     from .pp import parse_graph
-    from .read.sdata import check_outside_store, is_zarr
+    from .read.sdata import is_zarr
 
     _check_positive(
         ("--n-hops", args.n_hops),
@@ -470,7 +471,8 @@ def _mark_training_spots(adata, labels_key: str) -> None:
 def _read_slide(args, spatial_key: str, require_spatial: bool):
     """The input slide as an AnnData, and the ``.zarr`` store it came from (or None)."""
     from . import read
-    from .read.sdata import ZarrSlide, is_zarr
+    from .model.sdata import ZarrSlide
+    from .read.sdata import is_zarr
 
     if is_zarr(args.input):
         store, adata = ZarrSlide.read(args.input, table_key=args.table, spatial_key=spatial_key)
@@ -482,7 +484,8 @@ def _read_slide(args, spatial_key: str, require_spatial: bool):
 
 def _check_output(args, model_dirs: list) -> None:
     from ._io import check_output_file
-    from .read.sdata import check_zarr_output, is_zarr
+    from .model.sdata import check_zarr_output
+    from .read.sdata import is_zarr
 
     if is_zarr(args.input):
         check_zarr_output(args.output, args.input, model_dirs=model_dirs)
@@ -510,7 +513,7 @@ def _fit(args) -> None:
     from ._constants import SETUP_KEY
     from ._io import check_fit_paths
     from .model import SpatialRegionClassifier
-    from .read.sdata import warn_several_regions
+    from .model.sdata import warn_several_regions
 
     adata, store = _read_slide(args, args.spatial_key, require_spatial=False)
     if store is not None:

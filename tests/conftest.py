@@ -23,6 +23,34 @@ def small_slides():
 
 
 @pytest.fixture(scope="session")
+def zarr_store(small_slides, tmp_path_factory):
+    """A SpatialData with a table annotating circles (one per spot), written to .zarr."""
+    import geopandas as gpd
+    import spatialdata
+    from shapely.geometry import Point
+    from spatialdata.models import ShapesModel, TableModel
+
+    a = small_slides[small_slides.obs["slide"] == "slide1"].copy()
+    rng = np.random.default_rng(0)
+    a.obs["train"] = a.obs["region"].astype(object).where(rng.random(a.n_obs) < 0.5, None)
+    xy = a.obsm.pop("spatial")
+    circles = gpd.GeoDataFrame(
+        {"radius": np.full(a.n_obs, 0.5)},
+        geometry=[Point(x, y) for x, y in xy],
+        index=np.arange(a.n_obs),
+    )
+    shapes = ShapesModel.parse(circles)
+    a.obs["spots"] = "spots"
+    a.obs["instance"] = np.arange(a.n_obs)
+    a.obs = a.obs.astype({"train": "category", "region": "category"})
+    table = TableModel.parse(a, region="spots", region_key="spots", instance_key="instance")
+    sdata = spatialdata.SpatialData(shapes={"spots": shapes}, tables={"table": table})
+    path = tmp_path_factory.mktemp("sd") / "slide.zarr"
+    sdata.write(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def toy_views():
     """Flat features that decide the label, an informative source and a useless one."""
     rng = np.random.default_rng(0)

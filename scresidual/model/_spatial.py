@@ -43,7 +43,7 @@ from .._validate import (
     parse_spec,
 )
 from ..pp import neighbourhood_rings, parse_graph, read_pca, spatial_graph_matrix
-from ..read.sdata import is_spatialdata, predict_spatialdata
+from ..read.sdata import is_spatialdata
 from ._calibration import (
     calibration_problem,
     check_alpha,
@@ -62,6 +62,7 @@ from ._spatial_setup import (
     registered,
     training_anndata,
 )
+from .sdata import predict_spatialdata
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

@@ -18,7 +18,8 @@ from .._errors import ScResidualError
 from .._settings import settings
 from .._validate import check_cells, check_obs_key, check_unique_obs_names, parse_spec
 from ..pp import PCAFeatures, parse_graph
-from ..read.sdata import choose_table, is_spatialdata, spatialdata, warn_several_regions
+from ..read.sdata import choose_table, is_spatialdata, spatialdata
+from .sdata import warn_several_regions
 
 SETUP_FORMAT = 2
 """Format of the setup (and of ``spatial_setup.json``); 2 added rings, source rings, encoders."""

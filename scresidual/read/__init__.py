@@ -2,9 +2,11 @@
 
 A SpatialData comes as an object or a ``.zarr`` store; one of its tables is read.
 
-Every loader returns an :class:`~anndata.AnnData` with coordinates in ``obsm['spatial']`` and
-checks its input up front; bad files raise :class:`~scresidual._errors.ScResidualError` with a
-one-line message naming the problem and the fix. Input files are never modified.
+Every loader returns an :class:`~anndata.AnnData` with coordinates in ``obsm['spatial']``. The
+libraries (anndata, scanpy, pandas, spatialdata) read; what they refuse, and what they accept
+silently (missing coordinates, repeated ids, negative counts), raises
+:class:`~scresidual._errors.ScResidualError` with a one-line message naming the file, the cause
+and the fix. Input files are never modified.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Small helpers shared by the loaders: path checks, table reading, final validation."""
+"""Helpers shared by the loaders: one error wrapper around the libraries, tables, final checks."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,124 +12,91 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._constants import COUNTS_LAYER, SPATIAL_KEY
+from .._constants import COUNTS_LAYER
 from .._errors import ScResidualError
-from .._validate import check_counts, check_spatial, check_unique_obs_names
-
-
-def as_path(path: str | os.PathLike, what: str) -> Path:
-    """Return ``path`` as a :class:`~pathlib.Path`, raising for anything that is not a path."""
-    if not isinstance(path, str | os.PathLike):
-        raise ScResidualError(
-            f"{what} must be a file path, got {type(path).__name__}; pass a str or pathlib.Path."
-        )
-    return Path(path).expanduser()
-
-
-def require_path(path: Path, what: str, fix: str, *, folder: bool = False) -> Path:
-    """Raise unless ``path`` is an existing file (or, with ``folder``, an existing folder)."""
-    if not path.exists():
-        raise ScResidualError(f"{what} not found: {path}; {fix}.")
-    if path.is_dir() != folder:
-        kind = ("a file, not a folder", "a folder, not a file")[path.is_dir()]
-        raise ScResidualError(f"{what} {path} is {kind}; {fix}.")
-    return path
-
-
-def first_existing(folder: Path, names: list[str]) -> Path | None:
-    """Return the first of ``folder / name`` that exists, or ``None``."""
-    return next((folder / n for n in names if (folder / n).exists()), None)
 
 
 def first_line(err: BaseException) -> str:
     """First line of an exception message, shortened."""
     line = (str(err).strip().splitlines() or ["no message"])[0]
-    return line if len(line) <= 120 else line[:117] + "..."
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
-def read_frame(
-    path: Path, what: str, *, sep: str | None = None, header: bool = True, dtype=None
-) -> pd.DataFrame:
-    """Read a CSV/TSV (optionally compressed) or Parquet table, wrapping every parse failure.
+@contextmanager
+def reading(what: str, path: str | os.PathLike, fix: str) -> Iterator[None]:
+    """Turn any exception of the block into one line: ``could not read <what> <path> (...)``.
+
+    The library that reads (anndata, scanpy, pandas, h5py, spatialdata) names the cause: a
+    missing, truncated or foreign file, a missing column, a repeated id. ``fix`` ends the
+    message. A :class:`~scresidual._errors.ScResidualError` of the block passes unchanged.
+    """
+    try:
+        yield
+    except ScResidualError:
+        raise
+    except Exception as err:
+        raise ScResidualError(
+            f"could not read {what} {path} ({type(err).__name__}: {first_line(err)}); {fix}."
+        ) from err
+
+
+def read_frame(path: Path, *, sep: str | None = None, header: bool = True, dtype=None):
+    """A CSV/TSV (optionally compressed) or Parquet table, as a DataFrame.
 
     ``sep=None`` takes a tab for ``.tsv``/``.txt``/``.tab`` files, else a comma; pandas infers
     the compression from the suffix. A parquet file's non-default index becomes a column.
     """
     suffixes = [s.lower() for s in path.suffixes]
-    try:
-        if suffixes and suffixes[-1] in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-            df = df if isinstance(df.index, pd.RangeIndex) else df.reset_index()
-        else:
-            tab = {".tsv", ".txt", ".tab"} & set(suffixes[-2:])
-            sep = sep or ("\t" if tab else ",")
-            df = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=dtype)
-    except ImportError as err:
-        raise ScResidualError(
-            f"reading {what} {path.name} needs pyarrow; run `pip install pyarrow`."
-        ) from err
-    except pd.errors.EmptyDataError as err:
-        raise ScResidualError(f"{what} {path} is empty; re-export the table.") from err
-    except Exception as err:  # parse, decompression, truncation and type errors
-        raise ScResidualError(
-            f"could not read {what} {path} ({type(err).__name__}: {first_line(err)}); "
-            "check that it is an uncorrupted CSV/TSV or Parquet file."
-        ) from err
-    if df.shape[0] == 0:
-        raise ScResidualError(f"{what} {path} has no rows; re-export the table.")
-    return df
+    if suffixes[-1:] in ([".parquet"], [".pq"]):
+        df = pd.read_parquet(path)
+        return df if isinstance(df.index, pd.RangeIndex) else df.reset_index()
+    sep = sep or ("\t" if {".tsv", ".txt", ".tab"} & set(suffixes[-2:]) else ",")
+    return pd.read_csv(path, sep=sep, header=0 if header else None, dtype=dtype)
 
 
-def require_columns(df: pd.DataFrame, columns: list[str], what: str, path: Path, fix: str) -> None:
-    """Raise naming the columns of ``columns`` missing from ``df``; ``fix`` ends the message."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        have = ", ".join(map(str, list(df.columns)[:8])) or "none"
-        raise ScResidualError(
-            f"{what} {path.name} lacks column(s) {', '.join(missing)} (has: {have}); {fix}."
-        )
+def text_index(values) -> pd.Index:
+    """Cell ids or barcodes as a ``str`` index; bytes (from some parquet files) are decoded."""
+    return pd.Index([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-def unique_ids(values, message: str) -> pd.Index:
-    """Cell ids or barcodes as a ``str`` index (bytes decoded), raising ``message`` on a repeat.
+def coordinate_array(frame: pd.DataFrame, columns: list[str], what: str, fix: str) -> np.ndarray:
+    """``frame[columns]`` as float64, raising if a value is missing, not a number or not finite.
 
-    ``{dup}`` in ``message`` is replaced by the first repeated id.
+    ``frame`` is a table reindexed to the cells of the count matrix, so a cell the table lacks
+    is a row of NaN and is reported too. ``what`` names the table, ``fix`` ends the message.
     """
-    ids = pd.Index([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
-    if ids.has_duplicates:
-        raise ScResidualError(message.replace("{dup}", repr(ids[ids.duplicated()][0])))
-    return ids
+    xy = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    rows, cols = np.nonzero(~np.isfinite(xy))
+    if rows.size:
+        raise ScResidualError(
+            f"{np.unique(rows).size} of {len(frame)} cells lack a row or a number in {what} "
+            f"(e.g. cell {frame.index[rows[0]]!r}, column {columns[cols[0]]!r}); {fix}."
+        )
+    return xy
 
 
-def numeric_coordinates(df: pd.DataFrame, columns: list[str], what: str) -> np.ndarray:
-    """Return ``df[columns]`` as float64, raising if a column is not numeric or not finite."""
-    out = np.empty((df.shape[0], len(columns)), dtype=np.float64)
-    for j, col in enumerate(columns):
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna() & df[col].notna()
-        if bad.any():
-            raise ScResidualError(
-                f"{what} column {col!r} is not numeric (e.g. {df[col][bad].iloc[0]!r}); "
-                "store coordinates as numbers."
-            )
-        out[:, j] = values.to_numpy(dtype=np.float64)
-        bad_rows = np.flatnonzero(~np.isfinite(out[:, j]))
-        if bad_rows.size:
-            raise ScResidualError(
-                f"{what} column {col!r} has {bad_rows.size} missing/NaN/inf values "
-                f"(e.g. row {df.index[bad_rows[0]]!r}); fill or drop those rows."
-            )
-    return out
+def finalize_counts(adata: AnnData, source: str, fix: str) -> AnnData:
+    """Check the counts read from ``source``; keep them as float32 CSR in ``X`` and ``counts``.
 
-
-def finalize_counts(adata: AnnData, *, spatial_key: str = SPATIAL_KEY) -> AnnData:
-    """Cast ``X`` to float32 CSR, copy it to ``layers['counts']`` and run the shared checks."""
+    Raises (``fix`` ending the message) for an empty matrix, a repeated cell id and NaN, inf
+    or negative counts: the libraries accept all of these silently.
+    """
     X = sp.csr_matrix(adata.X, dtype=np.float32)
     X.sum_duplicates()
     X.sort_indices()
-    adata.X = X
-    check_unique_obs_names(adata)
-    check_counts(adata)
-    adata.layers[COUNTS_LAYER] = X.copy()
-    check_spatial(adata, spatial_key)
+    repeated = adata.obs_names[adata.obs_names.duplicated()]
+    problem = (
+        f"{adata.n_obs} cells x {adata.n_vars} genes"
+        if 0 in adata.shape
+        else f"the cell id {repeated[0]!r} twice"
+        if len(repeated)
+        else f"{int((~np.isfinite(X.data)).sum())} NaN/inf counts"
+        if not np.isfinite(X.data).all()
+        else f"{int((X.data < 0).sum())} negative counts"
+        if (X.data < 0).any()
+        else None
+    )
+    if problem:
+        raise ScResidualError(f"{source} holds {problem}; {fix}.")
+    adata.X, adata.layers[COUNTS_LAYER] = X, X.copy()
     return adata

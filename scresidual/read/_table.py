@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,53 +12,7 @@ from anndata import AnnData
 from anndata.utils import make_index_unique
 
 from .._constants import SPATIAL_KEY
-from .._errors import ScResidualError
-from ._common import (
-    as_path,
-    finalize_counts,
-    numeric_coordinates,
-    read_frame,
-    require_columns,
-    require_path,
-    unique_ids,
-)
-
-
-def _id_column(df: pd.DataFrame, *preferred: str | None) -> str:
-    """The first of ``preferred`` that is a column of ``df``, else its first column."""
-    return next((c for c in preferred if c is not None and c in df.columns), df.columns[0])
-
-
-def _cell_ids(df: pd.DataFrame, column: str, what: str, path) -> pd.Index:
-    return unique_ids(
-        df.pop(column),
-        f"duplicate cell id {{dup}} in column {column!r} of {what} "
-        f"{path.name}; make the cell ids unique.",
-    )
-
-
-def _count_matrix(df: pd.DataFrame, path) -> np.ndarray:
-    """The gene columns of ``df`` as a float32 array, checking numeric, finite, non-negative."""
-    bad = [c for c in df.columns if df[c].dtype.kind not in "iuf"]
-    if bad:
-        shown = ", ".join(repr(str(c)) for c in bad[:3]) + (" ..." if len(bad) > 3 else "")
-        raise ScResidualError(
-            f"{len(bad)} gene column(s) of counts table {path.name} are not numeric ({shown}); "
-            "keep only the cell-id column and numeric counts, or pass cell_id_column=."
-        )
-    values = df.to_numpy(dtype=np.float64)
-    for n_bad, problem, fix in (
-        (np.isnan(values).sum(), "missing/NaN counts", "fill empty entries with 0"),
-        (np.isinf(values).sum(), "infinite counts", "pass raw integer counts"),
-        (
-            (values < 0).sum(),
-            "negative values but raw counts are required",
-            "pass the raw count table, not scaled data",
-        ),
-    ):
-        if n_bad:
-            raise ScResidualError(f"counts table {path.name} has {n_bad} {problem}; {fix}.")
-    return values.astype(np.float32)
+from ._common import coordinate_array, finalize_counts, read_frame, reading, text_index
 
 
 def table(
@@ -95,43 +50,29 @@ def table(
     coordinates; extra coordinate rows are ignored. Input files are only read.
 
     """
-    counts_path = require_path(as_path(counts, "counts"), "counts table", "check the path")
-    coords_path = require_path(
-        as_path(coordinates, "coordinates"), "coordinates table", "check the path"
+    counts, coordinates = Path(counts).expanduser(), Path(coordinates).expanduser()
+    fix = "pass one row per cell: the cell id (cell_id_column=) and raw counts, one column per gene"
+    with reading("counts table", counts, fix):
+        genes = read_frame(counts, sep=sep)
+        id_col = cell_id_column or genes.columns[0]
+        ids = text_index(genes.pop(id_col))
+        values = genes.to_numpy(dtype=np.float64)
+    fix_xy = f"pass a table with a cell-id column and the columns {x!r}, {y!r} (x=, y=)"
+    with reading("coordinates table", coordinates, fix_xy):
+        cdf = read_frame(coordinates, sep=sep)
+        others = cdf.columns.drop([x, y])
+        cdf.index = text_index(cdf.pop(id_col if id_col in others else others[0]))
+        cdf = cdf.reindex(ids)
+        xy = coordinate_array(
+            cdf,
+            [x, y],
+            f"coordinates table {coordinates.name}",
+            "use tables of the same cells, or check cell_id_column=",
+        )
+    adata = AnnData(
+        X=sp.csr_matrix(values),
+        obs=cdf.drop(columns=[x, y]),
+        var=pd.DataFrame(index=make_index_unique(pd.Index(genes.columns.astype(str)))),
+        obsm={SPATIAL_KEY: xy},
     )
-    genes = read_frame(counts_path, "counts table", sep=sep)
-    if cell_id_column is not None:
-        require_columns(
-            genes, [cell_id_column], "counts table", counts_path, "pass the right cell_id_column="
-        )
-    id_col = _id_column(genes, cell_id_column)
-    ids = _cell_ids(genes, id_col, "counts table", counts_path)
-    if genes.shape[1] == 0:
-        raise ScResidualError(
-            f"counts table {counts_path.name} has no gene columns besides {id_col!r}; store one "
-            "column per gene."
-        )
-    values = _count_matrix(genes, counts_path)
-
-    cdf = read_frame(coords_path, "coordinates table", sep=sep)
-    require_columns(cdf, [x, y], "coordinates table", coords_path, "pass the right x=/y=")
-    if cdf.shape[1] == 2:
-        raise ScResidualError(
-            f"coordinates table {coords_path.name} has no cell-id column besides {x!r}/{y!r}; "
-            "add one or pass cell_id_column=."
-        )
-    cid_col = _id_column(cdf.drop(columns=[x, y]), cell_id_column, id_col)
-    cdf.index = _cell_ids(cdf, cid_col, "coordinates table", coords_path)
-    missing = ~ids.isin(cdf.index)
-    if missing.any():
-        raise ScResidualError(
-            f"{int(missing.sum())} of {len(ids)} cell ids in {counts_path.name} are missing from "
-            f"{coords_path.name} (e.g. {ids[missing][0]!r}); use matching tables or check "
-            "cell_id_column=."
-        )
-    cdf = cdf.loc[ids]
-    xy = numeric_coordinates(cdf, [x, y], f"coordinates table {coords_path.name}")
-    var = pd.DataFrame(index=make_index_unique(pd.Index(genes.columns.astype(str))))
-    adata = AnnData(X=sp.csr_matrix(values), obs=cdf.drop(columns=[x, y]), var=var)
-    adata.obsm[SPATIAL_KEY] = xy
-    return finalize_counts(adata)
+    return finalize_counts(adata, counts.name, fix)

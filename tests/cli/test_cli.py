@@ -105,7 +105,7 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
         ("none", ["--labels-key", "nope"], "obs key 'nope'"),
         ("one_class", [], "at least 2 classes"),
         ("none", ["--source", "obsm:X_missing"], "obsm key 'X_missing'"),
-        ("truncate", [], "truncated or corrupt"),
+        ("truncate", [], "truncated file"),
         ("none", ["--graph", "ring:3"], "unknown graph"),
     ],
 )

@@ -299,13 +299,13 @@ def test_h5ad_backed(tmp_path):
 
 
 def test_h5ad_missing_file_and_wrong_type(tmp_path):
-    with raises_one_line("h5ad file not found"):
+    with raises_one_line("could not read h5ad file .*nope.h5ad \\(FileNotFoundError"):
         read.h5ad(tmp_path / "nope.h5ad")
     text = tmp_path / "notes.h5ad"
     text.write_text("this is not hdf5\n" * 10)
-    with raises_one_line("not an HDF5/.h5ad file"):
+    with raises_one_line("notes.h5ad \\(OSError: .*file signature not found.*written by anndata"):
         read.h5ad(text)
-    with raises_one_line("is a folder"):
+    with raises_one_line("could not read h5ad file .*\\(IsADirectoryError"):
         read.h5ad(tmp_path)
     tenx = tmp_path / "m.h5"
     write_10x_h5(
@@ -405,35 +405,37 @@ def test_visium_protein_split_images_and_write(tmp_path):
 
 
 def test_visium_errors(tmp_path):
-    with raises_one_line("Space Ranger output folder not found"):
+    with raises_one_line("could not read Visium scale factors .*missing.*\\(FileNotFoundError"):
         read.visium(tmp_path / "missing")
     root, _ = make_visium(tmp_path / "a")
     (root / "filtered_feature_bc_matrix.h5").unlink()
-    with raises_one_line("expected filtered_feature_bc_matrix.h5 .* or filtered_feature_bc_"):
+    with raises_one_line("matrix .*filtered_feature_bc_matrix.h5 \\(FileNotFoundError.*MEX folder"):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "b")
     (root / "spatial" / "tissue_positions.csv").unlink()
-    with raises_one_line("no tissue_positions.csv"):
+    with raises_one_line("positions file .*tissue_positions.csv \\(FileNotFoundError"):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "c")
     (root / "spatial" / "scalefactors_json.json").write_text("{not json")
-    with raises_one_line("could not parse .*scalefactors_json.json"):
+    with raises_one_line("scale factors .*scalefactors_json.json \\(JSONDecodeError"):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "d")
     pos = root / "spatial" / "tissue_positions.csv"
     pd.read_csv(pos).drop(columns="pxl_col_in_fullres").to_csv(pos, index=False)
-    with raises_one_line("lacks column\\(s\\) pxl_col_in_fullres"):
+    with raises_one_line("tissue_positions.csv \\(KeyError: .*pxl_col_in_fullres"):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "e", barcodes=BARCODES[:5] + ["NOTPRESENT-1"])
-    with raises_one_line("1 of 6 barcodes .* have no row in tissue_positions.csv"):
+    with raises_one_line(
+        "1 of 6 cells lack a row .* tissue_positions.csv \\(e.g. cell 'NOTPRESENT-1'"
+    ):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "f", barcodes=BARCODES[:5] + [BARCODES[0]])
-    with raises_one_line("duplicate barcodes"):
+    with raises_one_line("bc_matrix.h5 holds the cell id 'AAAC0-1' twice; copy the complete"):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "g", images=False)
@@ -446,26 +448,28 @@ def test_visium_corrupt_count_matrix(tmp_path):
     h5 = root / "filtered_feature_bc_matrix.h5"
     data = h5.read_bytes()
     h5.write_bytes(data[: len(data) // 2])
-    with raises_one_line("truncated or corrupt"):
+    with raises_one_line("could not read 10x count matrix .*\\(OSError: .*truncated file"):
         load_unchanged(read.visium, root)
 
     h5.write_text("barcode,gene\n")
-    with raises_one_line("not an HDF5 file"):
+    with raises_one_line("10x count matrix .*\\(OSError: .*file signature not found"):
         read.visium(root)
 
     with h5py.File(h5, "w") as f:
         f.create_dataset("something", data=np.arange(3))
-    with raises_one_line("no 'matrix' group"):
+    with raises_one_line(
+        "could not read 10x count matrix .*bc_matrix.h5 .*written by Space Ranger"
+    ):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "b", layout="mex")
     mtx = root / "filtered_feature_bc_matrix" / "matrix.mtx.gz"
     data = mtx.read_bytes()
     mtx.write_bytes(data[: len(data) // 2])
-    with raises_one_line("could not read .*matrix.mtx.gz"):
+    with raises_one_line("10x count matrix .*filtered_feature_bc_matrix \\(EOFError"):
         read.visium(root)
     mtx.unlink()
-    with raises_one_line("lacks matrix.mtx.gz"):
+    with raises_one_line("\\(FileNotFoundError: Did not find file .*matrix.mtx.gz"):
         read.visium(root)
 
 
@@ -504,7 +508,9 @@ def test_visium_legacy_h5_and_bad_counts(tmp_path):
     lines = pos.read_text().splitlines()
     lines[0] = ",".join(lines[0].split(",")[:-1] + [""])
     pos.write_text("\n".join(lines) + "\n")
-    with raises_one_line("column 'pxl_col_in_fullres' has 1 missing/NaN/inf values"):
+    with raises_one_line(
+        "1 of 6 cells lack .* \\(e.g. cell 'AAAC0-1', column 'pxl_col_in_fullres'\\)"
+    ):
         read.visium(root)
 
 
@@ -536,28 +542,28 @@ def test_xenium_layouts(tmp_path, matrix, cells, bytes_ids):
 
 
 def test_xenium_errors(tmp_path):
-    with raises_one_line("Xenium output folder not found"):
+    with raises_one_line("10x count matrix .*nothing.*\\(FileNotFoundError"):
         read.xenium(tmp_path / "nothing")
     root, *_ = make_xenium(tmp_path / "a", drop_cell="aaac-1")
-    with raises_one_line("1 of 5 cell ids in cell_feature_matrix.h5 have no row in cells"):
+    with raises_one_line("1 of 5 cells lack a row .* cells.parquet \\(e.g. cell 'aaac-1'"):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "b", drop_column="y_centroid")
-    with raises_one_line("lacks column\\(s\\) y_centroid"):
+    with raises_one_line("cells table .*\\(KeyError: .*y_centroid"):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "c")
     (root / "cells.parquet").unlink()
-    with raises_one_line("no cells.parquet or cells.csv.gz"):
+    with raises_one_line("cells table .*cells.parquet \\(FileNotFoundError"):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "d", cells="csv")
     (root / "cell_feature_matrix.h5").unlink()
-    with raises_one_line("expected cell_feature_matrix.h5"):
+    with raises_one_line("10x count matrix .*cell_feature_matrix.h5 \\(FileNotFoundError"):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "dup", cells="csv")
     cells = root / "cells.csv.gz"
     df = pd.read_csv(cells)
     df.loc[0, "cell_id"] = df.loc[1, "cell_id"]
     df.to_csv(cells, index=False)
-    with raises_one_line("duplicate cell_id in cells.csv.gz"):
+    with raises_one_line("cells.csv.gz \\(ValueError: .*duplicate labels"):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "e")
     cells = root / "cells.parquet"
@@ -598,51 +604,54 @@ def test_table_custom_columns(tmp_path):
 
 def test_table_errors(tmp_path):
     cpath, xpath = make_tables(tmp_path / "ok")
-    with raises_one_line("counts table not found"):
+    with raises_one_line("counts table .*none.csv \\(FileNotFoundError"):
         read.table(tmp_path / "none.csv", xpath)
-    with raises_one_line("lacks column\\(s\\) xx"):
+    with raises_one_line("coordinates table .*\\(KeyError: .*'xx'.* not found"):
         read.table(cpath, xpath, x="xx")
-    with raises_one_line("lacks column\\(s\\) cid"):
+    with raises_one_line("counts table .*\\(KeyError: 'cid'\\); .*cell_id_column="):
         read.table(cpath, xpath, cell_id_column="cid")
 
     bad = pd.DataFrame({"cell_id": ["c0", "c1"], "Gad1": [1, 2], "Sst": ["a", "b"]})
     c, x = make_tables(tmp_path / "nonnum", counts=bad)
-    with raises_one_line("not numeric \\('Sst'\\)"):
+    with raises_one_line("counts table .*could not convert string to float: 'a'"):
         read.table(c, x)
 
     nan = pd.DataFrame({"cell_id": ["c0", "c1"], "Gad1": [1, np.nan]})
     c, x = make_tables(tmp_path / "nan", counts=nan)
-    with raises_one_line("1 missing/NaN counts"):
+    with raises_one_line("counts.csv holds 1 NaN/inf counts"):
         read.table(c, x)
 
     neg = pd.DataFrame({"cell_id": ["c0", "c1"], "Gad1": [1, -2]})
     c, x = make_tables(tmp_path / "neg", counts=neg, fmt="parquet")
-    with raises_one_line("1 negative values"):
+    with raises_one_line("counts.parquet holds 1 negative counts; pass .*raw counts"):
         read.table(c, x)
 
     missing = pd.DataFrame({"cell_id": ["c0", "q1", "q2"], "Gad1": [1, 2, 3]})
     c, x = make_tables(tmp_path / "missing", counts=missing)
-    with raises_one_line("2 of 3 cell ids in counts.csv are missing from coords.csv"):
+    with raises_one_line("2 of 3 cells lack a row or a number in coordinates table coords.csv"):
         read.table(c, x)
 
     dup = pd.DataFrame({"cell_id": ["c0", "c0"], "Gad1": [1, 2]})
     c, x = make_tables(tmp_path / "dup", counts=dup)
-    with raises_one_line("duplicate cell id 'c0'"):
+    with raises_one_line("counts.csv holds the cell id 'c0' twice"):
         read.table(c, x)
 
     only_ids = pd.DataFrame({"cell_id": ["c0", "c1"]})
     c, x = make_tables(tmp_path / "noid", counts=only_ids)
-    with raises_one_line("no gene columns"):
+    with raises_one_line("holds 2 cells x 0 genes"):
         read.table(c, x)
 
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with raises_one_line("is empty"):
+    with raises_one_line("empty.csv \\(EmptyDataError"):
         read.table(empty, xpath)
 
     coords_nan = tmp_path / "coords_nan.csv"
     pd.DataFrame(
         {"cell_id": ["c0", "c1", "c2", "c3"], "x": [1, 2, np.nan, 4], "y": [1, 2, 3, 4]}
     ).to_csv(coords_nan, index=False)
-    with raises_one_line("column 'x' has 1 missing/NaN/inf values \\(e.g. row 'c2'\\)"):
+    with raises_one_line(
+        "1 of 4 cells lack a row or a number in coordinates table coords_nan.csv "
+        "\\(e.g. cell 'c2', column 'x'\\)"
+    ):
         read.table(cpath, coords_nan)
