@@ -128,7 +128,7 @@ def fit_block(
         oof = _oof_path(X, y, folds, fold_w, penalties, n_classes, seed)
         cv_loss = calibrated_losses({C: p[rows] for C, p in oof.items()}, y[rows], weights)
         pi = penalty_weights(cv_loss, int(rows.sum()))
-        if len(np.setdiff1d(y, y[rows])):  # a labelled class no fold validates
+        if rows.any() and len(np.setdiff1d(y, y[rows])):  # a class no fold validates
             pi = strongest_kept(pi)
         # the fold models at each kept penalty's final per-cell penalty (see above)
         kept = [C for C in penalties if pi[C] > 0]
