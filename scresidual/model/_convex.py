@@ -15,8 +15,11 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-PENALTIES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-"""Inverse L2 penalties ``C`` tried for each block (features standardised)."""
+PENALTIES = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+"""Inverse L2 penalties ``C`` tried for each block (features standardised). The grid reaches
+down to 1e-4: with ~100 labels the evidence can peak beyond a grid that stops at 0.001
+(STARmap at 10% labels, seed 1: the residual block's evidence was bimodal, 0.73 of it on
+``C = 10`` and 0.006 on 0.001; with 3e-4 and 1e-4 tried, 3e-4 took 0.59 of it)."""
 
 PROBA_FLOOR = 1e-6
 """Probabilities are floored here in losses: a class missing from a fold's training part
@@ -125,6 +128,8 @@ def fit_block(
         oof = _oof_path(X, y, folds, fold_w, penalties, n_classes, seed)
         cv_loss = calibrated_losses({C: p[rows] for C, p in oof.items()}, y[rows], weights)
         pi = penalty_weights(cv_loss, int(rows.sum()))
+        if rows.any() and len(np.setdiff1d(y, y[rows])):  # a class no fold validates
+            pi = strongest_kept(pi)
         # the fold models at each kept penalty's final per-cell penalty (see above)
         kept = [C for C in penalties if pi[C] > 0]
         matched = _oof_path(
@@ -222,6 +227,26 @@ def penalty_weights(cv_loss: dict[float, float], n: int) -> dict[float, float]:
     w = np.exp(z - z.max())
     w = np.where(w / w.sum() < EVIDENCE_FLOOR, 0.0, w)
     return {c: float(v) for c, v in zip(C, w / w.sum(), strict=True)}
+
+
+def strongest_kept(pi: dict[float, float]) -> dict[float, float]:
+    """All the weight on the strongest penalty (least ``C``) that kept some weight in ``pi``.
+
+    Used when a labelled class has no scorable row (:func:`scorable_rows`: one label, or all
+    its labels in one group): the out-of-fold evidence then says nothing about that class,
+    and the penalty matters most to it. A single label fitted under a weak penalty gets a
+    region the size of its own neighbourhood in feature space; the strong end of the path
+    tends to the classes' weighted mean directions, which a single label estimates as well as
+    any. So among the penalties the validated classes have not ruled out (weight at least
+    :data:`EVIDENCE_FLOOR`), the strongest is taken. STARmap at 10% labels, seeds 1 and 2 (a
+    39-spot region with one label): the probe's evidence put 0.56 and 0.50 of its weight on
+    ``C = 0.03``, where that region's F1 is .65 and .58; the strongest kept penalty,
+    ``C = 0.01``, gives .78 and .79. REFINE's macro-F1 there (with :data:`PENALTIES` down to
+    1e-4): .879 -> .899 and .854 -> .880 (.895 and .879 with the rule alone); seed 0, every
+    class validated, unchanged. No other benchmark case has such a class.
+    """
+    strongest = min(C for C, v in pi.items() if v > 0)
+    return {C: float(C == strongest) for C in pi}
 
 
 def scorable_rows(y: np.ndarray, folds) -> np.ndarray:

@@ -11,6 +11,7 @@ from scresidual.model._convex import (
     fold_weights,
     penalty_weights,
     scorable_rows,
+    strongest_kept,
     temperature,
 )
 
@@ -194,6 +195,19 @@ def test_penalties_are_averaged_by_out_of_fold_evidence():
     w = penalty_weights({0.01: 0.30, 0.1: 0.31}, n=100)  # one nat: e^-1 of the best's weight
     assert w[0.1] / w[0.01] == pytest.approx(np.exp(-1)) and sum(w.values()) == pytest.approx(1)
     assert min(v for v in w.values() if v > 0) >= EVIDENCE_FLOOR
+
+
+def test_a_class_no_fold_validates_takes_the_strongest_kept_penalty():
+    assert strongest_kept({0.001: 0.0, 0.01: 0.2, 0.1: 0.8}) == {0.001: 0, 0.01: 1, 0.1: 0}
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 5))
+    y = (X[:, :3] + 0.3 * rng.normal(size=(120, 3))).argmax(1)
+    y[0] = 3  # one label: in no fold's training part when it is validated
+    folds = [(np.setdiff1d(np.arange(120), v), v) for v in np.array_split(np.arange(120), 5)]
+    assert not scorable_rows(y, folds)[0]
+    fit = fit_block(X, y, folds, n_classes=4, weights=np.ones(4))
+    kept = [C for C, v in fit.penalty_weights.items() if v > 0]
+    assert len(kept) == 1 and fit.C == kept[0]
 
 
 def test_an_averaged_block_is_one_linear_model_that_predicts_its_labels():
