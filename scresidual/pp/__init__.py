@@ -1,6 +1,6 @@
 """Preprocessing: spatial graphs, neighbourhood features and target-side PCA features."""
 
-from ._features import PCAFeatures, pca_features, read_pca
+from ._features import PCAFeatures, pca_features
 from ._graph import (
     neighbourhood_features,
     neighbourhood_rings,
@@ -15,7 +15,6 @@ __all__ = [
     "neighbourhood_rings",
     "parse_graph",
     "pca_features",
-    "read_pca",
     "spatial_graph",
     "spatial_graph_matrix",
 ]

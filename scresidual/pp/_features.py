@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -144,30 +143,6 @@ class PCAFeatures:
             out[start : start + block.shape[0]] = block @ self.components.T - offset
         return out
 
-    def to_dict(self) -> dict:
-        """Arrays for saving with ``np.savez``."""
-        return {
-            "genes": self.genes.astype(str),
-            "mean": self.mean,
-            "components": self.components,
-            "lognorm": np.array(self.lognorm),
-        }
-
-    @classmethod
-    def from_dict(cls, d) -> PCAFeatures:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            genes=np.asarray(d["genes"], dtype=object),
-            mean=np.asarray(d["mean"]),
-            components=np.asarray(d["components"]),
-            lognorm=bool(d["lognorm"]),
-        )
-
-    def consistent(self) -> bool:
-        """Whether the genes, their means and the components have matching sizes."""
-        n = len(self.genes)
-        return self.components.ndim == 2 and self.components.shape[1] == n and len(self.mean) == n
-
 
 def pca_features(
     adata: AnnData,
@@ -184,19 +159,3 @@ def pca_features(
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = Z
     return adata if copy else None
-
-
-def read_pca(file: Path) -> PCAFeatures:
-    """A :class:`PCAFeatures` saved with ``np.savez(file, **pca.to_dict())`` (no pickle)."""
-    if not file.is_file():
-        raise ScResidualError(f"{file} is missing; the model directory is incomplete: refit it.")
-    try:
-        with np.load(file, allow_pickle=False) as d:
-            pca = PCAFeatures.from_dict(d)
-    except Exception as err:  # truncated zips and missing arrays raise many types
-        raise ScResidualError(
-            f"cannot read {file} ({type(err).__name__}); the file is corrupted: refit the model."
-        ) from err
-    if not pca.consistent():
-        raise ScResidualError(f"{file} holds arrays of mismatched sizes; refit the model.")
-    return pca
