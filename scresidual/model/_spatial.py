@@ -40,9 +40,10 @@ from .._validate import (
     check_finite,
     check_obsm_key,
     check_unique_obs_names,
+    parse_graph,
     parse_spec,
 )
-from ..pp import neighbourhood_rings, parse_graph, spatial_graph_matrix
+from ..pp import neighbourhood_rings, spatial_graph_matrix
 from ..read.sdata import is_spatialdata, predict_spatialdata
 from ._calibration import (
     calibration_problem,

@@ -18,8 +18,14 @@ from anndata import AnnData
 from .._constants import SETUP_KEY
 from .._errors import ScResidualError
 from .._settings import settings
-from .._validate import check_cells, check_obs_key, check_unique_obs_names, parse_spec
-from ..pp import PCAFeatures, parse_graph
+from .._validate import (
+    check_cells,
+    check_obs_key,
+    check_unique_obs_names,
+    parse_graph,
+    parse_spec,
+)
+from ..pp import PCAFeatures
 from ..read.sdata import choose_table, is_spatialdata, spatialdata, warn_several_regions
 
 SETUP_FORMAT = 2

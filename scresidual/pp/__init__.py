@@ -4,7 +4,6 @@ from ._features import PCAFeatures, pca_features
 from ._graph import (
     neighbourhood_features,
     neighbourhood_rings,
-    parse_graph,
     spatial_graph,
     spatial_graph_matrix,
 )
@@ -13,7 +12,6 @@ __all__ = [
     "PCAFeatures",
     "neighbourhood_features",
     "neighbourhood_rings",
-    "parse_graph",
     "pca_features",
     "spatial_graph",
     "spatial_graph_matrix",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 
 import numpy as np
@@ -13,28 +12,12 @@ from anndata import AnnData
 
 from .._constants import CONNECTIVITIES_KEY, DISTANCES_KEY, SPATIAL_KEY
 from .._errors import ScResidualError
-from .._validate import check_library_ids, check_obsm_key, check_spatial
+from .._validate import GRAPH_SPECS, check_library_ids, check_obsm_key, check_spatial, parse_graph
 
 logger = logging.getLogger(__name__)
 
-GRAPH_SPECS = "'knn:K', 'radius:R', 'delaunay' or 'none'"
-
 LONG_LINK_PERCENTILE = 99.0
 """Delaunay edges longer than this percentile of all edge lengths are dropped."""
-
-
-def parse_graph(spec: str | None) -> tuple[str, float | None]:
-    """Parse ``'knn:6'``, ``'radius:150'``, ``'delaunay'`` or ``'none'`` into (method, value)."""
-    m = re.fullmatch(r"(knn|radius)(?::([0-9.]+))?|delaunay|none", str(spec).strip().lower())
-    if not m:
-        raise ScResidualError(f"unknown graph {spec!r}; use {GRAPH_SPECS}.")
-    method, value = m.group(1) or m.group(0), m.group(2)
-    if method == "radius" and value is None:
-        raise ScResidualError("graph 'radius' needs a distance, e.g. 'radius:150'.")
-    value = float(value) if value else (6.0 if method == "knn" else None)
-    if method == "knn" and (value < 1 or value != int(value)):
-        raise ScResidualError(f"knn needs a positive integer neighbour count, got {value}.")
-    return method, value
 
 
 def spatial_graph_matrix(
