@@ -54,12 +54,12 @@ def spatial_graph_matrix(
         )
     if library_key is not None:
         check_library_ids(adata, library_key)
-    slide = adata.obs[library_key].astype(str).to_numpy() if library_key else np.zeros(len(xy))
-    slides = list(pd.Series(slide).groupby(slide).indices.values())
+    ids = np.zeros(len(xy)) if library_key is None else adata.obs[library_key].astype(str)
+    slides = [cells.to_numpy() for cells in pd.RangeIndex(len(xy)).groupby(ids).values()]
     sizes = np.array([len(cells) for cells in slides])
     if (sizes == 1).any():
         logger.warning(
-            "%d cell(s) are alone on their slide and get no neighbours.", sum(sizes == 1)
+            "%d cell(s) are alone on their slide and get no spatial neighbours.", sum(sizes == 1)
         )
     if method == "knn":  # the smallest slide has size - 1 neighbours to offer
         builder = KNNBuilder(n_neighs=int(min([value, *sizes[sizes > 1] - 1])))
