@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -153,6 +154,23 @@ def parse_spec(spec: str, kinds: Sequence[str], what: str) -> tuple[str, str | N
             + "."
         )
     return kind, value or None
+
+
+GRAPH_SPECS = "'knn:K', 'radius:R', 'delaunay' or 'none'"
+
+
+def parse_graph(spec: str | None) -> tuple[str, float | None]:
+    """Parse ``'knn:6'``, ``'radius:150'``, ``'delaunay'`` or ``'none'`` into (method, value)."""
+    m = re.fullmatch(r"(knn|radius)(?::([0-9.]+))?|delaunay|none", str(spec).strip().lower())
+    if not m:
+        raise ScResidualError(f"unknown graph {spec!r}; use {GRAPH_SPECS}.")
+    method, value = m.group(1) or m.group(0), m.group(2)
+    if method == "radius" and value is None:
+        raise ScResidualError("graph 'radius' needs a distance, e.g. 'radius:150'.")
+    value = float(value) if value else (6.0 if method == "knn" else None)
+    if method == "knn" and (value < 1 or value != int(value)):
+        raise ScResidualError(f"knn needs a positive integer neighbour count, got {value}.")
+    return method, value
 
 
 def labelled_mask(y) -> np.ndarray:

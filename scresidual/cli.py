@@ -409,9 +409,15 @@ def _check_fit_args(args, adata) -> None:
     """
     from ._genes import expression_matrix
     from ._io import check_model_dir
-    from ._validate import check_cells, check_obs_key, check_obsm_key, check_spatial, parse_spec
+    from ._validate import (
+        check_cells,
+        check_obs_key,
+        check_obsm_key,
+        check_spatial,
+        parse_graph,
+        parse_spec,
+    )
     from .model.sdata import check_outside_store
-    from .pp import parse_graph
     from .read.sdata import is_zarr
 
     _check_positive(
@@ -568,8 +574,8 @@ def _fit(args) -> None:
 
 def _predict(args) -> None:
     from ._constants import pred_key
+    from ._validate import parse_graph
     from .model import SpatialRegionClassifier
-    from .pp import parse_graph
 
     _check_fraction("--min-gene-overlap", args.min_gene_overlap)
     model = SpatialRegionClassifier.load(
@@ -592,8 +598,8 @@ def _predict(args) -> None:
 
 def _suggest(args) -> None:
     from ._io import atomic_path, check_output_file
+    from ._validate import parse_graph
     from .model import SpatialRegionClassifier
-    from .pp import parse_graph
     from .tl import suggest_labels
 
     _check_positive(("--n", args.n))

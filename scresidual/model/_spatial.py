@@ -40,9 +40,10 @@ from .._validate import (
     check_finite,
     check_obsm_key,
     check_unique_obs_names,
+    parse_graph,
     parse_spec,
 )
-from ..pp import neighbourhood_rings, parse_graph, read_pca, spatial_graph_matrix
+from ..pp import neighbourhood_rings, spatial_graph_matrix
 from ..read.sdata import is_spatialdata
 from ._calibration import (
     calibration_problem,
@@ -58,6 +59,8 @@ from ._spatial_setup import (
     SOURCE_KINDS,
     check_setup_args,
     fit_feature_maps,
+    pca_arrays,
+    read_pca,
     register,
     registered,
     training_anndata,
@@ -613,7 +616,7 @@ class SpatialRegionClassifier:
                     spec = f"scvi:sources/source_{i}"
                 setup["sources"].append(spec)
             for j, pca in self._pca.items():
-                np.savez(tmp / f"features_{j}_pca.npz", **pca.to_dict())
+                np.savez(tmp / f"features_{j}_pca.npz", **pca_arrays(pca))
             (tmp / SETUP_FILE).write_text(json.dumps(setup, indent=2))
 
     @classmethod

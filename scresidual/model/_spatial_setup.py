@@ -10,14 +10,22 @@ in ``uns[SETUP_KEY]`` (it survives ``write_h5ad``); nothing is kept in module st
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 from anndata import AnnData
 
 from .._constants import SETUP_KEY
 from .._errors import ScResidualError
 from .._settings import settings
-from .._validate import check_cells, check_obs_key, check_unique_obs_names, parse_spec
-from ..pp import PCAFeatures, parse_graph
+from .._validate import (
+    check_cells,
+    check_obs_key,
+    check_unique_obs_names,
+    parse_graph,
+    parse_spec,
+)
+from ..pp import PCAFeatures
 from ..read.sdata import choose_table, is_spatialdata, spatialdata
 from .sdata import warn_several_regions
 
@@ -66,6 +74,37 @@ def fit_feature_maps(adata: AnnData, args: dict) -> dict[int, PCAFeatures]:
     }
 
 
+def pca_arrays(pca: PCAFeatures) -> dict:
+    """The arrays of a fitted PCA: plain data for ``np.savez`` and ``uns`` (no pickle)."""
+    return {**vars(pca), "genes": pca.genes.astype(str), "lognorm": np.array(pca.lognorm)}
+
+
+def pca_from_arrays(d, damaged: str) -> PCAFeatures:
+    """Inverse of :func:`pca_arrays`; raises ``damaged`` for missing or mismatched arrays."""
+    try:
+        genes, mean, comps = (np.asarray(d[k]) for k in ("genes", "mean", "components"))
+        lognorm = bool(d["lognorm"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ScResidualError(damaged) from err
+    if comps.ndim != 2 or not genes.shape == mean.shape == comps.shape[1:]:
+        raise ScResidualError(damaged)
+    return PCAFeatures(genes.astype(object), mean, comps, lognorm)
+
+
+def read_pca(file: Path) -> PCAFeatures:
+    """A PCA saved in a model folder with ``np.savez(file, **pca_arrays(pca))``."""
+    if not file.is_file():
+        raise ScResidualError(f"{file} is missing; the model directory is incomplete: refit it.")
+    try:
+        with np.load(file, allow_pickle=False) as d:
+            arrays = {k: d[k] for k in d.files}
+    except Exception as err:  # truncated zips raise many types
+        raise ScResidualError(
+            f"cannot read {file} ({type(err).__name__}); the file is corrupted: refit the model."
+        ) from err
+    return pca_from_arrays(arrays, f"{file} holds missing or mismatched arrays; refit the model.")
+
+
 def _table_of(sdata, table_key: str | None) -> AnnData:
     """The table of ``sdata`` that is (or will be) registered."""
     return sdata.tables[choose_table(sdata, table_key, "the SpatialData")]
@@ -76,7 +115,7 @@ def register(adata, args: dict, pca: dict[int, PCAFeatures]) -> None:
     target = _table_of(adata, args["table_key"]) if is_spatialdata(adata) else adata
     target.uns[SETUP_KEY] = {
         "args": json.dumps(args),
-        "pca": {str(j): p.to_dict() for j, p in pca.items()},
+        "pca": {str(j): pca_arrays(p) for j, p in pca.items()},
     }
 
 
@@ -110,13 +149,11 @@ def registered(adata) -> tuple[AnnData, dict, dict[int, PCAFeatures]]:
                 "labels_key=...) first."
             )
     damaged = f"uns[{SETUP_KEY!r}] is damaged; run SpatialRegionClassifier.setup_anndata again."
-    try:
+    try:  # the PCA arrays are checked as a saved model's
         args = json.loads(entry["args"])
-        pca = {int(j): PCAFeatures.from_dict(d) for j, d in entry["pca"].items()}
+        pca = {int(j): pca_from_arrays(d, damaged) for j, d in entry["pca"].items()}
     except (KeyError, TypeError, ValueError) as err:
         raise ScResidualError(damaged) from err
-    if not all(p.consistent() for p in pca.values()):  # the same check as a saved model's
-        raise ScResidualError(damaged)
     if not isinstance(args, dict) or args.get("format") != SETUP_FORMAT:
         raise ScResidualError(
             f"uns[{SETUP_KEY!r}] was written by another version; run "

@@ -1,10 +1,9 @@
 """Preprocessing: spatial graphs, neighbourhood features and target-side PCA features."""
 
-from ._features import PCAFeatures, pca_features, read_pca
+from ._features import PCAFeatures, pca_features
 from ._graph import (
     neighbourhood_features,
     neighbourhood_rings,
-    parse_graph,
     spatial_graph,
     spatial_graph_matrix,
 )
@@ -13,9 +12,7 @@ __all__ = [
     "PCAFeatures",
     "neighbourhood_features",
     "neighbourhood_rings",
-    "parse_graph",
     "pca_features",
-    "read_pca",
     "spatial_graph",
     "spatial_graph_matrix",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,30 +12,26 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from .._constants import MIN_GENE_OVERLAP
 from .._errors import ScResidualError
-from .._genes import iter_aligned_genes, iter_row_blocks
+from .._genes import expression_matrix, iter_aligned_genes
 from .._normalise import log1p_normalise
 from .._validate import check_cells, check_finite
 
 
-def _is_counts(X) -> bool:
-    """Whether ``X`` holds counts; counts with some negative values are refused, not guessed."""
+def _check_counts(X, counts: bool | None = None) -> bool:
+    """Whether ``X`` holds counts (whole, non-negative); refuses counts with negative values.
+
+    ``counts=None`` guesses from the values (scaled data is almost never whole numbers);
+    otherwise ``counts`` says whether the PCA was fitted on counts.
+    """
     vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    sample = vals[:100_000]
-    if sample.size == 0:
-        return True
-    whole = np.isclose(sample, np.round(sample))
-    if sample.min() >= 0:
-        return bool(whole.all())
-    if whole.mean() > 0.9:  # scaled data is almost never whole numbers
-        _refuse_negative_counts(int((vals < 0).sum()), "looks like counts but")
-    return False
-
-
-def _refuse_negative_counts(n_neg: int, what: str) -> None:
-    raise ScResidualError(
-        f"the expression matrix {what} has {n_neg} negative value(s); PCA features need "
-        "non-negative counts: fix those values or pass the raw counts (--layer / layer=)."
-    )
+    sample, n_neg = vals[:100_000], int((vals < 0).sum())
+    whole = np.isclose(sample, np.round(sample)).mean() if sample.size else 1.0
+    if n_neg and (whole > 0.9 if counts is None else counts):
+        raise ScResidualError(
+            f"the expression matrix has {n_neg} negative value(s) but PCA features are "
+            "computed from counts: fix those values or pass the raw counts (--layer / layer=)."
+        )
+    return bool(whole == 1 and not n_neg)
 
 
 @dataclass
@@ -63,31 +58,18 @@ class PCAFeatures:
         layer: str | None = None,
         max_cells: int = 50_000,
         seed: int = 0,
-        chunk_size: int = 50_000,
     ) -> PCAFeatures:
         """Fit on ``adata`` (a random subset of ``max_cells`` for large slides).
 
-        ``X`` is read ``chunk_size`` rows at a time, so ``adata`` may be opened backed; only
-        the sampled rows are kept in memory.
+        ``adata`` may be opened backed: only the sampled rows are read into memory.
         """
         check_cells(adata, 2, "fitting PCA features")
         rng = np.random.default_rng(seed)
-        rows = (
-            np.sort(rng.choice(adata.n_obs, max_cells, replace=False))
-            if (adata.n_obs > max_cells)
-            else np.arange(adata.n_obs)
-        )
-        # Read X in row blocks (backed AnnData never loads whole); keep only the sampled rows.
-        lognorm, sample = None, []
-        for start, block in iter_row_blocks(adata, layer=layer, chunk_size=chunk_size):
-            check_finite(block, "the expression matrix")
-            if lognorm is None:
-                lognorm = _is_counts(block)
-            elif lognorm and block.nnz and block.data.min() < 0:
-                _refuse_negative_counts(int((block.data < 0).sum()), "holds counts but")
-            lo, hi = np.searchsorted(rows, [start, start + block.shape[0]])
-            sample.append(block[rows[lo:hi] - start])
-        X = sp.vstack(sample, format="csr") if len(sample) > 1 else sample[0]
+        big = adata.n_obs > max_cells
+        rows = np.sort(rng.choice(adata.n_obs, max_cells, replace=False)) if big else slice(None)
+        X = sp.csr_matrix(expression_matrix(adata[rows], layer), dtype=np.float32)
+        check_finite(X, "the expression matrix")
+        lognorm = _check_counts(X)
         Y = log1p_normalise(X) if lognorm else X
         # Genes ranked by variance (not scanpy's binned dispersion), as fitted models expect.
         var = mean_variance_axis(Y, 0)[1]
@@ -135,38 +117,11 @@ class PCAFeatures:
         )
         for start, block in blocks:
             check_finite(block, "the expression matrix")
-            if self.lognorm and block.nnz and block.data.min() < 0:
-                _refuse_negative_counts(
-                    int((block.data < 0).sum()), "of the slide (the model was fitted on counts)"
-                )
-            # Normalise by totals over the model's genes, the same at fit and transform time.
+            _check_counts(block, self.lognorm)
+            # Totals over the model's genes (fit used all genes'; fitted models expect both).
             block = log1p_normalise(block) if self.lognorm else block
             out[start : start + block.shape[0]] = block @ self.components.T - offset
         return out
-
-    def to_dict(self) -> dict:
-        """Arrays for saving with ``np.savez``."""
-        return {
-            "genes": self.genes.astype(str),
-            "mean": self.mean,
-            "components": self.components,
-            "lognorm": np.array(self.lognorm),
-        }
-
-    @classmethod
-    def from_dict(cls, d) -> PCAFeatures:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            genes=np.asarray(d["genes"], dtype=object),
-            mean=np.asarray(d["mean"]),
-            components=np.asarray(d["components"]),
-            lognorm=bool(d["lognorm"]),
-        )
-
-    def consistent(self) -> bool:
-        """Whether the genes, their means and the components have matching sizes."""
-        n = len(self.genes)
-        return self.components.ndim == 2 and self.components.shape[1] == n and len(self.mean) == n
 
 
 def pca_features(
@@ -184,19 +139,3 @@ def pca_features(
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = Z
     return adata if copy else None
-
-
-def read_pca(file: Path) -> PCAFeatures:
-    """A :class:`PCAFeatures` saved with ``np.savez(file, **pca.to_dict())`` (no pickle)."""
-    if not file.is_file():
-        raise ScResidualError(f"{file} is missing; the model directory is incomplete: refit it.")
-    try:
-        with np.load(file, allow_pickle=False) as d:
-            pca = PCAFeatures.from_dict(d)
-    except Exception as err:  # truncated zips and missing arrays raise many types
-        raise ScResidualError(
-            f"cannot read {file} ({type(err).__name__}); the file is corrupted: refit the model."
-        ) from err
-    if not pca.consistent():
-        raise ScResidualError(f"{file} holds arrays of mismatched sizes; refit the model.")
-    return pca

@@ -124,7 +124,7 @@ def test_chunked_gene_alignment_and_pca_match_in_memory(backed):
     assert [s for s, _ in blocks] == list(range(0, adata.n_obs, 50))
     assert (sp.vstack([blk for _, blk in blocks]) != full).nnz == 0
     p_mem = PCAFeatures.fit(adata, n_comps=5, max_cells=120, seed=1)
-    p_bak = PCAFeatures.fit(b, n_comps=5, max_cells=120, seed=1, chunk_size=41)
+    p_bak = PCAFeatures.fit(b, n_comps=5, max_cells=120, seed=1)
     np.testing.assert_allclose(p_mem.components, p_bak.components, atol=1e-5)
     np.testing.assert_allclose(p_mem.transform(adata), p_bak.transform(b, chunk_size=29), atol=1e-4)
     b.file.close()
