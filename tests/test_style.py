@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,12 @@ TREES = ["scresidual", "tests", "benchmarks"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:
-    ruff = shutil.which("ruff")
-    assert ruff, "ruff is missing; install the test extra: pip install -e '.[test]'"
-    return subprocess.run([ruff, *args, *TREES], cwd=ROOT, capture_output=True, text=True)
+    # the ruff of this interpreter's environment, whether or not that environment is activated
+    assert importlib.util.find_spec("ruff"), (
+        "ruff is missing; install the test extra: pip install -e '.[test]'"
+    )
+    command = [sys.executable, "-m", "ruff", *args, *TREES]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("command", [("check",), ("format", "--check")], ids=["lint", "format"])
