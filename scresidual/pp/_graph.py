@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._constants import CONNECTIVITIES_KEY, DISTANCES_KEY, SPATIAL_KEY
-from .._errors import ScResidualError
+from .._errors import ScResidualError, first_line
 from .._validate import GRAPH_SPECS, check_library_ids, check_obsm_key, check_spatial, parse_graph
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,10 @@ def spatial_graph_matrix(
             builder.build(xy[cells]) if len(cells) > 1 else (alone, alone) for cells in slides
         ]
     except Exception as err:  # qhull/sklearn errors on degenerate layouts (many-line dumps)
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
         raise ScResidualError(
-            f"could not build a {graph} graph ({type(err).__name__}: {first}); check that the "
-            "cells of each slide do not all lie on one line or at one point, or use 'knn:K'."
+            f"could not build a {graph} graph ({type(err).__name__}: {first_line(err, 120)}); "
+            "check that the cells of each slide do not all lie on one line or at one point, "
+            "or use 'knn:K'."
         ) from err
     conn, dist = builder.combine(graphs, np.concatenate(slides))
     return conn.tocsr(), dist.tocsr()

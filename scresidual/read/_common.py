@@ -13,13 +13,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._constants import COUNTS_LAYER
-from .._errors import ScResidualError
-
-
-def first_line(err: BaseException) -> str:
-    """First line of an exception message, shortened."""
-    line = (str(err).strip().splitlines() or ["no message"])[0]
-    return line if len(line) <= 200 else line[:197] + "..."
+from .._errors import ScResidualError, first_line
 
 
 @contextmanager

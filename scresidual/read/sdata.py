@@ -19,9 +19,9 @@ import pandas as pd
 from anndata import AnnData
 
 from .._constants import SPATIAL_KEY
-from .._errors import ScResidualError
+from .._errors import ScResidualError, first_line
 from .._validate import check_spatial
-from ._common import coordinate_array, first_line, reading
+from ._common import coordinate_array, reading
 
 ZARR_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 """Files that make a folder a zarr group (zarr v3, v2)."""

@@ -19,7 +19,7 @@ import torch
 from anndata import AnnData
 
 from .._docs import doc_layer_counts, doc_min_overlap, doc_params
-from .._errors import ScResidualError
+from .._errors import ScResidualError, first_line
 from .._genes import MIN_VOCAB_OVERLAP
 from .._normalise import TARGET_SUM
 from ._base import FrozenSource
@@ -429,7 +429,7 @@ def _load_bert(model_dir: Path) -> torch.nn.Module:
     except Exception as err:  # noqa: BLE001 - corrupted weights, size mismatches, ...
         raise ScResidualError(
             f"cannot load the Geneformer weights in {model_dir} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:160] if str(err) else ''}); re-download the model "
+            f"{first_line(err, 160)}); re-download the model "
             "folder."
         ) from err
     missing = sorted(info.get("missing_keys", []))

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._errors import ScResidualError
+from .._errors import ScResidualError, first_line
 from .._genes import MIN_GENE_OVERLAP
 from ._base import FrozenSource
 
@@ -173,7 +173,7 @@ class ScviSource(FrozenSource):
         except ScResidualError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
-            detail = f"{type(err).__name__}: {err}".splitlines()[0][:160]
+            detail = f"{type(err).__name__}: {first_line(err, 160)}"
             raise ScResidualError(
                 f"{model_dir / 'model.pt'} does not describe a usable scvi-tools model "
                 f"({detail}); {FIX}."
