@@ -133,14 +133,14 @@ def worker_scresidual(n: int, n_genes: int, scvi_dir: str, seed: int) -> dict:
     import torch
 
     from scresidual.model import ResidualModel
-    from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph_matrix
+    from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph
     from scresidual.sources import ScviSource
 
     torch.set_num_threads(max(os.cpu_count() or 1, 1))
     st = Stages()
     adata = st.run("generate", n, make_slide, n, n_genes, seed)
     source = ScviSource.load(scvi_dir)
-    conn, _ = st.run("graph", n, spatial_graph_matrix, adata, "knn:6")
+    conn, _ = st.run("graph", n, spatial_graph, adata, graph="knn:6", copy=True)
     z = st.run("source_embedding", n, source.embed, adata, progress=False)
 
     def pca_features():
@@ -175,12 +175,12 @@ def worker_dense(n: int, n_genes: int, seed: int) -> dict:
     import torch
     from torch import nn
 
-    from scresidual.pp import PCAFeatures, spatial_graph_matrix
+    from scresidual.pp import PCAFeatures, spatial_graph
 
     torch.manual_seed(seed)
     st = Stages()
     adata = st.run("generate", n, make_slide, n, n_genes, seed)
-    conn, _ = st.run("graph", n, spatial_graph_matrix, adata, "knn:6")
+    conn, _ = st.run("graph", n, spatial_graph, adata, graph="knn:6", copy=True)
 
     def dense_adjacency():
         A = torch.zeros((n, n), dtype=torch.float32)  # the n x n matrix

@@ -27,6 +27,9 @@ TRAIN_SUFFIX = "_train"
 DEFAULT_GRAPH = "delaunay"
 """Default spatial graph of the region classifier (CellCharter's: Delaunay, long links dropped)."""
 
+LONG_LINK_PERCENTILE = 99.0
+"""Delaunay edges longer than this percentile of all edge lengths are dropped (CellCharter's)."""
+
 DEFAULT_N_HOPS = 3
 """Default number of neighbour rings averaged around each spot."""
 

@@ -44,19 +44,22 @@ def check_finite(X, what: str) -> None:
         raise ScResidualError(f"{what} holds {n_bad} NaN/inf values; remove or impute them first.")
 
 
-def check_counts(adata: AnnData, *, layer: str | None = None) -> None:
-    """Raise unless the matrix looks like raw counts: finite and non-negative."""
-    X = adata.layers[layer] if layer is not None else adata.X
-    what = f"layers[{layer!r}]" if layer is not None else "adata.X"
-    if X is None:
-        raise ScResidualError(f"{what} is empty; load an expression matrix first.")
+def check_counts(X, what: str, *, counts: bool | None = True) -> bool:
+    """Whether ``X`` holds counts (finite, whole, non-negative); raise if counts have negatives.
+
+    ``counts=True`` requires counts; ``None`` guesses from the values (scaled data is almost
+    never whole numbers); ``False`` (values known not to be counts) checks finiteness only.
+    """
     check_finite(X, what)
-    vals = _values(X)
-    if vals.size and vals.min() < 0:
+    vals = _values(X).ravel()
+    sample, n_neg = vals[:100_000], int((vals < 0).sum())
+    whole = np.isclose(sample, np.round(sample)).mean() if sample.size else 1.0
+    if n_neg and (whole > 0.9 if counts is None else counts):
         raise ScResidualError(
-            f"{what} has negative values but raw counts are required; pass the counts layer "
-            "(e.g. layer='counts') instead of scaled data."
+            f"{what} has {n_neg} negative value(s) but raw counts are required; fix those "
+            "values or pass the raw counts (layer='counts' / --layer counts)."
         )
+    return bool(whole == 1 and not n_neg)
 
 
 def check_unique_obs_names(adata: AnnData) -> None:

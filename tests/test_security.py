@@ -27,7 +27,7 @@ from scresidual._io import _lock, atomic_path, recover
 from scresidual._normalise import log1p_normalise
 from scresidual.cli import main
 from scresidual.model import ResidualModel, SpatialRegionClassifier
-from scresidual.pp import PCAFeatures, spatial_graph_matrix
+from scresidual.pp import PCAFeatures, spatial_graph
 from scresidual.sources import GeneformerSource, ScviSource
 
 from .conftest import file_hash
@@ -556,7 +556,7 @@ def test_3d_coordinates_keep_z_planes_apart():
     xy = rng.uniform(0, 10, (15, 2))
     a = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(30)]))
     a.obsm["spatial"] = np.c_[np.r_[xy, xy], np.r_[np.zeros(15), np.full(15, 1000.0)]]
-    conn, _ = spatial_graph_matrix(a, "knn:3")
+    conn, _ = spatial_graph(a, graph="knn:3", copy=True)
     rows, cols = conn.nonzero()
     assert len(rows) and ((rows < 15) == (cols < 15)).all()  # z counted: no cross-plane edges
 

@@ -43,7 +43,7 @@ from .._validate import (
     parse_graph,
     parse_spec,
 )
-from ..pp import neighbourhood_rings, spatial_graph_matrix
+from ..pp import neighbourhood_rings, spatial_graph
 from ..read.sdata import is_spatialdata
 from ._calibration import (
     calibration_problem,
@@ -372,11 +372,12 @@ class SpatialRegionClassifier:
             library_key = self.setup["library_key"]
             if library_key is not None and library_key not in adata.obs:
                 library_key = None  # a single new slide without the slide column
-            conn, _ = spatial_graph_matrix(
+            conn, _ = spatial_graph(
                 adata,
-                self.setup["graph"],
+                graph=self.setup["graph"],
                 spatial_key=self.setup["spatial_key"],
                 library_key=library_key,
+                copy=True,
             )
         rings = self.setup["n_hops"]
         if conn is not None and self.setup["aggregate_sources"]:

@@ -1,18 +1,6 @@
-"""Preprocessing: spatial graphs, neighbourhood features and target-side PCA features."""
+"""Preprocessing: spatial graphs, neighbour rings and target-side PCA features."""
 
-from ._features import PCAFeatures, pca_features
-from ._graph import (
-    neighbourhood_features,
-    neighbourhood_rings,
-    spatial_graph,
-    spatial_graph_matrix,
-)
+from ._features import PCAFeatures
+from ._graph import neighbourhood_rings, spatial_graph
 
-__all__ = [
-    "PCAFeatures",
-    "neighbourhood_features",
-    "neighbourhood_rings",
-    "pca_features",
-    "spatial_graph",
-    "spatial_graph_matrix",
-]
+__all__ = ["PCAFeatures", "neighbourhood_rings", "spatial_graph"]

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._errors import ScResidualError, first_line
-from .._genes import MIN_GENE_OVERLAP
+from .._genes import MIN_GENE_OVERLAP, expression_matrix
 from ._base import FrozenSource
 
 FIX = "re-save the model with scvi-tools >= 1.0 or download it again"
@@ -273,9 +273,10 @@ def pretrain_scvi(
     from .._settings import progress_enabled
     from .._validate import check_counts
 
-    check_counts(adata, layer=layer)
+    X = expression_matrix(adata, layer)
+    check_counts(X, f"layers[{layer!r}]" if layer else "adata.X")
     ref = AnnData(
-        X=adata.layers[layer] if layer else adata.X,
+        X=X,
         obs=adata.obs[[batch_key]] if batch_key else None,
     )
     ref.obs_names, ref.var_names = adata.obs_names, adata.var_names

@@ -123,7 +123,7 @@ def test_sources_enter_as_ring_means_and_stay_frozen(slides):
     kw = {"labels_key": "train", "sources": ["obsm:X_emb"], "features": ["obsm:X_emb"]}
     SpatialRegionClassifier.setup_anndata(one, n_hops=2, **kw)
     views = SpatialRegionClassifier(one).views(one)
-    conn, _ = pp.spatial_graph_matrix(one, "delaunay")
+    conn, _ = pp.spatial_graph(one, graph="delaunay", copy=True)
     expected = pp.neighbourhood_rings(one.obsm["X_emb"], conn, 2).reshape(one.n_obs, -1)
     np.testing.assert_allclose(views["source_0"], expected, rtol=1e-6)
     SpatialRegionClassifier.setup_anndata(one, aggregate_sources=False, **kw)

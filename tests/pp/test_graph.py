@@ -8,12 +8,12 @@ from scresidual import pp
 
 
 def test_graph_has_no_edges_across_slides(slides):
-    conn, _ = pp.spatial_graph_matrix(slides, "knn:6", library_key="slide")
+    conn, _ = pp.spatial_graph(slides, graph="knn:6", library_key="slide", copy=True)
     s = slides.obs["slide"].to_numpy()
     i, j = conn.nonzero()
     assert len(i) > 0 and (s[i] == s[j]).all()
     # both slides share coordinates, so without library_key edges would cross
-    conn2, _ = pp.spatial_graph_matrix(slides, "knn:6")
+    conn2, _ = pp.spatial_graph(slides, graph="knn:6", copy=True)
     i2, j2 = conn2.nonzero()
     assert (s[i2] != s[j2]).any()
 
@@ -21,7 +21,7 @@ def test_graph_has_no_edges_across_slides(slides):
 @pytest.mark.parametrize("graph", ["radius:150", "delaunay"])
 def test_other_graphs(slides, graph):
     one = slides[slides.obs["slide"] == "slide1"]
-    conn, _ = pp.spatial_graph_matrix(one, graph)
+    conn, _ = pp.spatial_graph(one, graph=graph, copy=True)
     assert sp.issparse(conn) and conn.shape == (one.n_obs, one.n_obs) and conn.nnz > one.n_obs
 
 
@@ -50,10 +50,11 @@ def test_rings_match_breadth_first_search():
             np.testing.assert_allclose(H[i, k], expect, rtol=1e-5, atol=1e-6)
 
 
-def test_pp_functions_follow_copy_convention(slides):
+def test_spatial_graph_follows_squidpys_copy_convention(slides):
     a = slides[slides.obs["slide"] == "slide1"].copy()
-    assert pp.spatial_graph(a, copy=True) is not None and "spatial_connectivities" not in a.obsp
-    pp.spatial_graph(a)
-    pp.pca_features(a, n_comps=10)
-    pp.neighbourhood_features(a, use_rep="X_pca", n_hops=2)
-    assert a.obsm["X_hops"].shape == (a.n_obs, 30)
+    conn, dist = pp.spatial_graph(a, graph="knn:4", copy=True)
+    assert "spatial_connectivities" not in a.obsp and "spatial_distances" not in a.obsp
+    assert (np.diff(conn.indptr) == 4).all() and dist.nnz == conn.nnz
+    assert pp.spatial_graph(a, graph="knn:4") is None
+    assert (a.obsp["spatial_connectivities"] != conn).nnz == 0
+    assert (a.obsp["spatial_distances"] != dist).nnz == 0

@@ -56,3 +56,16 @@ def test_align_genes_refuses_low_overlap_without_claiming_to_zero_fill(small_sli
         with pytest.raises(ScResidualError, match=r"0 of 2 genes .* lower min_overlap="):
             align_genes(a, ["NOT_A_GENE", "NOR_THIS"])
     assert "zero-filled" not in caplog.text
+
+
+def test_pretrain_scvi_refuses_negative_or_missing_counts_before_training(small_slides, tmp_path):
+    from scresidual.sources import pretrain_scvi
+
+    a = small_slides[:200].copy()
+    a.X = a.X.toarray() if hasattr(a.X, "toarray") else np.array(a.X)
+    a.X[3, 4] = -1.0
+    with pytest.raises(ScResidualError, match=r"^adata.X has 1 negative value\(s\).*--layer"):
+        pretrain_scvi(a, tmp_path / "m", max_epochs=1, progress=False)
+    with pytest.raises(ScResidualError, match="layer 'umi' not found"):
+        pretrain_scvi(a, tmp_path / "m", layer="umi", max_epochs=1, progress=False)
+    assert not (tmp_path / "m").exists()

@@ -11,7 +11,7 @@ import torch
 
 from scresidual import ScResidualError, tl
 from scresidual.model import ResidualModel, SpatialRegionClassifier
-from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph_matrix
+from scresidual.pp import PCAFeatures, neighbourhood_rings, spatial_graph
 from scresidual.sources import align_genes, iter_aligned_genes
 from scresidual.train import ViewsDataset, batch_loader
 
@@ -151,7 +151,7 @@ def test_predict_on_backed_file(backed, fitted):
 def test_isolated_cells_average_over_themselves():
     xy = np.array([[0, 0], [1, 0], [0, 1], [500, 500]], dtype=float)
     adata = ad.AnnData(obs=pd.DataFrame(index=list("abcd")), obsm={"spatial": xy})
-    conn, _ = spatial_graph_matrix(adata, "radius:5")
+    conn, _ = spatial_graph(adata, graph="radius:5", copy=True)
     assert conn[3].nnz == 0
     X = np.arange(8, dtype=np.float32).reshape(4, 2)
     H = neighbourhood_rings(X, conn, 2)
@@ -162,9 +162,9 @@ def test_isolated_cells_average_over_themselves():
 def test_duplicated_coordinates():
     adata = _slide(120)
     adata.obsm["spatial"][60:] = adata.obsm["spatial"][:60]  # every position twice
-    conn, _ = spatial_graph_matrix(adata, "knn:6")
+    conn, _ = spatial_graph(adata, graph="knn:6", copy=True)
     assert conn.shape == (120, 120) and (conn.getnnz(1) > 0).all()
-    conn, _ = spatial_graph_matrix(adata, "delaunay")  # qhull keeps one of each duplicate
+    conn, _ = spatial_graph(adata, graph="delaunay", copy=True)  # qhull keeps one of each duplicate
     linked = conn.getnnz(1) > 0
     assert conn.shape == (120, 120) and (linked[:60] | linked[60:]).all()
     rings = neighbourhood_rings(adata.obsm["spatial"].astype(np.float32), conn, 2)
@@ -178,7 +178,7 @@ def test_one_cell_slides(fitted):
     assert proba.shape == (1, 2) and np.isfinite(proba.to_numpy()).all()
     two = adata[:41].copy()
     two.obs["slide"] = ["a"] * 40 + ["b"]
-    conn, _ = spatial_graph_matrix(two, "knn:6", library_key="slide")
+    conn, _ = spatial_graph(two, graph="knn:6", library_key="slide", copy=True)
     assert conn[40].nnz == 0 and conn[:, 40].nnz == 0 and conn[:40].nnz > 0
 
 
