@@ -7,9 +7,16 @@ from scresidual._labels_file import read_labels_csv, write_labels_csv
 
 
 def test_written_labels_read_back_unlabelled_left_out(tmp_path):
-    labels = pd.Series(["follicle", np.nan, "medulla cords", "NA"], index=list("abcd"), name="region")
+    labels = pd.Series(
+        ["follicle", np.nan, "medulla cords", "NA"], index=list("abcd"), name="region"
+    )
     path = write_labels_csv(labels, tmp_path / "labels.csv")
-    assert path.read_text().splitlines() == ["cell_id,region", "a,follicle", "c,medulla cords", "d,NA"]
+    assert path.read_text().splitlines() == [
+        "cell_id,region",
+        "a,follicle",
+        "c,medulla cords",
+        "d,NA",
+    ]
     back = read_labels_csv(path)
     assert back.name == "region"
     assert back.to_dict() == {"a": "follicle", "c": "medulla cords", "d": "NA"}
