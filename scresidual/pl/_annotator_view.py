@@ -53,7 +53,7 @@ class AnnotatorView:
         self.color_by = color_by
         xy = ann.xy
         lo, hi = xy.min(0), xy.max(0)
-        half = max(float((hi - lo).max()) / 2, 1e-9)
+        half = max(0.55 * float((hi - lo).max()), 1e-9)  # 10% margin
         mid = (lo + hi) / 2
         # Equal x and y ranges keep the tissue's aspect ratio; y is flipped as in sr.pl
         # (image coordinates grow downwards).
@@ -75,6 +75,7 @@ class AnnotatorView:
             x_scale=(mid[0] - half, mid[0] + half),
             y_scale=(-mid[1] - half, -mid[1] + half),
             height=height,
+            width=height,  # a square canvas over equal x/y ranges: the true aspect ratio
             axes=False,
             legend=True,
             lasso_initiator=False,
@@ -123,7 +124,7 @@ class AnnotatorView:
         self.widget = w.VBox(
             [
                 w.HBox([self.colour, self.gene]),
-                w.HBox([w.Box([self.scatter.show()], layout=w.Layout(flex="1")), side]),
+                w.HBox([self.scatter.show(), side]),
                 controls,
                 self.message,
             ]
