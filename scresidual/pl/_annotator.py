@@ -131,7 +131,7 @@ class Annotator:
         labels_key: str,
         *,
         autosave: str | os.PathLike | None = None,
-        sources: Sequence[str] = (),
+        sources: Sequence[str] | None = None,
         features: Sequence[str] = ("pca",),
         library_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
@@ -153,7 +153,7 @@ class Annotator:
         self.labels_key = labels_key
         self.autosave = None if autosave is None else Path(autosave)
         self.fit_options = {
-            "sources": list(sources),
+            "sources": list(sources or ()),
             "features": list(features),
             "library_key": library_key,
             "spatial_key": spatial_key,
@@ -446,7 +446,7 @@ def annotate(
     labels_key: str,
     *,
     autosave: str | os.PathLike | None = None,
-    sources: Sequence[str] = (),
+    sources: Sequence[str] | None = None,
     features: Sequence[str] = ("pca",),
     library_key: str | None = None,
     spatial_key: str = SPATIAL_KEY,

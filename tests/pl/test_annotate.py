@@ -97,13 +97,13 @@ def test_undo_redo_and_erase(adata, tmp_path):
 
 def test_refit_updates_predictions_suggestions_and_colours(adata):
     truth = adata.obs["region"].astype(str).to_numpy()
-    ann = sr.pl.annotate(adata, "annot", n_suggestions=10)
+    ann = sr.pl.annotate(adata, "annot", n_suggestions=10, auto_refit=36)
     ann.select(range(5))
     ann.assign(truth[0])
     ann.refit()
     assert ann.message.startswith("only one region labelled") and ann.predictions is None
-    _seed_labels(ann, truth)
-    ann.refit(wait=False)  # background thread
+    _seed_labels(ann, truth)  # 5 + 6 x 6 labels: the 36th starts a refit in the background
+    assert ann.refitting or ann.predictions is not None
     ann.wait()
     assert ann.message.startswith("refit on"), ann.message
     first = ann.predictions.copy()
