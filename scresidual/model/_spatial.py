@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,6 +81,9 @@ TRAINER_OPTIONS = ("accelerator", "devices", "strategy", "progress")
 
 _BUILT_ELSEWHERE = ("arm", "head", "guard", "seed", "sources", "residuals")
 
+
+_VIEWS_MEMO: ContextVar[dict | None] = ContextVar("scresidual_views_memo", default=None)
+"""Inputs computed inside :meth:`SpatialRegionClassifier.reuse_views`, by (model, AnnData)."""
 
 EMBED_CHUNK = 200_000
 """Cells embedded per call of a frozen scvi source (bounds memory on large or backed slides)."""
@@ -362,8 +367,34 @@ class SpatialRegionClassifier:
         # Models saved before the option existed used the default.
         return self.setup.get("min_gene_overlap", MIN_GENE_OVERLAP)
 
+    @staticmethod
+    @contextmanager
+    def reuse_views() -> Iterator[None]:
+        """Compute a model's inputs for an AnnData once inside this block, not at each call.
+
+        ``train``, ``predict``, ``predict_proba`` and
+        :func:`scresidual.tl.suggest_labels` each compute the inputs (spatial graph, source
+        embeddings, features and ring means); inside the block a model reuses those of an
+        AnnData it has already seen (the same object, which must not change meanwhile). The
+        annotation widget's refit fits, predicts and suggests this way.
+        """
+        token = _VIEWS_MEMO.set({})
+        try:
+            yield
+        finally:
+            _VIEWS_MEMO.reset(token)
+
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and features, with ring means."""
+        memo = _VIEWS_MEMO.get()
+        if memo is not None and (id(self), id(adata)) in memo:
+            return dict(memo[id(self), id(adata)][1])
+        out = self._compute_views(adata)
+        if memo is not None:  # the AnnData is kept with them, so that its id is not reused
+            memo[id(self), id(adata)] = (adata, dict(out))
+        return out
+
+    def _compute_views(self, adata: AnnData) -> dict[str, np.ndarray]:
         check_cells(adata, 1, "labelling")
         check_unique_obs_names(adata)
         out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}

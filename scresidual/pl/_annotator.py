@@ -27,6 +27,7 @@ from .._constants import (
 from .._errors import ScResidualError, first_line
 from .._labels_file import read_labels_csv, write_labels_csv
 from .._validate import check_obs_key, check_spatial, labelled_mask
+from ..model import SpatialRegionClassifier
 from ..model.sdata import add_predictions
 from ..read.sdata import is_spatialdata, table_anndata
 from ..tl import fit_regions, suggest_labels
@@ -396,13 +397,14 @@ class Annotator:
             X=src.X, obs=obs, var=src.var, obsm=dict(src.obsm), layers=dict(src.layers)
         )
         try:
-            self._step(0, f"refit: fitting on {n_labelled} labels …")
-            model = fit_regions(shadow, labels_key=key, **self.fit_options)
-            self._step(1, "refit: predicting …")
-            model.predict(shadow)
-            self._step(2, "refit: choosing the next cells to label …")
-            n = min(self.n_suggestions, int(pd.isna(labels).sum()))
-            table = suggest_labels(shadow, model, n=n, seed=self.seed) if n else None
+            with SpatialRegionClassifier.reuse_views():  # the graph and features once, not 3x
+                self._step(0, f"refit: fitting on {n_labelled} labels …")
+                model = fit_regions(shadow, labels_key=key, **self.fit_options)
+                self._step(1, "refit: predicting …")
+                model.predict(shadow)
+                self._step(2, "refit: choosing the next cells to label …")
+                n = min(self.n_suggestions, int(pd.isna(labels).sum()))
+                table = suggest_labels(shadow, model, n=n, seed=self.seed) if n else None
         except Exception as err:  # noqa: BLE001 - shown in the widget; a bug re-raises in wait()
             self.progress = (0, 3)
             self._notify("progress")
