@@ -370,13 +370,14 @@ class SpatialRegionClassifier:
     @staticmethod
     @contextmanager
     def reuse_views() -> Iterator[None]:
-        """Compute a model's inputs for an AnnData once inside this block, not at each call.
+        """Compute a model's inputs (and probabilities) for an AnnData once inside this block.
 
         ``train``, ``predict``, ``predict_proba`` and
         :func:`scresidual.tl.suggest_labels` each compute the inputs (spatial graph, source
-        embeddings, features and ring means); inside the block a model reuses those of an
-        AnnData it has already seen (the same object, which must not change meanwhile). The
-        annotation widget's refit fits, predicts and suggests this way.
+        embeddings, features and ring means) and the last three the probabilities; inside
+        the block a model reuses those of an AnnData it has already seen (the same object,
+        which must not change meanwhile). The annotation widget's refit fits, predicts and
+        suggests this way.
         """
         token = _VIEWS_MEMO.set({})
         try:
@@ -387,11 +388,12 @@ class SpatialRegionClassifier:
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and features, with ring means."""
         memo = _VIEWS_MEMO.get()
-        if memo is not None and (id(self), id(adata)) in memo:
-            return dict(memo[id(self), id(adata)][1])
+        key = ("views", id(self), id(adata))
+        if memo is not None and key in memo:
+            return memo[key][1]  # the same dict: its probabilities are reused too
         out = self._compute_views(adata)
         if memo is not None:  # the AnnData is kept with them, so that its id is not reused
-            memo[id(self), id(adata)] = (adata, dict(out))
+            memo[key] = (adata, out)
         return out
 
     def _compute_views(self, adata: AnnData) -> dict[str, np.ndarray]:
@@ -521,10 +523,16 @@ class SpatialRegionClassifier:
 
     def proba_from_views(self, views: dict[str, np.ndarray], *, calibrated: bool = True):
         """:meth:`predict_proba` as an array, from inputs already computed by :meth:`views`."""
+        memo = _VIEWS_MEMO.get()
+        key = ("proba", id(self), id(views), calibrated)
+        if memo is not None and key in memo:
+            return memo[key][1].copy()
         core = self._fitted()
         P = core.predict_proba(views, raw=not calibrated)
         if calibrated and core.calibration_ is not None:
             P = core.calibration_.apply(P)
+        if memo is not None:
+            memo[key] = (views, P.copy())
         return P
 
     def predict(
