@@ -26,7 +26,7 @@ from .._constants import (
 )
 from .._errors import ScResidualError, first_line
 from .._labels_file import read_labels_csv, write_labels_csv
-from .._validate import check_obs_key, check_spatial, labelled_mask
+from .._validate import check_obs_key, check_spatial, check_unique_obs_names, labelled_mask
 from ..model import SpatialRegionClassifier
 from ..model.sdata import add_predictions
 from ..read.sdata import is_spatialdata, table_anndata
@@ -147,9 +147,14 @@ class Annotator:
         self.sdata = adata if is_spatialdata(adata) else None
         self.adata, self._table = _as_table(adata, table_key, spatial_key)
         self.xy = check_spatial(self.adata, spatial_key)[:, :2]
+        check_unique_obs_names(self.adata)  # the autosave maps labels back by cell name
         if library_key is not None:
             check_obs_key(self.adata, library_key)
-        if auto_refit is not None and (isinstance(auto_refit, bool) or int(auto_refit) < 1):
+        if auto_refit is not None and (
+            isinstance(auto_refit, bool)
+            or not isinstance(auto_refit, (int, np.integer))
+            or auto_refit < 1
+        ):
             raise ScResidualError(f"auto_refit={auto_refit!r} must be a number of labels, >= 1.")
         self.labels_key = labels_key
         self.autosave = None if autosave is None else Path(autosave)

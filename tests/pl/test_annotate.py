@@ -175,6 +175,13 @@ def test_bad_input_is_one_line(adata, slide, tmp_path):
     with pytest.raises(ScResidualError, match="AnnData or a SpatialData") as err:
         sr.pl.annotate(adata.obs, "annot")
     one_line(err)
+    twice = adata[[0, 0, 1]].copy()
+    with pytest.raises(ScResidualError, match="duplicate cell names") as err:
+        sr.pl.annotate(twice, "annot")
+    one_line(err)
+    with pytest.raises(ScResidualError, match="auto_refit") as err:
+        sr.pl.annotate(adata, "annot", auto_refit="10")
+    one_line(err)
     ann = sr.pl.annotate(adata, "annot")
     ann.view.colour.value = "uncertainty"  # before any refit: a message, not an error
     assert "no uncertainty yet" in ann.view.message.value
