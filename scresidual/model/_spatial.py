@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -369,32 +370,45 @@ class SpatialRegionClassifier:
 
     @staticmethod
     @contextmanager
-    def reuse_views() -> Iterator[None]:
-        """Compute a model's inputs (and probabilities) for an AnnData once inside this block.
+    def reuse_views(memo: dict | None = None) -> Iterator[None]:
+        """Compute the inputs (and probabilities) for an AnnData once inside this block.
 
         ``train``, ``predict``, ``predict_proba`` and
-        :func:`scresidual.tl.suggest_labels` each compute the inputs (spatial graph, source
-        embeddings, features and ring means) and the last three the probabilities; inside
-        the block a model reuses those of an AnnData it has already seen (the same object,
-        which must not change meanwhile). The annotation widget's refit fits, predicts and
-        suggests this way.
+        :func:`scresidual.tl.suggest_labels` each compute a model's inputs (spatial graph,
+        source embeddings, features and ring means) and the last three its probabilities.
+        Inside the block the inputs of an AnnData (the same object, which must not change
+        meanwhile) are computed once for every model with the same setup and feature maps,
+        whatever its labels, and each model's probabilities once. Pass the same ``memo``
+        dict to several blocks to keep the inputs between them (the annotation widget does,
+        from one refit to the next); probabilities are not kept.
         """
-        token = _VIEWS_MEMO.set({})
+        memo = {} if memo is None else memo
+        token = _VIEWS_MEMO.set(memo)
         try:
             yield
         finally:
             _VIEWS_MEMO.reset(token)
+            for key in [k for k in memo if k[0] == "proba"]:
+                del memo[key]
+
+    def _inputs_token(self) -> str:
+        """A digest of what the inputs depend on: the setup (not the labels), feature maps."""
+        setup = {k: v for k, v in self.setup.items() if k != "labels_key"}
+        digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
+        for j in sorted(self._pca):
+            for name, value in sorted(pca_arrays(self._pca[j]).items()):
+                digest.update(name.encode() + np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()
 
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and features, with ring means."""
         memo = _VIEWS_MEMO.get()
-        key = ("views", id(self), id(adata))
-        if memo is not None and key in memo:
-            return memo[key][1]  # the same dict: its probabilities are reused too
-        out = self._compute_views(adata)
-        if memo is not None:  # the AnnData is kept with them, so that its id is not reused
-            memo[key] = (adata, out)
-        return out
+        if memo is None:
+            return self._compute_views(adata)
+        key = ("views", id(adata), self._inputs_token())
+        if key not in memo:  # the AnnData is kept with them, so that its id is not reused
+            memo[key] = (adata, self._compute_views(adata))
+        return memo[key][1]  # the same dict: its probabilities are reused too
 
     def _compute_views(self, adata: AnnData) -> dict[str, np.ndarray]:
         check_cells(adata, 1, "labelling")

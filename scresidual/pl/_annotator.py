@@ -185,6 +185,8 @@ class Annotator:
         self.progress = (0, 3)
         self.view = None
         self._error: BaseException | None = None
+        self._fit_data: AnnData | None = None
+        self._inputs: dict = {}  # the model's inputs, kept from one refit to the next
         obs = self.adata.obs
         existing = obs[labels_key] if labels_key in obs else None
         self._order = (
@@ -387,22 +389,34 @@ class Annotator:
         self._notify("progress")
         self._say(message)
 
+    def _shadow(self) -> AnnData:
+        """The AnnData refits run on, made at the first refit.
+
+        It shares X, layers and obsm with :attr:`adata` but has its own obs, so the user's is
+        not touched while fitting, and it stays the same object, so that its inputs are
+        computed once.
+        """
+        if self._fit_data is None:
+            src = self.adata
+            obs = pd.DataFrame(index=src.obs_names)
+            library = self.fit_options["library_key"]
+            if library is not None:
+                obs[library] = src.obs[library].to_numpy()
+            self._fit_data = AnnData(
+                X=src.X, obs=obs, var=src.var, obsm=dict(src.obsm), layers=dict(src.layers)
+            )
+        return self._fit_data
+
     def _fit(self) -> None:
         key = self.labels_key
         with self._lock:
             labels = self.labels
             n_labelled = self.n_labelled
-        src = self.adata
-        obs = pd.DataFrame({key: labels.to_numpy(dtype=object)}, index=src.obs_names)
-        library = self.fit_options["library_key"]
-        if library is not None:
-            obs[library] = src.obs[library].to_numpy()
-        # A shadow sharing X, layers and obsm: the user's obs is not touched while fitting.
-        shadow = AnnData(
-            X=src.X, obs=obs, var=src.var, obsm=dict(src.obsm), layers=dict(src.layers)
-        )
+        shadow = self._shadow()
+        shadow.obs[key] = labels.to_numpy(dtype=object)
         try:
-            with SpatialRegionClassifier.reuse_views():  # the graph and features once, not 3x
+            # The graph, features and ring means once per annotation, not 3x per refit.
+            with SpatialRegionClassifier.reuse_views(self._inputs):
                 self._step(0, f"refit: fitting on {n_labelled} labels …")
                 model = fit_regions(shadow, labels_key=key, **self.fit_options)
                 self._step(1, "refit: predicting …")

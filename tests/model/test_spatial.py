@@ -194,3 +194,15 @@ def test_reuse_views_computes_the_inputs_once_and_changes_nothing(monkeypatch):
     pd.testing.assert_frame_equal(inside, plain)
     model.predict_proba(adata)  # outside the block: computed again
     assert len(computed) == 2
+    # A memo kept between blocks serves a model refitted on other labels (same setup).
+    memo = {}
+    with SpatialRegionClassifier.reuse_views(memo):
+        model.predict_proba(adata)
+    adata.obs["labels"] = adata.obs["region"].astype(object).where(np.arange(adata.n_obs) % 3 == 0)
+    with SpatialRegionClassifier.reuse_views(memo):
+        refit = tl.fit_regions(adata, labels_key="labels", seed=0, progress=False)
+        refit.predict_proba(adata)
+    assert len(computed) == 3 and len(memo) == 1  # probabilities are not kept
+    with SpatialRegionClassifier.reuse_views(memo):
+        tl.fit_regions(adata, labels_key="labels", features=("pca",), n_hops=2, progress=False)
+    assert len(computed) == 4  # another setup: other inputs

@@ -95,7 +95,14 @@ def test_undo_redo_and_erase(adata, tmp_path):
     assert ann.message == "nothing to redo"
 
 
-def test_refit_updates_predictions_suggestions_and_colours(adata):
+def test_refit_updates_predictions_suggestions_and_colours(adata, monkeypatch):
+    from scresidual.model import SpatialRegionClassifier
+
+    computed = []
+    compute = SpatialRegionClassifier._compute_views
+    monkeypatch.setattr(
+        SpatialRegionClassifier, "_compute_views", lambda m, a: computed.append(1) or compute(m, a)
+    )
     truth = adata.obs["region"].astype(str).to_numpy()
     ann = sr.pl.annotate(adata, "annot", n_suggestions=10, auto_refit=36)
     ann.select(range(5))
@@ -129,6 +136,7 @@ def test_refit_updates_predictions_suggestions_and_colours(adata):
     assert ann.selection.tolist() == [adata.obs_names.get_loc(ann.suggestions[0])]
     ann.refit()
     assert not ann.predictions.equals(first)
+    assert len(computed) == 1  # the graph and features of the slide, once for both refits
     accuracy = (ann.predictions.to_numpy() == truth).mean()
     assert accuracy > 1 / len(ann.regions)
 
