@@ -52,6 +52,7 @@ class AnnotatorView:
     def __init__(self, ann, *, color_by: str = "labels", height: int = 600):
         jscatter, w = require_widgets()
         self.ann = ann
+        self._line = jscatter.Line  # the rings around suggested cells
         self.color_by = color_by
         xy = ann.xy
         lo, hi = xy.min(0), xy.max(0)
@@ -197,7 +198,10 @@ class AnnotatorView:
         angles = np.linspace(0, 2 * np.pi, RING_SIDES + 1)
         ring = radius * np.c_[np.cos(angles), np.sin(angles)]
         self.scatter.annotations(
-            [_jscatter_line([(x + dx, -y + dy) for dx, dy in ring]) for x, y in ann.xy[cells]]
+            [
+                self._line([(x + dx, -y + dy) for dx, dy in ring], line_color="black", line_width=2)
+                for x, y in ann.xy[cells]
+            ]
         )
 
     def _recolour(self, what: str) -> None:
@@ -208,8 +212,7 @@ class AnnotatorView:
         except ScResidualError as err:
             self._show(str(err))
             return
-        if what in (BUILT_IN + tuple(ann.adata.obs.columns)):
-            self.color_by = what
+        self.color_by = what  # redrawn so after each label change and refit
         labelled = ~pd.isna(ann.labels.to_numpy())
         self.frame["colour"] = values
         self.frame["state"] = pd.Categorical(
@@ -260,16 +263,9 @@ class AnnotatorView:
         raise ScResidualError(f"{what!r} is neither an obs column nor a gene of this slide")
 
     @staticmethod
-    def _categories(values: pd.Series, order) -> tuple[np.ndarray, dict]:
+    def _categories(values: pd.Series, order) -> tuple[pd.Categorical, dict]:
         order = [str(c) for c in order]
         names = order + sorted(set(values.unique()) - {UNLABELLED} - set(order))
         colours = {c: to_hex(v, keep_alpha=True) for c, v in _palette(names).items()}
         colours[UNLABELLED] = to_hex(_GREY, keep_alpha=True)
-        categories = pd.Categorical(values.to_numpy(dtype=object), categories=list(colours))
-        return pd.Series(categories).to_numpy(), colours
-
-
-def _jscatter_line(vertices):
-    from jscatter import Line
-
-    return Line(vertices, line_color="black", line_width=2)
+        return pd.Categorical(values.to_numpy(dtype=object), categories=list(colours)), colours
