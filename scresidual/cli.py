@@ -211,9 +211,9 @@ def _parser() -> argparse.ArgumentParser:
         "--folds",
         type=int,
         default=None,
-        help="validation folds: cross-validation folds of the linear encoder (default 5, "
-        "repeated 3 times below 1,000 labelled spots); cross-fitted members of "
-        "gradient-descent fits (default: 5 below 1,000 labelled spots, else one 20%% split)",
+        help="validation folds (default: for the linear encoder, 5-fold cross-validation "
+        "repeated 3 times below 1,000 labelled spots; for gradient-descent fits, 5 "
+        "cross-fitted members below 1,000 labelled spots, else one 20%% split)",
     )
     fit.add_argument(
         "--min-gene-overlap",
