@@ -566,6 +566,13 @@ def _check_output(args, model_dirs: list) -> None:
 
     if is_zarr(args.input):
         check_zarr_output(args.output, args.input, model_dirs=model_dirs)
+    elif str(args.output).rstrip("/").endswith(".zarr"):
+        raise ScResidualError(
+            f"--output {args.output!r}: the predictions of an .h5ad input go to an .h5ad; for "
+            "a .zarr store, write the slide as one first (spatialdata.SpatialData(tables="
+            "{'table': spatialdata.models.TableModel.parse(adata)}).write('slide.zarr')), then "
+            "pass that store as the input and as --output."
+        )
     else:
         check_output_file(args.output, inputs=[args.input], model_dirs=model_dirs)
 

@@ -173,3 +173,13 @@ def test_suggest_csv_names_its_margin_apart_from_obs_uncertainty(slide_file, tmp
     assert code == 0, err
     columns = pd.read_csv(tmp_path / "s.csv").columns
     assert "margin_uncertainty" in columns and "uncertainty" not in columns
+
+
+def test_a_zarr_output_for_an_h5ad_input_gives_the_recipe(slide_file, tmp_path, capsys):
+    code, _, err = _run(
+        _fit(slide_file, tmp_path, "--labels-key", "label", "--output", str(tmp_path / "o.zarr")),
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "TableModel.parse(adata)" in err and "--output" in err
+    assert not (tmp_path / "m").exists()
