@@ -30,7 +30,8 @@ def reading(what: str, path: str | os.PathLike, fix: str) -> Iterator[None]:
     except ScResidualError:
         raise
     except FileNotFoundError as err:
-        raise ScResidualError(f"{what} not found: {path}; check the path.") from err
+        where = err.filename or f"{path} ({first_line(err)})"  # the library names the file
+        raise ScResidualError(f"{what} not found: {where}; check the path, or {fix}.") from err
     except Exception as err:
         raise ScResidualError(
             f"could not read {what} {path} ({type(err).__name__}: {first_line(err)}); {fix}."
