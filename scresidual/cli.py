@@ -638,11 +638,8 @@ def _fit(args) -> None:
     if store is not None and args.output:
         _check_output(args, [args.model_dir])
     model.save(args.model_dir, overwrite=args.overwrite)
-    # The one summary of the fit; the guard logs its losses (INFO) when it compared arms.
-    print(
-        f"fitted {arm} ({len(model.classes_)} classes), kept {model.chosen_arm_!r}; "
-        f"model saved to {args.model_dir}"
-    )
+    # The one summary of the fit; which arm the guard kept, and why, is its own log line.
+    print(f"fitted {arm} ({len(model.classes_)} classes); model saved to {args.model_dir}")
     if args.output:
         model.predict(adata)
         _mark_training_spots(adata, args.labels_key)

@@ -40,11 +40,23 @@ def _fit(slide_file, tmp_path, *extra):
 
 
 def test_fit_prints_one_summary_line_and_quiet_prints_nothing(slide_file, tmp_path, capsys):
-    code, out, err = _run(_fit(slide_file, tmp_path, "--labels-key", "label"), capsys)
-    assert code == 0, err
-    assert out.splitlines() == [
-        f"fitted scratch (7 classes), kept 'scratch'; model saved to {tmp_path / 'm'}"
+    a = ad.read_h5ad(slide_file)
+    a.obsm["X_emb"] = np.random.default_rng(0).normal(size=(a.n_obs, 4))
+    a.write_h5ad(slide_file)
+    argv = [
+        "fit",
+        str(slide_file),
+        "--labels-key",
+        "label",
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--source",
+        "obsm:X_emb",
     ]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert out == f"fitted refine (7 classes); model saved to {tmp_path / 'm'}\n"
+    assert "kept" not in out  # the guard's choice is said once, in its own line
     code, out, err = _run(
         [
             "predict",
