@@ -82,6 +82,7 @@ myst_heading_anchors = 3
 nb_execution_mode = "cache"
 nb_execution_cache_path = str(HERE / "_build" / ".jupyter_cache")
 nb_execution_timeout = 900
+nb_execution_in_temp = True  # notebooks that write files (an autosave) write them there
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
