@@ -105,7 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         "scresidual pretrain-scvi slide.h5ad --out scvi_source/ && scresidual fit slide.h5ad "
         "--labels-key region --model-dir model/ --source scvi:scvi_source/",
     )
-    pre.add_argument("input", help="slide or dissociated reference, .h5ad with raw counts")
+    pre.add_argument(
+        "input", help="slide or dissociated reference with raw counts: .h5ad, .zarr or a table"
+    )
+    _add_table(pre)
+    _add_coordinates(pre)
     pre.add_argument("--out", required=True, help="folder to write the scvi-tools model to")
     pre.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     pre.add_argument(
@@ -709,7 +713,6 @@ def _suggest(args) -> None:
 
 
 def _pretrain_scvi(args) -> None:
-    from . import read
     from ._genes import expression_matrix
     from ._validate import check_obs_key
     from .sources import pretrain_scvi
@@ -717,7 +720,7 @@ def _pretrain_scvi(args) -> None:
     if Path(args.out).exists() and not args.overwrite:
         raise ScResidualError(f"--out: {args.out} exists; pass --overwrite or another --out.")
     _check_positive(("--n-latent", args.n_latent), ("--max-epochs", args.max_epochs))
-    adata = read.h5ad(args.input, require_spatial=False)
+    adata, _ = _read_slide(args, "spatial", require_spatial=False)
     with _flag("--layer"):
         expression_matrix(adata, args.layer)
     if args.batch_key is not None:

@@ -195,3 +195,18 @@ def test_a_zarr_output_for_an_h5ad_input_gives_the_recipe(slide_file, tmp_path, 
     assert code == 2 and err.count("\n") == 1
     assert "TableModel.parse(adata)" in err and "--output" in err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_pretrain_scvi_reads_a_counts_table(slide_file, tmp_path, capsys):
+    a = ad.read_h5ad(slide_file)
+    counts = pd.DataFrame(a.X.toarray(), index=a.obs_names, columns=a.var_names)
+    counts.to_csv(tmp_path / "counts.csv", index_label="cell_id")
+    xy = pd.DataFrame(a.obsm["spatial"], index=a.obs_names, columns=["x", "y"])
+    xy.to_csv(tmp_path / "xy.csv", index_label="cell_id")
+    argv = ["pretrain-scvi", str(tmp_path / "counts.csv"), "--out", str(tmp_path / "scvi")]
+    code, out, err = _run(
+        [*argv, "--coordinates", str(tmp_path / "xy.csv"), "--max-epochs", "1", "--quiet"], capsys
+    )
+    assert code == 0, err
+    assert (tmp_path / "scvi" / "model.pt").is_file() and out == ""
