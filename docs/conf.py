@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -83,6 +84,8 @@ nb_execution_mode = "cache"
 nb_execution_cache_path = str(HERE / "_build" / ".jupyter_cache")
 nb_execution_timeout = 900
 nb_execution_in_temp = True  # notebooks that write files (an autosave) write them there
+# ...so pages that read the repository's files find it here (the kernel inherits it)
+os.environ["SCRESIDUAL_REPO"] = str(HERE.parent)
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
