@@ -7,7 +7,12 @@ Namespaces follow scanpy: :mod:`scresidual.pp` (graphs, features), :mod:`scresid
 :mod:`scresidual.model`; package-wide defaults in :data:`scresidual.settings`.
 """
 
+import warnings
 from importlib import import_module
+
+# tqdm.auto (imported by scvi-tools and Lightning) warns "IProgress not found" in a notebook
+# without ipywidgets, then draws text bars, which serve: silence the advice, nothing else.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 __version__ = "0.1.0"
 

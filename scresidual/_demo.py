@@ -65,6 +65,7 @@ def run_demo(
         n_latent=10,
         max_epochs=scvi_epochs,
         seed=seed,
+        overwrite=True,  # the demo's own folder: a rerun replaces it
         progress=progress_enabled(progress),  # scvi's trainer reads None as True
     )
     print(f"[2/4] SCVI source pretrained on the reference and frozen ({time.time() - t0:.0f} s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections.abc import Sequence
@@ -25,8 +26,20 @@ def _values(X) -> np.ndarray:
 def check_obs_key(adata: AnnData, key: str) -> None:
     """Raise if ``key`` is not a column of ``adata.obs``."""
     if key not in adata.obs:
-        cols = ", ".join(map(str, list(adata.obs.columns)[:8])) or "none"
-        raise ScResidualError(f"obs key {key!r} not found; available obs columns: {cols}.")
+        columns = [str(c) for c in adata.obs.columns]
+        close = difflib.get_close_matches(key, columns, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ScResidualError(
+            f"obs key {key!r} not found; {hint}{_listing(columns, 'obs column')}."
+        )
+
+
+def _listing(names: list[str], what: str, shown: int = 20) -> str:
+    """``"the 3 obs columns: a, b, c"``; past ``shown`` names, "…" and how many more."""
+    if not names:
+        return f"there is no {what}"
+    more = f", … ({len(names) - shown} more)" if len(names) > shown else ""
+    return f"the {len(names)} {what}s: {', '.join(names[:shown])}{more}"
 
 
 def check_obsm_key(adata: AnnData, key: str) -> None:

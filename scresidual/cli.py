@@ -6,11 +6,12 @@ Bad input ends with one line ``error: …`` on stderr and exit status 2, never a
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 
 from ._constants import (
@@ -68,7 +69,7 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress bars or progress messages (warnings and errors still show)",
+        help="print only warnings and errors: no progress bars, no result lines",
     )
 
 
@@ -104,7 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         "scresidual pretrain-scvi slide.h5ad --out scvi_source/ && scresidual fit slide.h5ad "
         "--labels-key region --model-dir model/ --source scvi:scvi_source/",
     )
-    pre.add_argument("input", help="slide or dissociated reference, .h5ad with raw counts")
+    pre.add_argument(
+        "input", help="slide or dissociated reference with raw counts: .h5ad, .zarr or a table"
+    )
+    _add_table(pre)
+    _add_coordinates(pre)
     pre.add_argument("--out", required=True, help="folder to write the scvi-tools model to")
     pre.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     pre.add_argument(
@@ -112,7 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--n-latent", type=int, default=10, help="latent dimensions")
     pre.add_argument(
-        "--max-epochs", type=int, default=100, help="most training epochs (early-stopped)"
+        "--max-epochs",
+        type=int,
+        default=100,
+        help="most training epochs; training stops earlier once the validation ELBO has not "
+        "improved for 10 epochs (the epochs run are printed)",
     )
     pre.add_argument("--seed", type=int, default=0, help="random seed")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -131,11 +140,13 @@ def _parser() -> argparse.ArgumentParser:
         "SpatialData .zarr store (coordinates from its table or the shapes/points it annotates)",
     )
     _add_table(fit)
+    _add_coordinates(fit)
     fit.add_argument(
         "--labels-key",
         required=True,
         help="obs column of labels; empty/NaN spots are unlabelled: predicted, not trained on",
     )
+    _add_labels_csv(fit)
     fit.add_argument("--model-dir", required=True, help="folder to save the fitted model to")
     fit.add_argument(
         "--source",
@@ -204,9 +215,9 @@ def _parser() -> argparse.ArgumentParser:
         "--folds",
         type=int,
         default=None,
-        help="validation folds: cross-validation folds of the linear encoder (default 5, "
-        "repeated 3 times below 1,000 labelled spots); cross-fitted members of "
-        "gradient-descent fits (default: 5 below 1,000 labelled spots, else one 20%% split)",
+        help="validation folds (default: for the linear encoder, 5-fold cross-validation "
+        "repeated 3 times below 1,000 labelled spots; for gradient-descent fits, 5 "
+        "cross-fitted members below 1,000 labelled spots, else one 20%% split)",
     )
     fit.add_argument(
         "--min-gene-overlap",
@@ -242,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
         "input", help="slide to label, .h5ad (never modified) or SpatialData .zarr store"
     )
     _add_table(pred)
+    _add_coordinates(pred)
     pred.add_argument(
         "--output",
         required=True,
@@ -261,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
         "--alpha",
         type=float,
         default=0.1,
-        help="conformal sets cover the true region with probability 1 - alpha (default 0.1)",
+        help="conformal sets cover the true region with probability 1 - alpha",
     )
     pred.add_argument(
         "--sets-method",
@@ -284,18 +296,21 @@ def _parser() -> argparse.ArgumentParser:
         "store (never modified), with the labels so far",
     )
     _add_table(sug)
+    _add_coordinates(sug)
     sug.add_argument("--n", type=int, default=50, help="spots to suggest")
     sug.add_argument(
         "--output",
         required=True,
-        help="CSV of the suggestions (obs name, coordinates, current prediction, score), "
-        "in the order picked",
+        help="CSV of the suggestions in the order picked: obs_name, x, y, prediction, "
+        "probability (calibrated, of the prediction), margin_uncertainty (1 - (p1 - p2)), "
+        "score (what --strategy ranked by)",
     )
     sug.add_argument(
         "--labels-key",
         default=None,
         help="obs column of the labels so far (default: the model's labels key)",
     )
+    _add_labels_csv(sug)
     sug.add_argument(
         "--strategy",
         choices=SUGGEST_STRATEGIES,
@@ -324,6 +339,32 @@ def _add_table(parser: argparse.ArgumentParser) -> None:
         "--table",
         default=None,
         help="table of a .zarr input to use (default: its only table)",
+    )
+
+
+def _add_coordinates(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--coordinates",
+        default=None,
+        help="the input is a counts table (CSV/TSV/Parquet, a cell id then one column per "
+        "gene) and this file holds each cell's id, x and y (other columns join obs); read "
+        "with scresidual.read.table (default: the input is an .h5ad or .zarr)",
+    )
+
+
+def _add_labels_csv(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--labels-csv",
+        default=None,
+        help="CSV of cell id -> label (a header row; as Loupe Browser, QuPath, napari and "
+        "sr.pl.annotate's autosave write it) read into obs[--labels-key], replacing that "
+        "column; cells it does not list are unlabelled (default: the labels are in the input)",
+    )
+    parser.add_argument(
+        "--labels-column",
+        default=None,
+        help="label column of --labels-csv (default: its second column; required when it has "
+        "more than two)",
     )
 
 
@@ -485,7 +526,41 @@ def _read_slide(args, spatial_key: str, require_spatial: bool):
         return adata, store
     if args.table is not None:
         raise ScResidualError("--table names a table of a .zarr store; drop it for an .h5ad input.")
+    if args.coordinates is not None:
+        with _flag("--coordinates"):
+            adata = read.table(args.input, args.coordinates)
+        if spatial_key != "spatial":
+            adata.obsm[spatial_key] = adata.obsm.pop("spatial")
+        return adata, None
     return read.h5ad(args.input, spatial_key=spatial_key, require_spatial=require_spatial), None
+
+
+def _import_labels(adata, args, labels_key: str) -> None:
+    """Put the labels of ``--labels-csv`` into ``obs[labels_key]``, matched by cell id."""
+    from . import read
+
+    if args.labels_csv is None:
+        if args.labels_column is not None:
+            raise ScResidualError("--labels-column names a column of --labels-csv; pass both.")
+        return
+    with _flag("--labels-csv"):
+        labels = read.labels(args.labels_csv, label_column=args.labels_column)
+        found = labels.index.isin(adata.obs_names)
+        if not found.any():
+            raise ScResidualError(
+                f"none of its {len(labels)} cell ids is a cell of {args.input} (e.g. "
+                f"{labels.index[0]!r}; the slide's: {adata.obs_names[0]!r}); pass the labels "
+                "of this slide, ids as the slide names its cells."
+            )
+    if not found.all():
+        logging.getLogger(__name__).warning(
+            "WARNING: %d of %d cell ids of %s are not cells of %s; their labels are ignored.",
+            int((~found).sum()),
+            len(labels),
+            args.labels_csv,
+            args.input,
+        )
+    adata.obs[labels_key] = labels.reindex(adata.obs_names).to_numpy()
 
 
 def _check_output(args, model_dirs: list) -> None:
@@ -495,6 +570,13 @@ def _check_output(args, model_dirs: list) -> None:
 
     if is_zarr(args.input):
         check_zarr_output(args.output, args.input, model_dirs=model_dirs)
+    elif str(args.output).rstrip("/").endswith(".zarr"):
+        raise ScResidualError(
+            f"--output {args.output!r}: the predictions of an .h5ad input go to an .h5ad; for "
+            "a .zarr store, write the slide as one first (spatialdata.SpatialData(tables="
+            "{'table': spatialdata.models.TableModel.parse(adata)}).write('slide.zarr')), then "
+            "pass that store as the input and as --output."
+        )
     else:
         check_output_file(args.output, inputs=[args.input], model_dirs=model_dirs)
 
@@ -524,6 +606,7 @@ def _fit(args) -> None:
     adata, store = _read_slide(args, args.spatial_key, require_spatial=False)
     if store is not None:
         warn_several_regions(adata, args.library_key)
+    _import_labels(adata, args, args.labels_key)
     _check_fit_args(args, adata)
     arm, sources = args.arm, _sources(args)
     if not sources and arm == "refine":
@@ -559,12 +642,8 @@ def _fit(args) -> None:
     if store is not None and args.output:
         _check_output(args, [args.model_dir])
     model.save(args.model_dir, overwrite=args.overwrite)
-    report = model.guard_report_
-    print(
-        f"fitted {arm} ({len(model.classes_)} classes); kept {model.chosen_arm_!r}; "
-        + "; ".join(f"{a}: val loss {r['val_loss']:.3f}" for a, r in report.items())
-    )
-    print(f"model saved to {args.model_dir}")
+    # The one summary of the fit; which arm the guard kept, and why, is its own log line.
+    print(f"fitted {arm} ({len(model.classes_)} classes); model saved to {args.model_dir}")
     if args.output:
         model.predict(adata)
         _mark_training_spots(adata, args.labels_key)
@@ -616,11 +695,15 @@ def _suggest(args) -> None:
         require_spatial=parse_graph(model.setup["graph"])[0] != "none",
     )
     labels_key = args.labels_key or model.setup["labels_key"]
+    _import_labels(adata, args, labels_key)
     table = suggest_labels(
         adata, model, n=args.n, labels_key=labels_key, strategy=args.strategy, seed=args.seed
     )
     with atomic_path(args.output) as tmp:
-        table.to_csv(tmp, index_label="obs_name")
+        # obs['<key>_uncertainty'] is 1 - p1; the CSV's margin is named apart from it
+        table.rename(columns={"uncertainty": "margin_uncertainty"}).to_csv(
+            tmp, index_label="obs_name"
+        )
     counts = table["prediction"].value_counts()
     print(
         f"suggested {len(table)} spots to label (currently predicted: "
@@ -630,7 +713,6 @@ def _suggest(args) -> None:
 
 
 def _pretrain_scvi(args) -> None:
-    from . import read
     from ._genes import expression_matrix
     from ._validate import check_obs_key
     from .sources import pretrain_scvi
@@ -638,7 +720,7 @@ def _pretrain_scvi(args) -> None:
     if Path(args.out).exists() and not args.overwrite:
         raise ScResidualError(f"--out: {args.out} exists; pass --overwrite or another --out.")
     _check_positive(("--n-latent", args.n_latent), ("--max-epochs", args.max_epochs))
-    adata = read.h5ad(args.input, require_spatial=False)
+    adata, _ = _read_slide(args, "spatial", require_spatial=False)
     with _flag("--layer"):
         expression_matrix(adata, args.layer)
     if args.batch_key is not None:
@@ -652,6 +734,7 @@ def _pretrain_scvi(args) -> None:
         n_latent=args.n_latent,
         max_epochs=args.max_epochs,
         seed=args.seed,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(
@@ -701,8 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _predict,
         "suggest": _suggest,
     }
-    try:
-        commands[args.command](args)
+    try:  # --quiet: result lines (stdout) too are dropped; warnings and errors go to stderr
+        with redirect_stdout(io.StringIO()) if quiet else nullcontext():
+            commands[args.command](args)
     except ScResidualError as err:
         print(f"error: {_cli_message(str(err), args.flags)}", file=sys.stderr)
         return 2

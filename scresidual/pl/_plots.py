@@ -26,6 +26,7 @@ from .._docs import (
 from .._errors import ScResidualError
 from .._io import atomic_path
 from .._validate import check_obs_key, check_spatial
+from ._spots import DOT_FILL, doc_point_size, doc_units, dots, frame, spacing
 
 UNLABELLED = "unlabelled"
 """Legend label of spots without a true label (drawn grey)."""
@@ -131,6 +132,8 @@ def _two_axes(ax, figsize: tuple[float, float]) -> tuple[Figure, list[Axes], boo
 @doc_params(
     doc_spatial_key=doc_spatial_key,
     doc_library_key_slide=doc_library_key_slide,
+    doc_point_size=doc_point_size,
+    doc_units=doc_units,
     doc_show=doc_show,
     doc_save=doc_save,
     doc_return_fig=doc_return_fig,
@@ -147,6 +150,7 @@ def regions(
     slide: str | None = None,
     order: Sequence[str] | None = None,
     point_size: float | None = None,
+    units: str = "units",
     title: str | None = None,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
@@ -157,7 +161,8 @@ def regions(
 
     Spots without a true label are grey (legend: ``'unlabelled'``, if there are any); spots
     whose labels were trained on are outlined (legend: ``'training spot'``). A new figure's
-    width follows the slide's aspect ratio.
+    width follows the slide's aspect ratio; dots are sized in coordinate units, so they tile
+    the tissue at any figure size; a scale bar sits at the lower right.
 
     Parameters
     ----------
@@ -181,7 +186,9 @@ def regions(
     order
         Class order of the legend (default: see :func:`class_order`).
     point_size
-        Marker size (default from the number of cells).
+        {doc_point_size}
+    units
+        {doc_units}
     title
         Figure title (default: the labels key, and the slide if one is chosen). With
         ``ax``, drawn only if given: the figure is the caller's.
@@ -218,31 +225,17 @@ def regions(
     marked = mask & (adata.obs[hk].to_numpy(bool) if hk in adata.obs else False)
     cats = class_order(adata, labels_key=labels_key, pred_key=pk, order=order)
     colours = _palette(cats)
-    size = point_size or max(2.0, 8000 / max(mask.sum(), 1))
+    size = point_size or DOT_FILL * spacing(xy[mask])
     fig, axes, new = _two_axes(ax, _figsize(xy[mask], 2))
     for a, values, name in zip(axes, (truth, pred), ("true", "predicted"), strict=True):
-        c = [colours.get(v, _GREY) for v in values[mask]]
-        a.scatter(xy[mask, 0], xy[mask, 1], c=c, s=size, linewidths=0)
+        dots(a, xy[mask], size, facecolors=[colours.get(v, _GREY) for v in values[mask]])
         if name == "true" and trained[mask].any():
             t = mask & trained
-            a.scatter(
-                xy[t, 0], xy[t, 1], s=size, facecolors="none", edgecolors="black", linewidths=0.6
-            )
+            dots(a, xy[t], size, facecolors="none", edgecolors="black", linewidths=0.6)
         if marked.any():
-            a.scatter(
-                xy[marked, 0],
-                xy[marked, 1],
-                s=6 * size,
-                facecolors="none",
-                edgecolors="red",
-                linewidths=1.0,
-            )
+            dots(a, xy[marked], 2.2 * size, facecolors="none", edgecolors="red", linewidths=1.0)
         a.set_title(f"{name} regions")
-        a.set_aspect("equal")
-        if not a.yaxis_inverted():  # shared y axes invert together: once is enough
-            a.invert_yaxis()
-        a.set_xticks([])
-        a.set_yticks([])
+        frame(a, xy[mask], size, units=units)
     handles = [plt.Line2D([], [], ls="", marker="o", color=colours[c], label=c) for c in cats]
     if unlabelled[mask].any():
         handles.append(plt.Line2D([], [], ls="", marker="o", color=_GREY, label=UNLABELLED))

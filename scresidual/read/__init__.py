@@ -1,4 +1,4 @@
-"""Loaders for spatial data: ``.h5ad``, 10x Visium and Xenium folders, tables, SpatialData.
+"""Loaders: ``.h5ad``, 10x Visium and Xenium folders, tables, SpatialData; labels CSVs.
 
 A SpatialData comes as an object or a ``.zarr`` store; one of its tables is read.
 
@@ -12,8 +12,9 @@ and the fix. Input files are never modified.
 from __future__ import annotations
 
 from ._h5ad import h5ad
+from ._labels import labels
 from ._table import table
 from ._tenx import visium, xenium
 from .sdata import spatialdata
 
-__all__ = ["h5ad", "spatialdata", "table", "visium", "xenium"]
+__all__ = ["h5ad", "labels", "spatialdata", "table", "visium", "xenium"]

@@ -21,17 +21,25 @@ def reading(what: str, path: str | os.PathLike, fix: str) -> Iterator[None]:
     """Turn any exception of the block into one line: ``could not read <what> <path> (...)``.
 
     The library that reads (anndata, scanpy, pandas, h5py, spatialdata) names the cause: a
-    missing, truncated or foreign file, a missing column, a repeated id. ``fix`` ends the
-    message. A :class:`~scresidual._errors.ScResidualError` of the block passes unchanged.
+    truncated or foreign file, a missing column, a repeated id; a missing file is said plainly.
+    ``fix`` ends the message. A :class:`~scresidual._errors.ScResidualError` of the block
+    passes unchanged.
     """
     try:
         yield
     except ScResidualError:
         raise
+    except FileNotFoundError as err:
+        where = err.filename or f"{path} ({first_line(err)})"  # the library names the file
+        raise ScResidualError(f"{what} not found: {where}; check the path, or {fix}.") from err
     except Exception as err:
         raise ScResidualError(
             f"could not read {what} {path} ({type(err).__name__}: {first_line(err)}); {fix}."
         ) from err
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".tab", ".parquet", ".pq")
+"""Suffixes of the tables :func:`read_frame` reads (before any ``.gz``)."""
 
 
 def read_frame(path: Path, *, sep: str | None = None, header: bool = True, dtype=None):

@@ -16,7 +16,7 @@ from .._docs import doc_params, doc_spatial_key
 from .._errors import ScResidualError
 from .._genes import iter_row_blocks
 from .._validate import check_finite, check_spatial, check_unique_obs_names
-from ._common import reading
+from ._common import TABLE_SUFFIXES, reading
 
 
 def _is_10x_h5(path: Path) -> bool:
@@ -60,6 +60,14 @@ def h5ad(
             f"backed={backed!r} is not supported; pass backed='r' (read-only) or None."
         )
     path = Path(path).expanduser()
+    if not path.exists():
+        raise ScResidualError(f"file not found: {path}; check the path.")
+    if {s.lower() for s in path.suffixes[-2:]} & set(TABLE_SUFFIXES):
+        raise ScResidualError(
+            f"{path} is a table, not an .h5ad; read counts and coordinates tables with "
+            "scresidual.read.table(counts, coordinates) (command line: the counts table as "
+            "the input, --coordinates FILE)."
+        )
     if _is_10x_h5(path):
         raise ScResidualError(
             f"{path} is a 10x count matrix, not an .h5ad; read it with "

@@ -172,7 +172,8 @@ def table_anndata(
     """
     name = choose_table(sdata, table_key, where)
     table = sdata.tables[name]
-    _annotation(sdata, table, name, where)
+    if spatial_key not in table.obsm:  # else the table stands alone: no element needed
+        _annotation(sdata, table, name, where)
     adata = AnnData(
         X=table.X,
         obs=table.obs.copy(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from anndata import AnnData
 from .._errors import ScResidualError, first_line
 from .._genes import MIN_GENE_OVERLAP, expression_matrix
 from ._base import FrozenSource
+
+logger = logging.getLogger(__name__)
+
+SCVI_PATIENCE = 10
+"""Epochs without a better validation ELBO after which ``pretrain_scvi`` stops."""
 
 FIX = "re-save the model with scvi-tools >= 1.0 or download it again"
 
@@ -259,12 +265,16 @@ def pretrain_scvi(
     n_latent: int = 10,
     max_epochs: int = 100,
     seed: int = 0,
+    overwrite: bool = False,
     progress: bool | None = None,
 ) -> ScviSource:
     """Train an SCVI model on a reference (no labels, no coordinates), save it, load it frozen.
 
     This is how the demo and the benchmarks make a source; labs usually bring their own.
-    The save is atomic.
+    Training stops early once the validation ELBO has not improved for
+    10 epochs; the number of epochs run is logged (INFO). The save is atomic;
+    an existing ``model_dir`` is replaced only with ``overwrite=True``, and only if it is an
+    scvi-tools model folder.
     """
     import scvi
 
@@ -273,10 +283,15 @@ def pretrain_scvi(
     from .._settings import progress_enabled
     from .._validate import check_counts
 
+    if Path(model_dir).exists() and not overwrite:
+        raise ScResidualError(
+            f"{model_dir} exists; pass overwrite=True to replace it or choose another folder."
+        )
     X = expression_matrix(adata, layer)
     check_counts(X, f"layers[{layer!r}]" if layer else "adata.X")
     ref = AnnData(
-        X=X,
+        # scvi-tools warns about (and trains slower on) any other sparse format
+        X=sp.csr_matrix(X) if sp.issparse(X) and X.format != "csr" else X,
         obs=adata.obs[[batch_key]] if batch_key else None,
     )
     ref.obs_names, ref.var_names = adata.obs_names, adata.var_names
@@ -288,9 +303,13 @@ def pretrain_scvi(
             max_epochs=max_epochs,
             accelerator="cpu",
             early_stopping=True,
+            early_stopping_patience=SCVI_PATIENCE,
             batch_size=256,
             enable_progress_bar=progress_enabled(progress),
         )
+    epochs = len(model.history["elbo_train"])
+    stopped = "early-stopped" if epochs < max_epochs else "max_epochs reached"
+    logger.info("scVI trained for %d of %d epochs (%s)", epochs, max_epochs, stopped)
     # Replaces an earlier scvi model folder (model.pt), never any other folder.
     with atomic_path(model_dir, replace_dir=lambda p: (p / "model.pt").is_file()) as tmp:
         model.save(str(tmp), overwrite=True)

@@ -179,7 +179,7 @@ def test_uncertainty_map(fitted):
     a, model = fitted
     out = model.predict(a, copy=True)
     fig = pl.uncertainty(out, key="train", library_key="slide", slide="slide1", return_fig=True)
-    assert len(fig.axes) == 2  # map and colour bar
+    assert len(fig.axes[0].child_axes) == 1  # the map and its colour bar (an inset as tall)
     _, ax = plt.subplots()
     assert pl.uncertainty(out, key="train", ax=ax) is ax
     plt.close("all")

@@ -10,6 +10,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from scresidual import ScResidualError, pl  # noqa: E402
 
@@ -142,8 +143,62 @@ def test_uncertainty_map_has_one_point_per_spot_and_a_colour_bar():
     points = ax.collections[0]
     assert len(points.get_offsets()) == a.n_obs
     assert np.allclose(points.get_array(), a.obs["region_uncertainty"])
-    assert len(ax.figure.axes) == 2  # the map and its colour bar
+    assert len(ax.child_axes) == 1  # the map's colour bar
     assert ax.get_legend() is None  # nothing suggested
+
+
+def _grid(n_side: int = 30, step: float = 100.0) -> AnnData:
+    xs, ys = np.meshgrid(np.arange(n_side) * step, np.arange(n_side) * step * 0.5)
+    xy = np.c_[xs.ravel(), ys.ravel()]
+    n = len(xy)
+    a = AnnData(np.zeros((n, 1), np.float32), obsm={"spatial": xy})
+    a.obs["region"] = pd.Categorical(np.where(xy[:, 0] < 1500, "cortex", "medulla"))
+    a.obs["region_pred"] = a.obs["region"]
+    a.obs["region_uncertainty"] = np.linspace(0, 0.6, n)
+    return a
+
+
+def _dot_and_gap_in_pixels(ax: Axes, step: float) -> tuple[float, float]:
+    """Drawn diameter of the first collection's dots, and the neighbour spacing, in pixels."""
+    ax.figure.canvas.draw()
+    gap = ax.transData.transform([[step, 0]]) - ax.transData.transform([[0, 0]])
+    dots = ax.collections[0]
+    if hasattr(dots, "get_widths"):  # sized in data units
+        wide = ax.transData.transform([[dots.get_widths()[0], 0]]) - ax.transData.transform(
+            [[0, 0]]
+        )
+        return float(np.abs(wide[0, 0])), float(np.abs(gap[0, 0]))
+    points = np.sqrt(dots.get_sizes()[0])  # scatter sizes: points squared
+    return points * ax.figure.dpi / 72, float(np.abs(gap[0, 0]))
+
+
+@pytest.mark.parametrize("plot", ["regions", "uncertainty"])
+def test_maps_have_readable_dots_tight_margins_and_a_scale_bar(plot):
+    # 900 spots 100 units apart in x, 50 in y: a Visium-like grid.
+    a = _grid()
+    if plot == "regions":
+        ax = pl.regions(a, labels_key="region", units="µm")[0]
+    else:
+        ax = pl.uncertainty(a, key="region", units="µm")
+    dot, gap = _dot_and_gap_in_pixels(ax, 50.0)
+    assert 0.7 * gap <= dot <= 1.1 * gap  # dots nearly touch: the tissue reads as a surface
+    x0, x1 = sorted(ax.get_xlim())
+    assert (x1 - x0) - 2900 <= 2 * 50 + 1e-6  # a margin of at most one spot each side
+    bars = [c for c in ax.artists if "µm" in "".join(t.get_text() for t in c.findobj(Text))]
+    assert len(bars) == 1
+    assert "500 µm" in [t.get_text() for t in bars[0].findobj(Text)]
+
+
+def test_uncertainty_colour_bar_is_no_taller_than_the_map():
+    for width, height in ((3000, 500), (500, 3000), (1000, 1000)):
+        a = _grid()
+        a.obsm["spatial"] = a.obsm["spatial"] * [width / 2900, height / 1450]
+        ax = pl.uncertainty(a, key="region")
+        fig = ax.figure
+        fig.canvas.draw()
+        box = ax.get_window_extent()
+        bar = [x for x in [*fig.axes, *ax.child_axes] if x is not ax][0].get_window_extent()
+        assert bar.height <= box.height + 1 and bar.y0 >= box.y0 - 1, (width, height)
 
 
 def test_confusion_counts_labelled_spots_only():

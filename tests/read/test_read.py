@@ -299,8 +299,11 @@ def test_h5ad_backed(tmp_path):
 
 
 def test_h5ad_missing_file_and_wrong_type(tmp_path):
-    with raises_one_line("could not read h5ad file .*nope.h5ad \\(FileNotFoundError"):
+    with raises_one_line("^file not found: .*nope.h5ad; check the path"):
         read.h5ad(tmp_path / "nope.h5ad")
+    (tmp_path / "counts.csv").write_text("cell_id,GeneA\nc1,3\n")
+    with raises_one_line(r"counts.csv is a table, not an .h5ad; .*scresidual.read.table\(counts"):
+        read.h5ad(tmp_path / "counts.csv")
     text = tmp_path / "notes.h5ad"
     text.write_text("this is not hdf5\n" * 10)
     with raises_one_line("notes.h5ad \\(OSError: .*file signature not found.*written by anndata"):
@@ -405,16 +408,18 @@ def test_visium_protein_split_images_and_write(tmp_path):
 
 
 def test_visium_errors(tmp_path):
-    with raises_one_line("could not read Visium scale factors .*missing.*\\(FileNotFoundError"):
+    with raises_one_line(
+        "^Visium scale factors not found: .*missing.*scalefactors_json.json; check the path"
+    ):
         read.visium(tmp_path / "missing")
     root, _ = make_visium(tmp_path / "a")
     (root / "filtered_feature_bc_matrix.h5").unlink()
-    with raises_one_line("matrix .*filtered_feature_bc_matrix.h5 \\(FileNotFoundError.*MEX folder"):
+    with raises_one_line("matrix not found: .*filtered_feature_bc_matrix.h5 .*MEX folder"):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "b")
     (root / "spatial" / "tissue_positions.csv").unlink()
-    with raises_one_line("positions file .*tissue_positions.csv \\(FileNotFoundError"):
+    with raises_one_line("positions file not found: .*tissue_positions.csv; check the path"):
         read.visium(root)
 
     root, _ = make_visium(tmp_path / "c")
@@ -469,7 +474,7 @@ def test_visium_corrupt_count_matrix(tmp_path):
     with raises_one_line("10x count matrix .*filtered_feature_bc_matrix \\(EOFError"):
         read.visium(root)
     mtx.unlink()
-    with raises_one_line("\\(FileNotFoundError: Did not find file .*matrix.mtx.gz"):
+    with raises_one_line("10x count matrix not found: .*Did not find file .*matrix.mtx.gz"):
         read.visium(root)
 
 
@@ -542,7 +547,7 @@ def test_xenium_layouts(tmp_path, matrix, cells, bytes_ids):
 
 
 def test_xenium_errors(tmp_path):
-    with raises_one_line("10x count matrix .*nothing.*\\(FileNotFoundError"):
+    with raises_one_line("^10x count matrix not found: .*nothing.*; check the path"):
         read.xenium(tmp_path / "nothing")
     root, *_ = make_xenium(tmp_path / "a", drop_cell="aaac-1")
     with raises_one_line("1 of 5 cells lack a row .* cells.parquet \\(e.g. cell 'aaac-1'"):
@@ -552,11 +557,11 @@ def test_xenium_errors(tmp_path):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "c")
     (root / "cells.parquet").unlink()
-    with raises_one_line("cells table .*cells.parquet \\(FileNotFoundError"):
+    with raises_one_line("cells table not found: .*cells.parquet; check the path"):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "d", cells="csv")
     (root / "cell_feature_matrix.h5").unlink()
-    with raises_one_line("10x count matrix .*cell_feature_matrix.h5 \\(FileNotFoundError"):
+    with raises_one_line("10x count matrix not found: .*cell_feature_matrix.h5 .*check the path"):
         read.xenium(root)
     root, *_ = make_xenium(tmp_path / "dup", cells="csv")
     cells = root / "cells.csv.gz"
@@ -604,7 +609,7 @@ def test_table_custom_columns(tmp_path):
 
 def test_table_errors(tmp_path):
     cpath, xpath = make_tables(tmp_path / "ok")
-    with raises_one_line("counts table .*none.csv \\(FileNotFoundError"):
+    with raises_one_line("^counts table not found: .*none.csv; check the path"):
         read.table(tmp_path / "none.csv", xpath)
     with raises_one_line("coordinates table .*\\(KeyError: .*'xx'.* not found"):
         read.table(cpath, xpath, x="xx")

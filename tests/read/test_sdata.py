@@ -32,3 +32,21 @@ def test_table_coordinates_are_the_centroids_of_its_instances(zarr_store):
         read.spatialdata(sdata)
     table.obs["instance"] = 0  # every row names the same instance: fine
     assert read.spatialdata(sdata).obsm["spatial"][:, 0].std() == 0
+
+
+def test_a_table_with_its_own_coordinates_needs_no_annotated_element(
+    small_slides, tmp_path, capsys
+):
+    from spatialdata.models import TableModel
+
+    a = small_slides[small_slides.obs["slide"] == "slide1"].copy()
+    a.obs["train"] = a.obs["region"].astype(object).where(np.arange(a.n_obs) % 3 == 0)
+    a.obs = a.obs.astype({"train": "category"})
+    store = tmp_path / "table_only.zarr"
+    spatialdata.SpatialData(tables={"table": TableModel.parse(a)}).write(store)
+    adata = read.spatialdata(store)
+    np.testing.assert_allclose(adata.obsm["spatial"], a.obsm["spatial"])
+    argv = ["fit", str(store), "--labels-key", "train", "--model-dir", str(tmp_path / "m")]
+    assert main([*argv, "--output", str(store), "--quiet"]) == 0, capsys.readouterr().err
+    table = spatialdata.read_zarr(store).tables["table"]
+    assert table.obs["train_pred"].notna().all()
