@@ -98,7 +98,7 @@ def _max_knn_distance(xy: np.ndarray, k: int) -> float:
         return 0.0
     far = 0.0
     for s in range(0, len(xy), _QUERY_CHUNK):
-        d, _ = tree.query(xy[s : s + _QUERY_CHUNK], k=k + 1)
+        d, _ = tree.query(xy[s : s + _QUERY_CHUNK], k=k + 1, workers=-1)
         far = max(far, float(d[:, -1].max()))
     return far
 
