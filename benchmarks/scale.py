@@ -371,7 +371,8 @@ MEMORY_LIMIT = 16 * 2**30
 
 
 def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    limit = int(os.environ.get("SCALE_MEMORY_LIMIT", MEMORY_LIMIT))
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def run_child(args: list[str], timeout: float) -> dict:
@@ -383,7 +384,8 @@ def run_child(args: list[str], timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"status": f"stopped: time limit of {timeout:.0f} s"}
     if "MemoryError" in proc.stderr or "Cannot allocate memory" in proc.stderr:
-        return {"status": f"stopped: memory limit of {MEMORY_LIMIT / 2**30:.0f} GiB (RLIMIT_AS)"}
+        limit = int(os.environ.get("SCALE_MEMORY_LIMIT", MEMORY_LIMIT))
+        return {"status": f"stopped: memory limit of {limit / 2**30:.0f} GiB (RLIMIT_AS)"}
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("RESULT "):
             return {"status": "ok", **json.loads(line[7:])}
@@ -422,6 +424,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["scresidual", "dense-gcn"])
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
+    parser.add_argument(
+        "--memory-limit-gib", type=float, default=MEMORY_LIMIT / 2**30, help="RLIMIT_AS per child"
+    )
     parser.add_argument("--n-jobs", type=int, default=1, help="processes of predict_tiled")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -442,6 +447,7 @@ def main() -> None:
         print("RESULT " + json.dumps(_finish(result)))
         return
 
+    os.environ["SCALE_MEMORY_LIMIT"] = str(int(args.memory_limit_gib * 2**30))
     mem = total_memory()
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -479,7 +485,7 @@ def main() -> None:
     )
     summary = {
         "cpu_count": os.cpu_count(),
-        "memory_limit_gib": MEMORY_LIMIT / 2**30,
+        "memory_limit_gib": args.memory_limit_gib,
         "n_jobs": args.n_jobs,
         "ram_gib": mem / 2**30,
         "epochs": EPOCHS,
