@@ -226,7 +226,11 @@ def predict_tiled(
             )
         in_place = output is None or check_zarr_output(output, data)
         lazy = LazyTable.open(
-            data, table_key=table_key, spatial_key=setup["spatial_key"], layer=setup["layer"]
+            data,
+            table_key=table_key,
+            spatial_key=setup["spatial_key"],
+            layer=setup["layer"],
+            obs_columns=[c for c in [setup["library_key"]] if c is not None],
         )
         columns = _predict_columns(model, lazy, lazy.obs, lazy.coordinates, options, **tiling)
         write_prediction_columns(

@@ -2,9 +2,11 @@
 
 :func:`scresidual.model.sdata.write_table` replaces a whole table, ``X`` included: right for a
 slide that fits in memory, wasteful for one that does not. Here only the elements that change
-are written: ``obs`` (the new columns beside the old), and one ``obsm`` and ``uns`` entry
-each; every element is written beside the old one with anndata's ``write_elem`` and swapped in
-by :func:`scresidual._io.atomic_path`, so an interrupted write leaves the old element.
+are written: each new ``obs`` column (then added to the frame's ``column-order``, so a column
+is listed only once complete), and one ``obsm`` and ``uns`` entry each; every element is
+written beside the old one with anndata's ``write_elem`` and swapped in by
+:func:`scresidual._io.atomic_path`, so an interrupted write leaves the old element. The
+existing ``obs`` is never read.
 """
 
 from __future__ import annotations
@@ -54,22 +56,22 @@ def write_prediction_columns(
             write_prediction_columns(target, table, obs=obs, obsm=obsm, uns=uns)
         return
     import zarr
-    from anndata.io import read_elem
     from spatialdata._io.io_zarr import _write_consolidated_metadata
 
     store = Path(store)
     folder = store / "tables" / table
-    group = zarr.open_group(folder, mode="r")
-    fmt = group.metadata.zarr_format
-    frame = read_elem(group["obs"])
-    for k, v in obs.items():
-        frame[k] = v
+    fmt = zarr.open_group(folder, mode="r").metadata.zarr_format
     consolidated = (store / ".zmetadata").is_file() or bool(
         getattr(zarr.open_group(store, mode="r").metadata, "consolidated_metadata", None)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anndata's notices on zarr formats
-        _replace(folder, "obs", frame, fmt)
+        for k, v in obs.items():
+            _replace(folder / "obs", k, v, fmt)
+        # a column is read only once listed: list the new ones after they are complete
+        frame = zarr.open_group(folder / "obs", mode="r+")
+        order = list(frame.attrs["column-order"])
+        frame.attrs["column-order"] = order + [k for k in obs if k not in order]
         for k, v in obsm.items():
             _replace(folder / "obsm", k, v, fmt)
         for k, v in uns.items():

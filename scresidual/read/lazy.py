@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +142,13 @@ class LazyTable:
         table_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
+        obs_columns: Sequence[str] | None = None,
     ) -> LazyTable:
-        """Open a ``.zarr`` store's table (``table_key``: may be left out when only one)."""
+        """Open a ``.zarr`` store's table (``table_key``: may be left out when only one).
+
+        ``obs_columns``: read only these ``obs`` columns (those present) and the index; all
+        when ``None``, and whenever the coordinates come from the annotated elements.
+        """
         import zarr
         from anndata.io import read_elem
 
@@ -163,11 +168,12 @@ class LazyTable:
             )
         with reading(f"table {name!r} of", path, _FIX):
             g = tables[name]
-            obs, var = read_elem(g["obs"]), read_elem(g["var"])
-            keys = _array_keys(g)
+            var, keys = read_elem(g["var"]), _array_keys(g)
             if spatial_key in keys:
+                obs = _obs_columns(g["obs"], obs_columns)
                 xy = np.asarray(g["obsm"][spatial_key][:], dtype=np.float64)
             else:
+                obs = read_elem(g["obs"])
                 attrs = read_elem(g["uns"]).get("spatialdata_attrs", {}) if "uns" in g else {}
                 xy = _annotated_centroids(path, name, obs, attrs)
         _check_layer(g, layer, path)
@@ -202,6 +208,17 @@ class LazyRows:
     def to_memory(self) -> AnnData:
         """The rows as an in-memory AnnData (expression and ``obsm`` read from disk)."""
         return self.reader.read(self.rows, self.obs, self.obsm)
+
+
+def _obs_columns(group, columns: Sequence[str] | None) -> pd.DataFrame:
+    """The ``obs`` frame stored in ``group``, or only its index and ``columns``."""
+    from anndata.io import read_elem
+
+    if columns is None:
+        return read_elem(group)
+    index = pd.Index(read_elem(group[group.attrs["_index"]]))
+    present = [c for c in columns if c in group.attrs["column-order"]]
+    return pd.DataFrame({c: read_elem(group[c]) for c in present}, index=index)
 
 
 def _check_layer(group, layer: str | None, path: Path) -> None:
