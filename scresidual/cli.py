@@ -274,19 +274,21 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="predict over square tiles of this side (coordinate units) with a halo of "
-        "neighbours, reading one tile at a time: for slides larger than memory",
+        "neighbours, reading one tile at a time: for slides larger than memory (default: no "
+        "tiles; with --n-jobs or --scheduler, about 200,000 cells a tile)",
     )
     pred.add_argument(
         "--n-jobs",
         type=int,
         default=None,
-        help="worker processes predicting tiles at once (-1: one per CPU); implies tiles",
+        help="worker processes predicting tiles at once (-1: one per CPU); implies tiles "
+        "(default: 1)",
     )
     pred.add_argument(
         "--scheduler",
         default=None,
         help="address of a Dask scheduler (tcp://host:8786): tiles run on its workers, which "
-        "must see the input file; implies tiles",
+        "must see the input file; implies tiles (default: none, tiles run on this machine)",
     )
     _add_quiet(pred)
 
