@@ -12,10 +12,24 @@ features + 2 neighbourhood hops -> training for exactly 5 epochs -> prediction f
 graph, but a 2-layer GCN on the dense n x n row-normalised adjacency, full batch, 5 epochs;
 sizes whose dense float32 matrix would not fit are skipped and marked as such.
 
+Tiled (``tiled-grid``: a Visium HD-like square grid; ``tiled-cloud``: a Xenium-like point
+cloud): the slide is generated and written as a SpatialData ``.zarr`` (a table annotating one
+circle per cell) in its own process; then, in a fresh one: the table is opened lazily (``obs``
+labels and coordinates only), the model (k-NN graph k=6, 2 rings, PCA features, no source,
+exact linear fit) is fitted on the 10% labels of a central 10^5-cell window, and
+``predict_tiled`` labels every cell tile by tile (graph, PCA, rings, prediction) and writes
+the columns back into the store. Peers (``banksy``, ``cellcharter``): their features on the
+whole slide in memory (benchmarks/_peers.py), then a logistic regression on the labelled
+cells. Every child runs under ``RLIMIT_AS`` (``--memory-limit-gib``, default 16) and
+``--timeout`` (default 30 min); a run stopped by either says so in its row.
+
 Usage::
 
     python benchmarks/scale.py                      # 1e4, 1e5, 1e6
     python benchmarks/scale.py --sizes 10000 100000 --out /tmp/scale.json
+    python benchmarks/scale.py --sizes 1000000 3000000 --methods tiled-cloud tiled-grid \\
+        --out benchmarks/results/scale_tiled.json
+    python benchmarks/scale.py --sizes 100000 1000000 --methods banksy cellcharter
 """
 
 from __future__ import annotations
@@ -290,9 +304,9 @@ def worker_tiled(n: int, n_genes: int, seed: int, layout: str, n_jobs: int, tmp:
 
     st = Stages()
     store = store_path(tmp, layout, n)
-    table = st.run("read", n, LazyTable.open, store)
+    table = st.run("read", n, LazyTable.open, store, obs_columns=["region"])
 
-    def fit():
+    def fit(table):
         xy = table.coordinates
         lo, hi = xy.min(0), xy.max(0)
         half = (hi - lo) * np.sqrt(min(FIT_WINDOW / n, 1.0)) / 2
@@ -305,8 +319,9 @@ def worker_tiled(n: int, n_genes: int, seed: int, layout: str, n_jobs: int, tmp:
         model = SpatialRegionClassifier(train, arm="scratch", seed=seed)
         return model.train(progress=False), int(train.obs["region"].notna().sum())
 
-    model, n_lab = st.run("fit_window", n, fit)
+    model, n_lab = st.run("fit_window", n, fit, table)
     st.rows["fit_window"]["labelled"] = n_lab
+    del table  # predict_tiled reads the store itself
     st.run("predict_tiled", n, predict_tiled, model, store, n_jobs=n_jobs, progress=False)
     obs = zarr.open_group(store / "tables" / "table", mode="r")
     from anndata.io import read_elem
