@@ -12,10 +12,24 @@ features + 2 neighbourhood hops -> training for exactly 5 epochs -> prediction f
 graph, but a 2-layer GCN on the dense n x n row-normalised adjacency, full batch, 5 epochs;
 sizes whose dense float32 matrix would not fit are skipped and marked as such.
 
+Tiled (``tiled-grid``: a Visium HD-like square grid; ``tiled-cloud``: a Xenium-like point
+cloud): the slide is generated and written as a SpatialData ``.zarr`` (a table annotating one
+circle per cell) in its own process; then, in a fresh one: the table is opened lazily (``obs``
+labels and coordinates only), the model (k-NN graph k=6, 2 rings, PCA features, no source,
+exact linear fit) is fitted on the 10% labels of a central 10^5-cell window, and
+``predict_tiled`` labels every cell tile by tile (graph, PCA, rings, prediction) and writes
+the columns back into the store. Peers (``banksy``, ``cellcharter``): their features on the
+whole slide in memory (benchmarks/_peers.py), then a logistic regression on the labelled
+cells. Every child runs under ``RLIMIT_AS`` (``--memory-limit-gib``, default 16) and
+``--timeout`` (default 30 min); a run stopped by either says so in its row.
+
 Usage::
 
     python benchmarks/scale.py                      # 1e4, 1e5, 1e6
     python benchmarks/scale.py --sizes 10000 100000 --out /tmp/scale.json
+    python benchmarks/scale.py --sizes 1000000 3000000 --methods tiled-cloud tiled-grid \\
+        --out benchmarks/results/scale_tiled.json
+    python benchmarks/scale.py --sizes 100000 1000000 --methods banksy cellcharter
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,15 +54,26 @@ N_TYPES = 8
 
 
 # ---------------------------------------------------------------------------- data
-def make_slide(n: int, n_genes: int = 100, seed: int = 0, chunk: int = 100_000):
-    """A generated slide of ``n`` cells: counts (CSR), coordinates, regions, 10% labelled."""
+def make_slide(
+    n: int, n_genes: int = 100, seed: int = 0, chunk: int = 100_000, layout: str = "cloud"
+):
+    """A generated slide of ``n`` cells: counts (CSR), coordinates, regions, 10% labelled.
+
+    ``layout``: ``'cloud'`` (Xenium-like: cells uniformly scattered) or ``'grid'`` (Visium
+    HD-like: square bins on a regular grid), both ~10 units apart whatever the size.
+    """
     import anndata as ad
     import pandas as pd
     import scipy.sparse as sp
 
     rng = np.random.default_rng(seed)
-    side = np.sqrt(n) * 10.0  # ~10 µm between cells whatever the size
-    xy = rng.uniform(0, side, size=(n, 2)).astype(np.float32)
+    side = np.sqrt(n) * 10.0
+    if layout == "grid":
+        per_row = int(np.ceil(np.sqrt(n)))
+        i = np.arange(n)
+        xy = (np.stack([i % per_row, i // per_row], 1) * 10.0).astype(np.float32)
+    else:
+        xy = rng.uniform(0, side, size=(n, 2)).astype(np.float32)
     centres = rng.uniform(0, side, size=(N_REGIONS, 2))
     wave = side / 4
     warped = xy + 0.15 * side * np.sin(xy[:, ::-1] / wave * 2 * np.pi)
@@ -226,10 +252,125 @@ def worker_dense(n: int, n_genes: int, seed: int) -> dict:
     return {"stages": st.rows, "accuracy_unlabelled": acc}
 
 
+def write_store(adata, path: Path) -> None:
+    """The slide as a SpatialData ``.zarr``: a table annotating one circle per cell."""
+    import geopandas as gpd
+    import spatialdata
+    from spatialdata.models import ShapesModel, TableModel
+
+    xy = adata.obsm["spatial"]
+    circles = gpd.GeoDataFrame(
+        {"radius": np.full(adata.n_obs, 5.0)},
+        geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]),
+        index=np.arange(adata.n_obs),
+    )
+    adata.obs["cells"] = "cells"
+    adata.obs["instance"] = np.arange(adata.n_obs)
+    table = TableModel.parse(adata, region="cells", region_key="cells", instance_key="instance")
+    sdata = spatialdata.SpatialData(
+        shapes={"cells": ShapesModel.parse(circles)}, tables={"table": table}
+    )
+    sdata.write(path)
+
+
+TILED = ("tiled-grid", "tiled-cloud")
+"""The tiled pipeline on a Visium HD-like grid and a Xenium-like point cloud (``.zarr``)."""
+PEERS = ("banksy", "cellcharter")
+WORKERS = ("scresidual", "dense-gcn", *TILED, *PEERS, "store-grid", "store-cloud")
+
+FIT_WINDOW = 100_000
+"""Cells of the central window the tiled pipeline is fitted on (its 10% labels)."""
+
+
+def store_path(tmp: str, layout: str, n: int) -> Path:
+    return Path(tmp) / f"slide_{layout}_{n}.zarr"
+
+
+def worker_store(n: int, n_genes: int, seed: int, layout: str, tmp: str) -> dict:
+    """Generate the slide and write it as ``.zarr`` (its own process: not in the peaks)."""
+    st = Stages()
+    adata = st.run("generate", n, make_slide, n, n_genes, seed, layout=layout)
+    st.run("write_zarr", n, write_store, adata, store_path(tmp, layout, n))
+    return {"stages": st.rows}
+
+
+def worker_tiled(n: int, n_genes: int, seed: int, layout: str, n_jobs: int, tmp: str) -> dict:
+    """Lazy ``.zarr`` read, fit on a window's labels, tiled predict written back."""
+    import squidpy  # noqa: F401  (import once, outside the timed stages)
+    import zarr
+
+    from scresidual.model import SpatialRegionClassifier, predict_tiled
+    from scresidual.read.lazy import LazyTable
+
+    st = Stages()
+    store = store_path(tmp, layout, n)
+    table = st.run("read", n, LazyTable.open, store, obs_columns=["region"])
+
+    def fit(table):
+        xy = table.coordinates
+        lo, hi = xy.min(0), xy.max(0)
+        half = (hi - lo) * np.sqrt(min(FIT_WINDOW / n, 1.0)) / 2
+        centre = (lo + hi) / 2
+        rows = np.flatnonzero((np.abs(xy - centre) <= half).all(1))
+        train = table.rows(rows).to_memory()
+        SpatialRegionClassifier.setup_anndata(
+            train, labels_key="region", graph="knn:6", n_hops=2, n_comps=30
+        )
+        model = SpatialRegionClassifier(train, arm="scratch", seed=seed)
+        return model.train(progress=False), int(train.obs["region"].notna().sum())
+
+    model, n_lab = st.run("fit_window", n, fit, table)
+    st.rows["fit_window"]["labelled"] = n_lab
+    del table  # predict_tiled reads the store itself
+    st.run("predict_tiled", n, predict_tiled, model, store, n_jobs=n_jobs, progress=False)
+    obs = zarr.open_group(store / "tables" / "table", mode="r")
+    from anndata.io import read_elem
+
+    frame = read_elem(obs["obs"])
+    unl = ~frame["region"].astype(str).isin(model.classes_).to_numpy()
+    pred = frame["region_pred"].astype(str).to_numpy()
+    acc = float((pred[unl] == frame["truth"].astype(str).to_numpy()[unl]).mean())
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return {"stages": st.rows, "accuracy_unlabelled": acc, "children_peak_rss_gib": children}
+
+
+def worker_peer(n: int, n_genes: int, seed: int, peer: str) -> dict:
+    """BANKSY or CellCharter features on the whole slide, then a logistic regression."""
+    import scanpy as sc
+    from sklearn.linear_model import LogisticRegression
+
+    sys.path.insert(0, str(HERE))
+    import _peers
+
+    st = Stages()
+    adata = st.run("generate", n, make_slide, n, n_genes, seed)
+
+    def features():
+        if peer == "banksy":
+            B = _peers.banksy_features(adata, library=None, seed=seed)
+            return _peers.banksy_pca(B, B, seed)[0]
+        b = adata.copy()
+        sc.pp.normalize_total(b)
+        sc.pp.log1p(b)
+        sc.pp.pca(b, n_comps=30, random_state=seed)
+        adata.obsm["X_pca"] = b.obsm["X_pca"]
+        return _peers.cellcharter_features(adata, use_rep="X_pca", library=None)
+
+    F = st.run("features", n, features)
+    lab = adata.obs["region"].notna().to_numpy()
+    clf = LogisticRegression(max_iter=500)
+    st.run("train", int(lab.sum()), clf.fit, F[lab], adata.obs["region"][lab].astype(str))
+    pred = st.run("predict", n, clf.predict, F)
+    acc = float((pred[~lab] == adata.obs["truth"].to_numpy()[~lab]).mean())
+    return {"stages": st.rows, "accuracy_unlabelled": acc}
+
+
 def _finish(result: dict) -> dict:
     rows = result["stages"]
     pipeline = [k for k in rows if k != "generate"]
     result["end_to_end_s"] = sum(rows[k]["seconds"] for k in pipeline)
+    # ru_maxrss follows VmHWM, which Stages resets: this is the last stage's peak; the
+    # pipeline's is the largest stage peak.
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     peaks = [rows[k]["peak_rss_gib"] for k in pipeline if rows[k]["peak_rss_gib"]]
     result["peak_rss_pipeline_gib"] = max(peaks) if peaks else None
@@ -250,12 +391,26 @@ def pretrain(scvi_dir: Path, n_genes: int, seed: int) -> float:
     return time.perf_counter() - t
 
 
+MEMORY_LIMIT = 16 * 2**30
+"""Address-space limit of every child (``RLIMIT_AS``): no run can take the machine down."""
+
+
+def _limit_memory() -> None:
+    limit = int(os.environ.get("SCALE_MEMORY_LIMIT", MEMORY_LIMIT))
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def run_child(args: list[str], timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=_limit_memory
+        )
     except subprocess.TimeoutExpired:
-        return {"status": f"timeout after {timeout:.0f} s"}
+        return {"status": f"stopped: time limit of {timeout:.0f} s"}
+    if "MemoryError" in proc.stderr or "Cannot allocate memory" in proc.stderr:
+        limit = int(os.environ.get("SCALE_MEMORY_LIMIT", MEMORY_LIMIT))
+        return {"status": f"stopped: memory limit of {limit / 2**30:.0f} GiB (RLIMIT_AS)"}
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("RESULT "):
             return {"status": "ok", **json.loads(line[7:])}
@@ -281,7 +436,7 @@ def print_table(results: list[dict]) -> None:
             )
         print(
             f"{r['method']:<11}{r['n']:>9}  {'END TO END':<17}{fmt(r['end_to_end_s'], '9.1f')}"
-            f"{fmt(r['peak_rss_gib'], '10.2f')}{fmt(r['n'] / r['end_to_end_s'], '12.0f')}"
+            f"{fmt(r['peak_rss_pipeline_gib'], '10.2f')}{fmt(r['n'] / r['end_to_end_s'], '12.0f')}"
             f"   acc(unlabelled)={r['accuracy_unlabelled']:.3f}"
         )
 
@@ -294,7 +449,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["scresidual", "dense-gcn"])
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
-    parser.add_argument("--worker", choices=["scresidual", "dense-gcn"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-limit-gib", type=float, default=MEMORY_LIMIT / 2**30, help="RLIMIT_AS per child"
+    )
+    parser.add_argument("--n-jobs", type=int, default=1, help="processes of predict_tiled")
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--scvi", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,11 +462,24 @@ def main() -> None:
     if args.worker:
         if args.worker == "scresidual":
             result = worker_scresidual(args.n, args.genes, args.scvi, args.seed)
-        else:
+        elif args.worker == "dense-gcn":
             result = worker_dense(args.n, args.genes, args.seed)
+        elif args.worker in PEERS:
+            result = worker_peer(args.n, args.genes, args.seed, args.worker)
+        elif args.worker.startswith("store-"):
+            layout = args.worker.split("-")[1]
+            print(
+                "RESULT "
+                + json.dumps(worker_store(args.n, args.genes, args.seed, layout, args.tmp))
+            )
+            return
+        else:
+            layout = args.worker.split("-")[1]
+            result = worker_tiled(args.n, args.genes, args.seed, layout, args.n_jobs, args.tmp)
         print("RESULT " + json.dumps(_finish(result)))
         return
 
+    os.environ["SCALE_MEMORY_LIMIT"] = str(int(args.memory_limit_gib * 2**30))
     mem = total_memory()
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -324,8 +497,19 @@ def main() -> None:
                         f"(x2 for a working copy) > 60% of {mem / 2**30:.0f} GiB RAM"
                     )
                     res = {"status": status}
-                elif method == "dense-gcn":
-                    res = run_child(["--worker", "dense-gcn", *common], args.timeout)
+                elif method == "dense-gcn" or method in PEERS:
+                    res = run_child(["--worker", method, *common], args.timeout)
+                elif method in TILED:
+                    layout = method.split("-")[1]
+                    made = run_child(
+                        ["--worker", f"store-{layout}", *common, "--tmp", tmp], args.timeout
+                    )
+                    extra = ["--n-jobs", str(args.n_jobs), "--tmp", tmp]
+                    res = run_child(["--worker", method, *common, *extra], args.timeout)
+                    if made["status"] == "ok":
+                        res.setdefault("stages", {}).update(made["stages"])
+                        res["stages"]["generate"]["note"] = "own process, not in the peaks"
+                    shutil.rmtree(store_path(tmp, layout, n), ignore_errors=True)
                 else:
                     res = run_child(
                         ["--worker", "scresidual", "--scvi", str(scvi_dir), *common], args.timeout
@@ -341,6 +525,8 @@ def main() -> None:
     )
     summary = {
         "cpu_count": os.cpu_count(),
+        "memory_limit_gib": args.memory_limit_gib,
+        "n_jobs": args.n_jobs,
         "ram_gib": mem / 2**30,
         "epochs": EPOCHS,
         "genes": args.genes,

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextlib import ExitStack, contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 
 from ._constants import (
@@ -280,6 +280,27 @@ def _parser() -> argparse.ArgumentParser:
         choices=("lac", "aps"),
         default="lac",
         help="conformal score: lac (smallest sets) or aps (adaptive)",
+    )
+    pred.add_argument(
+        "--tile-size",
+        type=float,
+        default=None,
+        help="predict over square tiles of this side (coordinate units) with a halo of "
+        "neighbours, reading one tile at a time: for slides larger than memory (default: no "
+        "tiles; with --n-jobs or --scheduler, about 200,000 cells a tile)",
+    )
+    pred.add_argument(
+        "--n-jobs",
+        type=int,
+        default=None,
+        help="worker processes predicting tiles at once (-1: one per CPU); implies tiles "
+        "(default: 1)",
+    )
+    pred.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a Dask scheduler (tcp://host:8786): tiles run on its workers, which "
+        "must see the input file; implies tiles (default: none, tiles run on this machine)",
     )
     _add_quiet(pred)
 
@@ -663,6 +684,9 @@ def _predict(args) -> None:
     if args.min_gene_overlap is not None:
         model.setup["min_gene_overlap"] = args.min_gene_overlap
     _check_output(args, [args.model_dir])
+    if args.tile_size is not None or args.n_jobs is not None or args.scheduler is not None:
+        _predict_tiled(args, model)
+        return
     adata, store = _read_slide(
         args,
         model.setup["spatial_key"],
@@ -673,6 +697,51 @@ def _predict(args) -> None:
     counts = adata.obs[pred_key(model.setup["labels_key"])].value_counts()
     print(f"labelled {adata.n_obs} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"predictions written to {args.output}")
+
+
+def _predict_tiled(args, model) -> None:
+    """``predict`` tile by tile: a .zarr table read lazily, an .h5ad opened backed."""
+    import anndata
+
+    from .model import predict_tiled
+    from .read.sdata import is_zarr
+
+    options = {
+        "tile_size": args.tile_size,
+        "n_jobs": args.n_jobs or 1,
+        "alpha": args.alpha,
+        "method": args.sets_method,
+        "progress": not args.quiet,
+    }
+    with ExitStack() as stack:
+        if args.scheduler is not None:
+            from distributed import Client
+
+            try:
+                options["client"] = stack.enter_context(Client(args.scheduler, timeout=10))
+            except OSError as err:  # includes timeouts
+                raise ScResidualError(
+                    f"--scheduler: cannot reach a Dask scheduler at {args.scheduler} "
+                    f"({type(err).__name__}); start one (dask scheduler) or fix the address."
+                ) from err
+        if is_zarr(args.input):
+            predict_tiled(model, args.input, table_key=args.table, output=args.output, **options)
+        else:
+            if args.table is not None:
+                raise ScResidualError("--table names a table of a .zarr store; drop it.")
+            backed = stack.enter_context(_backed(anndata.read_h5ad(args.input, backed="r")))
+            adata = predict_tiled(model, backed, copy=True, **options)
+            _write_h5ad(adata, args.output, [args.input], [args.model_dir])
+    print(f"predictions written to {args.output}")
+
+
+@contextmanager
+def _backed(adata):
+    """Close a backed AnnData's file on leaving the block."""
+    try:
+        yield adata
+    finally:
+        adata.file.close()
 
 
 def _suggest(args) -> None:

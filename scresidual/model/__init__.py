@@ -2,6 +2,8 @@
 
 from ._residual import TRAIN_OPTIONS, ResidualConfig, ResidualModel, labelled_mask
 from ._spatial import SpatialRegionClassifier
+from ._tiled_predict import predict_tiled
+from ._tiles import plan_tiles, receptive_halo
 
 __all__ = [
     "TRAIN_OPTIONS",
@@ -9,4 +11,7 @@ __all__ = [
     "ResidualModel",
     "SpatialRegionClassifier",
     "labelled_mask",
+    "plan_tiles",
+    "predict_tiled",
+    "receptive_halo",
 ]
