@@ -60,8 +60,11 @@ def _names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-ENGINE_OPTIONS = {solver: _names(options) for solver, options in SOLVERS.items()}
-"""The options each solver's engine alone reads, by solver."""
+ENGINE_OPTIONS = {
+    solver: _names(SOLVERS[SOLVER_ALIASES.get(solver, solver)])
+    for solver in (*SOLVERS, *SOLVER_ALIASES)
+}
+"""The options each solver's engine alone reads, by solver (former names included)."""
 
 ALL_OPTIONS = frozenset({*_names(ResidualConfig), *_names(ExactOptions), *_names(GradientOptions)})
 """Every option a :class:`ResidualModel` takes, whichever engine reads it."""

@@ -50,13 +50,12 @@ def write(model, directory: Path) -> None:
             else {"note": model.calibration_note_}
         ),
     }
-    if isinstance(model.predictor_, ExactHead):
-        head, arrays = _head_parts(model.predictor_)
-        meta["exact_head"] = head
+    net = model.predictor_
+    meta["n_members"] = len(net.members) if isinstance(net, EnsembleNetwork) else 1
+    if isinstance(net, ExactHead):
+        meta["exact_head"], arrays = _head_parts(net)
         np.savez(directory / HEAD, **arrays)
     else:
-        net = model.predictor_
-        meta["n_members"] = len(net.members) if isinstance(net, EnsembleNetwork) else 1
         torch.save(net.state_dict(), directory / WEIGHTS)
     (directory / META).write_text(json.dumps(meta, indent=2))
 
@@ -105,6 +104,8 @@ def load(cls, path: str | Path, *, progress: bool | None = None, **trainer_kwarg
         ) from err
     damaged = f"{path} holds missing or mismatched parts of the model; refit and save again."
     if "exact_head" in meta:
+        if meta.get("n_members") != 1:  # one exact fit; sizes are trusted as files bear them
+            raise ScResidualError(damaged)
         model.predictor_ = _read_head(model, meta["exact_head"], path / HEAD, damaged)
         return model
     state = _read_state(path / WEIGHTS)

@@ -388,5 +388,7 @@ def test_text_pipeline_with_stand_in_encoder(tmp_path):
     records = run_task(task, settings=["mismatch"], arms=["refine", "kd"])
     assert [r["metric"] for r in records] == ["macro_f1"] * 2
     assert "refine" in results_table(records)
-    # every category has its own words, which the hashed TF-IDF residual reads
-    assert all(r["value"] > 0.8 for r in records), records
+    # every category has its own words, which the hashed TF-IDF residual reads: REFINE
+    # learns them; KD follows its teacher, trained on mismatched categories, to near chance
+    value = {r["arm"]: r["value"] for r in records}
+    assert value["refine"] > 0.8 and value["refine"] > value["kd"] + 0.3, value
