@@ -72,7 +72,28 @@ def test_linear_refine_saves_and_loads(toy_views, tmp_path):
     model = ResidualModel(arm="refine", sources=["src"], **LINEAR).fit(views, y_train)
     model.save(tmp_path / "m")
     again = ResidualModel.load(tmp_path / "m", progress=False)
-    np.testing.assert_allclose(again.predict_proba(views), model.predict_proba(views), atol=1e-6)
+    np.testing.assert_array_equal(again.predict_proba(views), model.predict_proba(views))
+    np.testing.assert_array_equal(
+        again.predict_proba(views, raw=True), model.predict_proba(views, raw=True)
+    )
+    # stored as what it is: arrays and numbers, no network weights
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "exact_head.npz",
+        "residual_model.json",
+    ]
+    head = again.predictor_
+    assert head.share == model.guard_report_["refine"]["source_share"] or head.arm != "refine"
+    # damaged arrays or sizes are one-line errors
+    with np.load(tmp_path / "m" / "exact_head.npz") as d:
+        arrays = {k: d[k] for k in d.files}
+    name = next(k for k in arrays if k.endswith("_coef"))
+    np.savez(tmp_path / "m" / "exact_head.npz", **{**arrays, name: arrays[name][:, :-1]})
+    with pytest.raises(ScResidualError, match="mismatched parts") as err:
+        ResidualModel.load(tmp_path / "m")
+    assert "\n" not in str(err.value)
+    (tmp_path / "m" / "exact_head.npz").write_bytes(b"not a zip")
+    with pytest.raises(ScResidualError, match="mismatched parts"):
+        ResidualModel.load(tmp_path / "m")
 
 
 def test_the_exact_engine_refuses_nonlinear_parts_and_gradient_options(toy_views):
