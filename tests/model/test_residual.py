@@ -134,12 +134,9 @@ def test_cross_fitting_validates_every_label_and_averages_members(toy_views, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("platform", ["linux", "darwin"])
-def test_registered_encoder_reaches_parallel_folds(toy_views, platform, monkeypatch):
-    """Forked workers (Linux) and fresh loky workers (elsewhere) fit the same folds."""
+def test_registered_encoder_reaches_parallel_folds(toy_views):
+    """Fresh loky workers get the encoders registered here, and fit the same folds."""
     from torch import nn
-
-    monkeypatch.setattr("sys.platform", platform)
 
     from scresidual.module import register_encoder
 
