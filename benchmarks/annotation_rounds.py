@@ -80,7 +80,7 @@ def uncertainty_report(model, a, hidden) -> dict:
     ``predict_proba(calibrated=False)``) and ``ece_blocks_only`` (the blocks' out-of-fold
     scales without the mixture's temperature: the network's own output).
     """
-    from scresidual.model._calibration import expected_calibration_error
+    from scresidual.metrics import expected_calibration_error
 
     core = model.residual_model_
     if core.calibration_ is None:

@@ -33,9 +33,10 @@ LONG_LINK_PERCENTILE = 99.0
 DEFAULT_N_HOPS = 3
 """Default number of neighbour rings averaged around each spot."""
 
-ENCODER_SOLVERS = {"linear": "lbfgs", "hops": "adam"}
-"""Residual encoders of the region classifier and how each is fitted: ``linear`` (ring means,
-fitted exactly by logistic regression) or ``hops`` (a SIGN-style graph encoder, by Adam)."""
+ENCODER_SOLVERS = {"linear": "newton-cg", "hops": "adam"}
+"""Residual encoders of the region classifier and the solver that fits each: ``linear`` (ring
+means; the exact engine, logistic regressions by sklearn's ``newton-cg``) or ``hops`` (a
+SIGN-style graph encoder; the gradient engine, Adam through Lightning)."""
 
 DEFAULT_ENCODER = "linear"
 

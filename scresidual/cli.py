@@ -202,9 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--max-epochs",
         type=int,
-        default=200,
-        help="most epochs per gradient-descent fit, early-stopped (--encoder hops, --arm "
-        "adapter; the linear encoder is fitted exactly)",
+        default=None,
+        help="most epochs per gradient-descent fit, early-stopped (default 200; --encoder "
+        "hops, --arm adapter: the linear encoder is fitted exactly and refuses it)",
     )
     fit.add_argument(
         "--no-guard",

@@ -62,8 +62,6 @@ FIT = [
     "linear-probe",
     "--graph",
     "knn:3",
-    "--max-epochs",
-    "2",
     "--folds",
     "1",
     "--quiet",
@@ -321,7 +319,9 @@ def test_overwrite_replaces_a_model_folder(work, capsys):
     (model / "residual_model.pt").write_bytes(b"stale")
     code, _, err = _run(["fit", slide, "--model-dir", model, "--overwrite", *FIT], capsys)
     assert code == 0, err
-    assert (model / "residual_model.pt").read_bytes() != b"stale"
+    stale = model / "residual_model.pt"  # an exact fit has no weights file: the folder is new
+    assert (model / "residual_model.json").is_file()
+    assert not stale.exists() or stale.read_bytes() != b"stale"
     assert not list(model.parent.glob(".model.*.tmp"))
 
 
@@ -614,33 +614,42 @@ def test_low_gene_overlap_is_a_warning_quiet_does_not_hide(work, tmp_path):
 def test_fold_workers_die_with_their_parent(tmp_path):
     script = textwrap.dedent("""
         import os, time
-        from scresidual._process import fork_map
+        from scresidual._process import worker_map
         def work(i):
             print(os.getpid(), flush=True)
             time.sleep(600)  # until its parent is killed
-        list(fork_map(work, 1, 1))
+        worker_map(work, [(0,), (1,)], 2)
     """)
     parent = subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    worker = int(parent.stdout.readline())
-    assert _alive(worker)
+    workers = [int(parent.stdout.readline()) for _ in range(2)]
+    assert all(_alive(w) for w in workers)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 30
-    while _alive(worker) and time.monotonic() < deadline:
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(worker)
+    assert not any(_alive(w) for w in workers)
 
 
-def test_fork_map_keeps_order_and_raises_the_workers_error():
-    from scresidual._process import fork_map
+def test_worker_map_keeps_order_and_raises_the_workers_error():
+    from scresidual._process import worker_map
 
     parent = os.getpid()
-    out = list(fork_map(lambda i: (i * i, os.getpid() != parent), 5, 2))
-    assert out == [(i * i, True) for i in range(5)]  # in order, each in a child
+    out = worker_map(_square_elsewhere, [(i, parent) for i in range(5)], 2)
+    assert out == [(i * i, True) for i in range(5)]  # in order, each in a worker
     with pytest.raises(ScResidualError, match="task 3"):
-        list(fork_map(lambda i: _fail(i) if i == 3 else i, 5, 2))
+        worker_map(_fail_third, [(i,) for i in range(5)], 2)
+    assert worker_map(_square_elsewhere, [(2, parent)], 4) == [(4, False)]  # one task: here
+
+
+def _square_elsewhere(i: int, parent: int):
+    return i * i, os.getpid() != parent
+
+
+def _fail_third(i: int):
+    return _fail(i) if i == 3 else i
 
 
 def _fail(i: int):

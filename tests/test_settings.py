@@ -106,10 +106,13 @@ def test_invalid_values_give_a_one_line_error(name, value):
 
 
 def test_seed_and_n_jobs_defaults_come_from_the_settings():
+    from scresidual.model._gradient import n_jobs
+
     sr.settings.seed, sr.settings.n_jobs = 7, 1
     model = ResidualModel(arm="scratch", accelerator="cpu", n_jobs=None)
     assert model.config.seed == 7  # resolved when the model is made, then saved with it
-    assert model._n_jobs(5) == 1
-    assert ResidualModel(seed=3, accelerator="cpu", n_jobs=2)._n_jobs(5) == 2
+    assert n_jobs(model.config, model.trainer_kwargs, 5) == 1
+    other = ResidualModel(seed=3, accelerator="cpu", n_jobs=2)
+    assert n_jobs(other.config, other.trainer_kwargs, 5) == 2
     sr.settings.seed = 0
     assert model.config.seed == 7

@@ -1,5 +1,5 @@
 """Metrics: how well predicted labels match the truth, scanpy-style (``sr.metrics``)."""
 
-from ._scores import evaluate, score_predictions
+from ._scores import evaluate, expected_calibration_error, score_predictions
 
-__all__ = ["evaluate", "score_predictions"]
+__all__ = ["evaluate", "expected_calibration_error", "score_predictions"]

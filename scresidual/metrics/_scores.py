@@ -1,4 +1,4 @@
-"""Accuracy and macro-F1 of predicted labels, over the cells that have a true label."""
+"""Accuracy and macro-F1 of predicted labels (over the cells with a true label), and ECE."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ def score_predictions(adata: AnnData, *, truth_key: str, labels_key: str | None 
     check_obs_key(adata, key)
     check_obs_key(adata, truth_key)
     return evaluate(adata.obs[truth_key].to_numpy(), adata.obs[key].to_numpy())
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label expected calibration error (Guo et al. 2017).
+
+    The mean ``|accuracy - confidence|`` over ``n_bins`` equal-width bins of the highest
+    probability, weighted by the cells in each bin. ``proba``: ``(n_cells, n_classes)``;
+    ``y``: true class codes (column indices).
+    """
+    conf = proba.max(1)
+    hit = proba.argmax(1) == y
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        in_b = bins == b
+        total += in_b.sum() * abs(hit[in_b].mean() - conf[in_b].mean())
+    return float(total / max(len(y), 1))

@@ -1,12 +1,18 @@
 """User-facing models: the modality-agnostic core and the spatial region classifier."""
 
-from ._residual import TRAIN_OPTIONS, ResidualConfig, ResidualModel, labelled_mask
-from ._spatial import SpatialRegionClassifier
+from ._config import ENGINE_OPTIONS, TRAIN_OPTIONS, ResidualConfig
+from ._exact import ExactOptions
+from ._gradient import GradientOptions
+from ._residual import ResidualModel, labelled_mask
+from ._spatial import SpatialRegionClassifier, spatial_solver
 from ._tiled_predict import predict_tiled
 from ._tiles import plan_tiles, receptive_halo
 
 __all__ = [
+    "ENGINE_OPTIONS",
     "TRAIN_OPTIONS",
+    "ExactOptions",
+    "GradientOptions",
     "ResidualConfig",
     "ResidualModel",
     "SpatialRegionClassifier",
@@ -14,4 +20,5 @@ __all__ = [
     "plan_tiles",
     "predict_tiled",
     "receptive_halo",
+    "spatial_solver",
 ]

@@ -1,8 +1,8 @@
 """Calibrated probabilities and split-conformal prediction sets from out-of-fold predictions.
 
 A fit keeps the out-of-fold probabilities of the arm it kept: predictions on labelled cells
-by models that never saw them (the exact ``lbfgs`` fit: its cross-validation, for REFINE the
-mixture at the chosen source share; the ``adam`` fit: its cross-fitted members, each on its
+by models that never saw them (the exact engine: its cross-validation, for REFINE the
+mixture at the chosen source share; the gradient engine: its cross-fitted members, each on its
 validation fold). They calibrate the final model the way a held-out set would, without
 spending labels on it:
 
@@ -31,7 +31,7 @@ spending labels on it:
 
 The final model (refitted on every labelled cell, or the average of the cross-fitted
 members) fits slightly better than out of fold, so sets are, if anything, slightly
-conservative; the ``adam`` members were early-stopped on the fold they predict, which leans
+conservative; the gradient engine's members were early-stopped on the fold they predict, which leans
 the other way a little.
 """
 
@@ -45,7 +45,8 @@ import pandas as pd
 
 from .._constants import calibration_key, set_key, set_size_key, uncertainty_key
 from .._errors import ScResidualError
-from ._convex import PROBA_FLOOR, log_softmax, temperature
+from ..metrics import expected_calibration_error
+from ._selection import PROBA_FLOOR, log_softmax, temperature
 
 logger = logging.getLogger(__name__)
 
@@ -203,25 +204,13 @@ def conformity_scores(proba: np.ndarray, y: np.ndarray, method: str) -> np.ndarr
     return np.where(proba >= p_true[:, None], proba, 0).sum(1)
 
 
-def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE: mean |accuracy - confidence| over equal-width confidence bins."""
-    conf = proba.max(1)
-    hit = proba.argmax(1) == y
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    total = 0.0
-    for b in np.unique(bins):
-        in_b = bins == b
-        total += in_b.sum() * abs(hit[in_b].mean() - conf[in_b].mean())
-    return float(total / max(len(y), 1))
-
-
 def calibration_problem(model) -> str | None:
     """Why the fitted :class:`ResidualModel` ``model`` has no calibration (None if it has)."""
     if model.calibration_ is not None:
         return None
     if model.calibration_note_:
         return model.calibration_note_
-    if model.config.solver != "lbfgs":
+    if model.config.solver != "newton-cg":
         return (
             "the model was fitted without cross-fitting, so it has no out-of-fold "
             "predictions to calibrate on: refit it with folds=5 (CLI --folds 5) for "

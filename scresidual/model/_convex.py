@@ -15,16 +15,14 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
+from .._process import worker_map
+from ._selection import PROBA_FLOOR, log_softmax, temperature, weighted_losses
+
 PENALTIES = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 """Inverse L2 penalties ``C`` tried for each block (features standardised). The grid reaches
 down to 1e-4: with ~100 labels the evidence can peak beyond a grid that stops at 0.001
 (STARmap at 10% labels, seed 1: the residual block's evidence was bimodal, 0.73 of it on
 ``C = 10`` and 0.006 on 0.001; with 3e-4 and 1e-4 tried, 3e-4 took 0.59 of it)."""
-
-PROBA_FLOOR = 1e-6
-"""Probabilities are floored here in losses: a class missing from a fold's training part
-would otherwise give an infinite loss to every arm alike."""
-
 
 EVIDENCE_FLOOR = 1e-3
 """Penalties whose share of the out-of-fold evidence is below this are left out of a block's
@@ -42,15 +40,6 @@ class BlockFit:
     oof_log_proba: np.ndarray  # (n_labelled, n_classes), out of fold
     cv_loss: dict[float, float]
     penalty_weights: dict[float, float]  # each penalty's weight in the average
-
-
-def weighted_losses(log_proba: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Per-cell cross-entropy, class-weighted and scaled to mean weight 1 (comparable arms)."""
-    nll = -np.maximum(log_proba[np.arange(len(y)), y], np.log(PROBA_FLOOR))
-    if weights is None:
-        return nll
-    w = weights[y]
-    return nll * w / w.mean()
 
 
 def _full_log_proba(model: LogisticRegression, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -89,6 +78,7 @@ def fit_block(
     weights: np.ndarray | None,
     penalties=PENALTIES,
     seed: int = 0,
+    n_jobs: int = 1,
 ) -> BlockFit:
     """Fit every penalty on ``folds``, average them by out-of-fold evidence, refit on all.
 
@@ -125,7 +115,7 @@ def fit_block(
     rows = scorable_rows(y, folds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a loose fit still ranks C fine
-        oof = _oof_path(X, y, folds, fold_w, penalties, n_classes, seed)
+        oof = _oof_path(X, y, folds, fold_w, penalties, n_classes, seed, n_jobs)
         cv_loss = calibrated_losses({C: p[rows] for C, p in oof.items()}, y[rows], weights)
         pi = penalty_weights(cv_loss, int(rows.sum()))
         if rows.any() and len(np.setdiff1d(y, y[rows])):  # a class no fold validates
@@ -133,7 +123,7 @@ def fit_block(
         # the fold models at each kept penalty's final per-cell penalty (see above)
         kept = [C for C in penalties if pi[C] > 0]
         matched = _oof_path(
-            X, y, folds, fold_w, [C * len(y) / n_train for C in kept], n_classes, seed
+            X, y, folds, fold_w, [C * len(y) / n_train for C in kept], n_classes, seed, n_jobs
         )
         z_oof, coef, intercept, mean_t = 0.0, 0.0, 0.0, 0.0
         for C, lp in zip(kept, matched.values(), strict=True):
@@ -177,20 +167,39 @@ def _single_fit(X, y, C, n_classes, weights, seed) -> BlockFit:
     return BlockFit(C, 1.0, coef, intercept, np.zeros((len(y), n_classes)), {}, {C: 1.0})
 
 
-def _oof_path(X, y, folds, fold_w, penalties, n_classes, seed) -> dict[float, np.ndarray]:
+def _oof_path(X, y, folds, fold_w, penalties, n_classes, seed, n_jobs) -> dict:
     """Out-of-fold log-probabilities at each penalty, averaged over repeated folds.
 
-    Along the increasing penalties each fold's fit starts from the previous one.
+    Each fold's path (its fits along the increasing penalties, each starting from the
+    previous one) is independent of the others: ``n_jobs`` worker processes run them.
     """
+    paths = worker_map(
+        _fold_path,
+        [
+            (X, y, train, val, w, penalties, n_classes, seed)
+            for (train, val), w in zip(folds, fold_w, strict=True)
+        ],
+        n_jobs,
+    )
     oof = {C: np.zeros((len(y), n_classes)) for C in penalties}
     seen = np.zeros(len(y))  # folds of repeated cross-validation validate a row repeatedly
-    for (train, val), w in zip(folds, fold_w, strict=True):
-        model = _model(penalties[0], w, seed)
-        for C in penalties:
-            model.set_params(C=C).fit(X[train], y[train])
-            oof[C][val] += _full_log_proba(model, X[val], n_classes)
+    for (_, val), path in zip(folds, paths, strict=True):
+        for C, lp in zip(penalties, path, strict=True):
+            oof[C][val] += lp
         seen[val] += 1
     return {C: p / np.maximum(seen, 1)[:, None] for C, p in oof.items()}
+
+
+def _fold_path(X, y, train, val, w, penalties, n_classes, seed) -> list[np.ndarray]:
+    """One fold's validation log-probabilities at each penalty, warm-started along them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a loose fit still ranks C fine
+        model = _model(penalties[0], w, seed)
+        out = []
+        for C in penalties:
+            model.set_params(C=C).fit(X[train], y[train])
+            out.append(_full_log_proba(model, X[val], n_classes))
+    return out
 
 
 def fold_weights(weights: np.ndarray | None, y: np.ndarray, train: np.ndarray):
@@ -276,24 +285,3 @@ def calibrated_losses(oof: dict, y, weights) -> dict[float, float]:
         C: float(weighted_losses(log_softmax(temperature(lp, y, weights) * lp), y, weights).mean())
         for C, lp in oof.items()
     }
-
-
-def temperature(log_proba: np.ndarray, y, weights) -> float:
-    """Scale of the logits that minimises the weighted log-loss (temperature scaling)."""
-    from scipy.optimize import minimize_scalar
-
-    def loss(log_scale):
-        return float(weighted_losses(log_softmax(np.exp(log_scale) * log_proba), y, weights).mean())
-
-    return float(np.exp(minimize_scalar(loss, bounds=(-4, 4), method="bounded").x))
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax."""
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-
-def mixed_log_proba(probe: np.ndarray, scratch: np.ndarray, share: float) -> np.ndarray:
-    """Log-softmax of ``share * probe + (1 - share) * scratch`` (log-probabilities in)."""
-    return log_softmax(share * probe + (1 - share) * scratch)

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +18,6 @@ from .._constants import (
     ENCODER_SOLVERS,
     MIN_GENE_OVERLAP,
     SPATIAL_KEY,
-    pred_key,
-    proba_classes_key,
-    proba_key,
 )
 from .._docs import (
     doc_layer_counts,
@@ -36,38 +28,19 @@ from .._docs import (
     doc_spatial_key,
 )
 from .._errors import ScResidualError
-from .._io import atomic_path, check_model_dir, recover
-from .._safe_load import check_spatial_setup, path_inside
-from .._validate import (
-    check_cells,
-    check_finite,
-    check_obsm_key,
-    check_unique_obs_names,
-    parse_graph,
-    parse_spec,
-)
-from ..pp import neighbourhood_rings, spatial_graph
 from ..read.sdata import is_spatialdata
-from ._calibration import (
-    calibration_problem,
-    check_alpha,
-    check_method,
-    thin_note,
-    write_uncertainty,
-)
-from ._residual import TRAIN_OPTIONS, ResidualConfig, ResidualModel, labelled_mask
+from . import _spatial_io
+from ._config import ALL_OPTIONS, TRAIN_OPTIONS
+from ._residual import ResidualModel, labelled_mask
+from ._spatial_sets import write_predictions
 from ._spatial_setup import (
-    FEATURE_KINDS,
-    SETUP_FORMAT,
-    SOURCE_KINDS,
     check_setup_args,
     fit_feature_maps,
-    pca_arrays,
-    read_pca,
     register,
     registered,
     training_anndata,
 )
+from ._spatial_views import graph_on, memo_proba, memo_views, reuse_views
 from .sdata import predict_spatialdata
 
 if TYPE_CHECKING:
@@ -75,19 +48,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SETUP_FILE = "spatial_setup.json"
-
 TRAINER_OPTIONS = ("accelerator", "devices", "strategy", "progress")
 """Options of :meth:`SpatialRegionClassifier.train` that go to Lightning, not the config."""
 
 _BUILT_ELSEWHERE = ("arm", "head", "guard", "seed", "sources", "residuals")
 
 
-_VIEWS_MEMO: ContextVar[dict | None] = ContextVar("scresidual_views_memo", default=None)
-"""Inputs computed inside :meth:`SpatialRegionClassifier.reuse_views`, by (model, AnnData)."""
+def spatial_solver(arm: str, encoder: str, head: str = "linear") -> str:
+    """The solver that fits a spatial model of ``arm``, ``encoder`` and ``head``.
 
-EMBED_CHUNK = 200_000
-"""Cells embedded per call of a frozen scvi source (bounds memory on large or backed slides)."""
+    The encoder's (:data:`scresidual._constants.ENCODER_SOLVERS`), except that the exact
+    engine fits linear models only: the adapter arm and an MLP head train by gradient
+    descent whatever the encoder.
+    """
+    linear = arm != "adapter" and head == "linear"
+    return ENCODER_SOLVERS[encoder] if linear else "adam"
 
 
 def check_model_options(options: dict) -> None:
@@ -97,33 +72,13 @@ def check_model_options(options: dict) -> None:
         raise ScResidualError(
             f"{', '.join(training)}: training option(s); pass them to train(), not the constructor."
         )
-    allowed = set(ResidualConfig.__dataclass_fields__) - {*TRAIN_OPTIONS, *_BUILT_ELSEWHERE}
+    allowed = set(ALL_OPTIONS) - {*TRAIN_OPTIONS, *_BUILT_ELSEWHERE}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ScResidualError(
             f"unknown model option(s) {unknown}; setup options go to setup_anndata(), training "
             f"options to train(); model options are {', '.join(sorted(allowed))}."
         )
-
-
-def _read_only(adata: AnnData) -> bool:
-    """Whether ``adata`` is backed by a file opened read-only."""
-    if not adata.isbacked:
-        return False
-    mode = getattr(getattr(adata.file, "_file", None), "mode", "r")
-    return mode != "r+"
-
-
-def _embed_in_chunks(source, adata: AnnData, *, progress: bool | None) -> np.ndarray:
-    """``source.embed`` over row blocks of ``adata`` (backed blocks are read into memory)."""
-    if adata.n_obs <= EMBED_CHUNK and not adata.isbacked:
-        return source.embed(adata, progress=progress)
-    parts = []
-    for start in range(0, adata.n_obs, EMBED_CHUNK):
-        block = adata[start : start + EMBED_CHUNK]
-        block = block.to_memory() if adata.isbacked else block
-        parts.append(np.asarray(source.embed(block, progress=progress), dtype=np.float32))
-    return np.concatenate(parts)
 
 
 @doc_params(doc_seed_settings=doc_seed_settings)
@@ -147,9 +102,10 @@ class SpatialRegionClassifier:
     arm
         ``'refine'``, ``'scratch'``, ``'linear-probe'`` or ``'adapter'``.
     encoder
-        Residual encoder: ``'linear'`` (default; the network is linear and fitted exactly,
-        each block's penalty by cross-validation) or ``'hops'`` (SIGN-style per-ring maps
-        and an MLP, trained with Adam and early stopping).
+        Residual encoder: ``'linear'`` (default; the model is linear and fitted by the exact
+        engine, logistic regressions with cross-validated penalties) or ``'hops'``
+        (SIGN-style per-ring maps and an MLP, trained by the gradient engine: Adam with early
+        stopping). See :func:`spatial_solver`.
     head
         ``'linear'`` (default, robust) or ``'mlp'``.
     guard
@@ -160,8 +116,8 @@ class SpatialRegionClassifier:
         Let ``'scvi:'`` sources hold arbitrary Python objects (see :meth:`ScviSource.load`);
         off by default, for folders from people you trust.
     **model_kwargs
-        Further model options of :class:`ResidualConfig` (``source_shares``, ``guard_z``,
-        ``class_weight``, …); training options go to :meth:`train`.
+        Further model options of :class:`ResidualModel` (``source_shares``, ``guard_z``,
+        ``class_weight``, ``source_dropout``, …); training options go to :meth:`train`.
 
     Attributes
     ----------
@@ -301,10 +257,9 @@ class SpatialRegionClassifier:
         options = dict(train_options)
         trainer = {k: options.pop(k) for k in TRAINER_OPTIONS if k in options}
         params = dict(self.init_params_)
-        # The exact solver fits linear models only: the adapter arm and deeper heads train
-        # by gradient descent whatever the encoder.
-        linear = params["arm"] != "adapter" and params["head"] == "linear"
-        params.setdefault("solver", ENCODER_SOLVERS[self.setup["encoder"]] if linear else "adam")
+        params.setdefault(
+            "solver", spatial_solver(params["arm"], self.setup["encoder"], params["head"])
+        )
         return ResidualModel(
             sources=[f"source_{i}" for i in range(len(self.setup["sources"]))],
             residuals=self._residuals(),
@@ -324,118 +279,13 @@ class SpatialRegionClassifier:
 
     @property
     def _graph_on(self) -> bool:
-        return parse_graph(self.setup["graph"])[0] != "none"
+        return graph_on(self.setup)
 
-    # ------------------------------------------------------------------ views
-    def _source(self, i: int, adata: AnnData) -> np.ndarray:
-        kind, value = parse_spec(self.setup["sources"][i], SOURCE_KINDS, "source")
-        if kind == "obsm":
-            check_obsm_key(adata, value)
-            Z = np.asarray(adata.obsm[value], dtype=np.float32)
-        else:
-            if i not in self._frozen:
-                from ..sources import ScviSource
-
-                self._frozen[i] = ScviSource.load(
-                    self._scvi_dir(value),
-                    layer=self.setup["layer"],
-                    min_overlap=self._min_gene_overlap,
-                    trust_pickle=self.trust_pickle,
-                )
-            Z = _embed_in_chunks(self._frozen[i], adata, progress=self.progress)
-        check_finite(Z, f"source {self.setup['sources'][i]!r}")
-        return Z.reshape(adata.n_obs, -1)
-
-    def _scvi_dir(self, value: str) -> Path:
-        """The folder of an ``'scvi:'`` source; a loaded model's must lie inside its folder."""
-        if getattr(self, "_model_dir", None):
-            return path_inside(self._model_dir, value, what=SETUP_FILE)
-        return Path(value)
-
-    def _features(self, j: int, adata: AnnData) -> np.ndarray:
-        kind, value = parse_spec(self.setup["features"][j], FEATURE_KINDS, "features")
-        if kind == "obsm":
-            check_obsm_key(adata, value)
-            X = np.asarray(adata.obsm[value], dtype=np.float32).reshape(adata.n_obs, -1)
-            check_finite(X, f"adata.obsm[{value!r}]")
-            return X
-        return self._pca[j].transform(
-            adata, layer=self.setup["layer"], min_overlap=self._min_gene_overlap
-        )
-
-    @property
-    def _min_gene_overlap(self) -> float:
-        # Models saved before the option existed used the default.
-        return self.setup.get("min_gene_overlap", MIN_GENE_OVERLAP)
-
-    @staticmethod
-    @contextmanager
-    def reuse_views(memo: dict | None = None) -> Iterator[None]:
-        """Compute the inputs (and probabilities) for an AnnData once inside this block.
-
-        ``train``, ``predict``, ``predict_proba`` and
-        :func:`scresidual.tl.suggest_labels` each compute a model's inputs (spatial graph,
-        source embeddings, features and ring means) and the last three its probabilities.
-        Inside the block the inputs of an AnnData (the same object, which must not change
-        meanwhile) are computed once for every model with the same setup and feature maps,
-        whatever its labels, and each model's probabilities once. Pass the same ``memo``
-        dict to several blocks to keep the inputs between them (the annotation widget does,
-        from one refit to the next); probabilities are not kept.
-        """
-        memo = {} if memo is None else memo
-        token = _VIEWS_MEMO.set(memo)
-        try:
-            yield
-        finally:
-            _VIEWS_MEMO.reset(token)
-            for key in [k for k in memo if k[0] == "proba"]:
-                del memo[key]
-
-    def _inputs_token(self) -> str:
-        """A digest of what the inputs depend on: the setup (not the labels), feature maps."""
-        setup = {k: v for k, v in self.setup.items() if k != "labels_key"}
-        digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
-        for j in sorted(self._pca):
-            for name, value in sorted(pca_arrays(self._pca[j]).items()):
-                digest.update(name.encode() + np.ascontiguousarray(value).tobytes())
-        return digest.hexdigest()
+    reuse_views = staticmethod(reuse_views)
 
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and features, with ring means."""
-        memo = _VIEWS_MEMO.get()
-        if memo is None:
-            return self._compute_views(adata)
-        key = ("views", id(adata), self._inputs_token())
-        if key not in memo:  # the AnnData is kept with them, so that its id is not reused
-            memo[key] = (adata, self._compute_views(adata))
-        return memo[key][1]  # the same dict: its probabilities are reused too
-
-    def _compute_views(self, adata: AnnData) -> dict[str, np.ndarray]:
-        check_cells(adata, 1, "labelling")
-        check_unique_obs_names(adata)
-        out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}
-        conn = None
-        if self._graph_on:
-            library_key = self.setup["library_key"]
-            if library_key is not None and library_key not in adata.obs:
-                library_key = None  # a single new slide without the slide column
-            conn, _ = spatial_graph(
-                adata,
-                graph=self.setup["graph"],
-                spatial_key=self.setup["spatial_key"],
-                library_key=library_key,
-                copy=True,
-            )
-        rings = self.setup["n_hops"]
-        if conn is not None and self.setup["aggregate_sources"]:
-            for name, Z in out.items():
-                out[name] = neighbourhood_rings(Z, conn, rings).reshape(adata.n_obs, -1)
-        for j in range(len(self.setup["features"])):
-            X = self._features(j, adata)
-            if conn is not None:
-                X = neighbourhood_rings(X, conn, rings).reshape(adata.n_obs, -1)
-            out[f"features_{j}"] = X
-        return out
+        return memo_views(self, adata)
 
     # ------------------------------------------------------------------ training
     @doc_params(doc_progress=doc_progress)
@@ -459,18 +309,25 @@ class SpatialRegionClassifier:
         Parameters
         ----------
         max_epochs
-            Epochs of gradient-descent arms (default 200; the exact linear fit has none).
+            Most epochs per fit of the gradient engine (``encoder='hops'``, the adapter arm or
+            an MLP head; default 200). The exact engine (the linear encoder) has no epochs and
+            refuses it, as it refuses every option of the other engine, in one line.
         accelerator, devices, strategy
-            Passed to :class:`lightning.pytorch.Trainer`.
+            Passed to :class:`lightning.pytorch.Trainer` (gradient engine only).
         folds
-            Cross-validation folds (default: 5 below 1,000 labelled cells, else one split).
+            Both engines: cross-validation folds (exact: default 5; gradient: cross-fitted
+            members, default 5 below 1,000 labelled cells, else one split); see
+            :class:`ResidualModel`.
         n_jobs
-            Processes fitting the folds (default: one per available CPU on a CPU device).
+            Both engines: worker processes for the folds (default: gradient, one per
+            available CPU on a CPU device; exact, 1).
         progress
             {doc_progress}
         **train_kwargs
-            Further training options of :class:`ResidualConfig` (``lr``, ``batch_size``,
-            ``patience``, ``validation_size``, ``group_folds``, ``cv_repeats``, …).
+            Further training options: both engines' ``validation_size`` and
+            ``group_folds``; the exact engine's ``cv_repeats``; the gradient engine's
+            ``lr``, ``probe_lr``, ``weight_decay``, ``source_weight_decay``,
+            ``batch_size``, ``patience`` and ``min_steps_per_epoch``.
 
         """
         unknown = sorted(set(train_kwargs) - set(TRAIN_OPTIONS))
@@ -537,16 +394,13 @@ class SpatialRegionClassifier:
 
     def proba_from_views(self, views: dict[str, np.ndarray], *, calibrated: bool = True):
         """:meth:`predict_proba` as an array, from inputs already computed by :meth:`views`."""
-        memo = _VIEWS_MEMO.get()
-        key = ("proba", id(self), id(views), calibrated)
-        if memo is not None and key in memo:
-            return memo[key][1].copy()
+        return memo_proba(self, views, calibrated, lambda: self._proba(views, calibrated))
+
+    def _proba(self, views: dict[str, np.ndarray], calibrated: bool) -> np.ndarray:
         core = self._fitted()
         P = core.predict_proba(views, raw=not calibrated)
         if calibrated and core.calibration_ is not None:
             P = core.calibration_.apply(P)
-        if memo is not None:
-            memo[key] = (views, P.copy())
         return P
 
     def predict(
@@ -604,74 +458,14 @@ class SpatialRegionClassifier:
             raise ScResidualError(
                 "table_key= names a table of a SpatialData; drop it for an AnnData."
             )
-        adata = self.adata if adata is None else adata
-        key = key_added or self.setup["labels_key"]
-        if _read_only(adata) and not copy:
-            raise ScResidualError(
-                f"adata is backed by {adata.filename} opened read-only; use predict_proba(adata) "
-                "for the probabilities, predict(adata, copy=True), or open it with backed='r+'."
-            )
-        check_alpha(alpha)
-        check_method(method)
-        core = self._fitted()
-        problem = calibration_problem(core)
-        if problem and sets:
-            raise ScResidualError(problem)
-        proba = self.predict_proba(adata)  # first: a source that cannot load fails alone
-        if problem and sets is None:
-            logger.warning("no prediction sets: %s", problem)
-        if copy and adata.isbacked:
-            # X stays on disk; the copy carries everything else and the predictions.
-            adata = AnnData(
-                obs=adata.obs.copy(),
-                var=adata.var.copy(),
-                obsm={k: np.asarray(v).copy() for k, v in adata.obsm.items()},
-                uns=dict(adata.uns),
-            )
-        elif copy:
-            adata = adata.copy()
-        adata.obs[pred_key(key)] = pd.Categorical(
-            np.asarray(self.classes_, dtype=object)[proba.to_numpy().argmax(1)],
-            categories=self.classes_,
+        return write_predictions(
+            self, adata, key_added=key_added, copy=copy, sets=sets, alpha=alpha, method=method
         )
-        adata.obsm[proba_key(key)] = proba.to_numpy().astype(np.float32)
-        adata.uns[proba_classes_key(key)] = np.asarray(self.classes_, dtype=object)
-        write_sets = sets is not False and not problem
-        if write_sets and core.calibration_.thin_classes:
-            logger.warning("%s", thin_note(core.calibration_.thin_classes))
-        write_uncertainty(
-            adata,
-            key,
-            proba.to_numpy(),
-            self.classes_,
-            core.calibration_,
-            sets=write_sets,
-            alpha=alpha,
-            method=method,
-        )
-        return adata if copy else None
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save the model, its feature maps and copies of its scvi sources, atomically."""
-        core = self._fitted()
-        path = Path(path)
-        check_model_dir(path, overwrite=overwrite, flag="overwrite=True")
-        setup = dict(self.setup)
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
-            core.write(tmp)
-            setup["sources"] = []
-            for i, spec in enumerate(self.setup["sources"]):
-                kind, value = parse_spec(spec, SOURCE_KINDS, "source")
-                if kind == "scvi":
-                    src = self._frozen[i].model_dir if i in self._frozen else self._scvi_dir(value)
-                    shutil.copytree(src, tmp / "sources" / f"source_{i}")
-                    spec = f"scvi:sources/source_{i}"
-                setup["sources"].append(spec)
-            for j, pca in self._pca.items():
-                np.savez(tmp / f"features_{j}_pca.npz", **pca_arrays(pca))
-            (tmp / SETUP_FILE).write_text(json.dumps(setup, indent=2))
+        _spatial_io.save(self, path, overwrite=overwrite)
 
     @classmethod
     def load(
@@ -682,46 +476,7 @@ class SpatialRegionClassifier:
         Nothing in the folder is run as code; ``trust_pickle=True`` lets its scvi sources
         hold arbitrary Python objects (see :meth:`ScviSource.load`): only for trusted folders.
         """
-        path = Path(path)
-        recover(path)
-        if not (path / SETUP_FILE).is_file():
-            raise ScResidualError(
-                f"{path} is not a saved SpatialRegionClassifier (no {SETUP_FILE}); pass the "
-                "directory written by save() or `scresidual fit --model-dir`."
-            )
-        try:
-            setup = json.loads((path / SETUP_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ScResidualError(f"{path / SETUP_FILE} is corrupted; refit the model.") from err
-        if not isinstance(setup, dict) or setup.get("format") != SETUP_FORMAT:
-            found = setup.get("format", 1) if isinstance(setup, dict) else "unknown"
-            raise ScResidualError(
-                f"{path} holds a spatial model in format {found}; this version reads format "
-                f"{SETUP_FORMAT}: refit it with `scresidual fit` (or install the version that "
-                "wrote it)."
-            )
-        self = cls.__new__(cls)
-        self.adata, self._frozen, self.trust_pickle = None, {}, trust_pickle
-        self._model_dir, self.progress = path, progress
-        self.residual_model_ = core = ResidualModel.load(path, progress=progress)
-        self.setup = check_spatial_setup(
-            setup,
-            path / SETUP_FILE,
-            n_sources=len(core.config.sources),
-            n_features=len(core.config.residuals),
-        )
-        cfg = core.config
-        self.init_params_ = {"arm": cfg.arm, "head": cfg.head, "guard": cfg.guard, "seed": cfg.seed}
-        if setup["encoder"] not in ENCODER_SOLVERS:
-            raise ScResidualError(
-                f"{path / SETUP_FILE} names an unknown encoder; the model folder is damaged: "
-                "refit the model."
-            )
-        self._pca = {}
-        for j, spec in enumerate(setup["features"]):
-            if spec == "pca":
-                self._pca[j] = read_pca(path / f"features_{j}_pca.npz")
-        return self
+        return _spatial_io.load(cls, path, progress=progress, trust_pickle=trust_pickle)
 
     def __repr__(self) -> str:
         core = self.residual_model_

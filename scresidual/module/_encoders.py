@@ -51,7 +51,7 @@ class LinearEncoder(nn.Module):
 
     With it the residual branch is the head's residual block itself, ``W_h x``: REFINE's
     network is linear in ``[f(x), x]`` and :class:`scresidual.model.ResidualModel` can fit
-    it convexly (``solver="lbfgs"``), each block averaged over penalties by cross-validation.
+    it exactly (``solver="newton-cg"``), each block averaged over penalties by cross-validation.
     """
 
     def __init__(self, n_in: int):

@@ -270,16 +270,22 @@ class ResidualNetwork(nn.Module):
 
     @torch.no_grad()
     def start_from(
-        self, probe: ResidualNetwork, scratch: ResidualNetwork, source_share: float = 0.5
+        self,
+        probe: ResidualNetwork,
+        scratch: ResidualNetwork,
+        source_share: float = 0.5,
+        *,
+        scales: tuple[float, float] = (1.0, 1.0),
     ) -> bool:
-        """Start REFINE at the average of a fitted linear probe's and scratch model's logits.
+        """Start REFINE at a mixture of a fitted linear probe's and scratch model's logits.
 
         Trained jointly from a random start on a few hundred labelled cells, the residual
         encoder fits the labels within a few epochs and early stopping ends training before
         the head has learned to use the source: REFINE then under-uses an informative source.
         Started here instead, the first predictions already combine what f and h each learned
-        alone (their logits averaged), and joint training only refines that. Returns False
-        (and changes nothing) when the parts do not fit this network.
+        alone: ``share * s_p * probe logits + (1 - share) * s_s * scratch logits``, with
+        ``scales = (s_p, s_s)`` the two models' temperatures. Joint training only refines
+        that. Returns False (and changes nothing) when the parts do not fit this network.
         """
         linear = all(n.head_kind == "linear" for n in (self, probe, scratch))
         if not linear or self.adapter is not None or self.head_source is None:
@@ -289,12 +295,10 @@ class ResidualNetwork(nn.Module):
         self.source_norm.load_state_dict(probe.source_norm.state_dict())
         self.residual_norm.load_state_dict(scratch.residual_norm.state_dict())
         self.encoders.load_state_dict(scratch.encoders.state_dict())
-        share = float(source_share)
-        self.head_source.weight.copy_(probe.head_source.weight * share)
-        self.head_residual.weight.copy_(scratch.head_residual.weight * (1 - share))
-        self.head_residual.bias.copy_(
-            probe.head_source.bias * share + scratch.head_residual.bias * (1 - share)
-        )
+        a, b = float(source_share) * scales[0], (1 - float(source_share)) * scales[1]
+        self.head_source.weight.copy_(probe.head_source.weight * a)
+        self.head_residual.weight.copy_(scratch.head_residual.weight * b)
+        self.head_residual.bias.copy_(probe.head_source.bias * a + scratch.head_residual.bias * b)
         return True
 
 

@@ -8,10 +8,16 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from anndata import AnnData
 
-from .._constants import SETUP_KEY
+from .._constants import DEFAULT_ENCODER, SETUP_KEY
 from .._validate import check_obs_key
 from ..metrics import evaluate
-from ..model import TRAIN_OPTIONS, SpatialRegionClassifier, labelled_mask
+from ..model import (
+    ENGINE_OPTIONS,
+    TRAIN_OPTIONS,
+    SpatialRegionClassifier,
+    labelled_mask,
+    spatial_solver,
+)
 from ..read.sdata import is_spatialdata
 
 
@@ -86,7 +92,9 @@ def compare_arms(
     arms
         Arms to fit.
     **kwargs
-        Options shared by all arms (sources, features, graph, seed, …).
+        Options of all arms (sources, features, graph, seed, …). The options of one fitting
+        engine only (``max_epochs``, ``lr``, …; ``cv_repeats``) go to the arms that engine
+        fits (see :func:`~scresidual.model.spatial_solver`).
 
     Returns
     -------
@@ -97,8 +105,13 @@ def compare_arms(
         check_obs_key(adata, truth_key)
     rows, models = [], {}
     unlabelled = ~labelled_mask(adata.obs[labels_key].to_numpy())
+    engine = {k: kwargs.pop(k) for k in list(kwargs) if k in set().union(*ENGINE_OPTIONS.values())}
     for arm in arms:
-        model = fit_regions(adata, labels_key=labels_key, arm=arm, **kwargs)
+        solver = kwargs.get("solver") or spatial_solver(
+            arm, kwargs.get("encoder", DEFAULT_ENCODER), kwargs.get("head", "linear")
+        )
+        own = {k: v for k, v in engine.items() if k in ENGINE_OPTIONS[solver]}
+        model = fit_regions(adata, labels_key=labels_key, arm=arm, **kwargs, **own)
         models[arm] = model
         chosen = model.chosen_arm_
         if truth_key is not None and unlabelled.any():

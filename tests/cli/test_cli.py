@@ -39,8 +39,6 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
             "label",
             "--model-dir",
             str(tmp_path / "m"),
-            "--max-epochs",
-            "30",
             "--folds",
             "2",
             "--n-jobs",
@@ -127,8 +125,6 @@ def test_fit_errors_are_one_line(slide_file, tmp_path, capsys, edit, args, messa
         "label",
         "--model-dir",
         str(tmp_path / "m"),
-        "--max-epochs",
-        "5",
         "--quiet",
     ]
     if "--labels-key" in args:
@@ -241,8 +237,6 @@ def test_pretrain_scvi_then_fit_with_it(slide_file, tmp_path, capsys):
             str(tmp_path / "m"),
             "--source",
             f"scvi:{source}",
-            "--max-epochs",
-            "5",
             "--folds",
             "2",
             "--n-jobs",

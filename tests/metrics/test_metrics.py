@@ -31,5 +31,20 @@ def test_score_predictions_reads_the_prediction_column():
 
 
 def test_scores_live_in_metrics_not_tl():
-    assert sr.metrics is metrics
+    # the public names of sr.metrics are its scores, and they work from the package root
+    assert sorted(sr.metrics.__all__) == [
+        "evaluate",
+        "expected_calibration_error",
+        "score_predictions",
+    ]
+    assert sr.metrics.evaluate(["a", "b", "b"], ["a", "a", "b"])["n_cells"] == 3
+    assert sr.metrics.evaluate.__module__ == "scresidual.metrics._scores"
     assert not hasattr(sr.tl, "evaluate") and not hasattr(sr.tl, "score_predictions")
+
+
+def test_expected_calibration_error_is_the_gap_between_confidence_and_accuracy():
+    proba = np.array([[0.9, 0.1]] * 10)
+    y = np.array([0] * 6 + [1] * 4)  # confident at 0.9, right 60% of the time
+    assert metrics.expected_calibration_error(proba, y) == pytest.approx(0.3)
+    honest = np.array([[0.6, 0.4]] * 10)
+    assert metrics.expected_calibration_error(honest, y) == pytest.approx(0.0)

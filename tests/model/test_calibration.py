@@ -7,10 +7,11 @@ from matplotlib import pyplot as plt
 
 from scresidual import ScResidualError, pl, tl
 from scresidual.cli import main
+from scresidual.metrics import expected_calibration_error
 from scresidual.model import SpatialRegionClassifier
-from scresidual.model._calibration import Calibration, expected_calibration_error
+from scresidual.model._calibration import Calibration
 
-FAST = {"max_epochs": 40, "patience": 8, "progress": False, "folds": 1}
+FAST = {"max_epochs": 40, "patience": 8, "progress": False, "folds": 1}  # encoder "hops"
 
 
 def _labelled(a, frac, seed=0):
@@ -84,7 +85,8 @@ def test_temperature_is_kept_only_where_the_out_of_fold_cells_support_it():
 def test_uncalibrated_means_the_logistic_regressions_own_probabilities(fitted, tmp_path):
     a, model = fitted
     m = model.residual_model_
-    assert m.unscaled_ and m.unscaled_["head_residual"] > 0
+    head = m.predictor_  # the exact fit, stored as what it is
+    assert head.arm == m.chosen_arm_ and all(getattr(head, b).temperature > 0 for b in head.blocks)
     raw = model.predict_proba(a, calibrated=False).to_numpy()
     scaled = m.predict_proba(model.views(a))
     assert np.allclose(raw.sum(1), 1) and not np.allclose(raw, scaled, atol=1e-3)

@@ -1,4 +1,4 @@
-"""The exact (``solver="lbfgs"``) fit of REFINE's linear network."""
+"""The exact engine (``solver="newton-cg"``): REFINE's linear arms as logistic regressions."""
 
 import numpy as np
 import pytest
@@ -7,15 +7,16 @@ from scresidual import ScResidualError
 from scresidual.model import ResidualModel
 from scresidual.model._convex import (
     EVIDENCE_FLOOR,
+    PENALTIES,
     fit_block,
     fold_weights,
     penalty_weights,
     scorable_rows,
     strongest_kept,
-    temperature,
 )
+from scresidual.model._selection import splits, temperature
 
-LINEAR = {"residuals": {"feat": ("linear", {})}, "solver": "lbfgs", "progress": False}
+LINEAR = {"residuals": {"feat": ("linear", {})}, "solver": "newton-cg", "progress": False}
 
 
 def _split(y, frac, seed=0):
@@ -55,7 +56,14 @@ def test_guard_report_and_refit_are_reproducible(toy_views):
     np.testing.assert_array_equal(a.predict_proba(views), b.predict_proba(views))
     assert set(a.guard_report_) == {"linear-probe", "scratch", "refine"}
     for arm in ("linear-probe", "scratch"):
-        assert a.guard_report_[arm]["C"] in a.guard_report_[arm]["cv_loss"]
+        report = a.guard_report_[arm]
+        loss, weight = report["cv_loss"], report["penalty_weights"]
+        # C is the penalty with the most evidence, and evidence falls as the loss rises
+        assert report["C"] == max(weight, key=weight.get)
+        assert sum(weight.values()) == pytest.approx(1) and len(loss) == len(PENALTIES)
+        by_loss = sorted(loss, key=loss.get)
+        assert [weight[c] for c in by_loss] == sorted(weight.values(), reverse=True)
+        assert weight[by_loss[0]] > 0
 
 
 def test_linear_refine_saves_and_loads(toy_views, tmp_path):
@@ -64,10 +72,31 @@ def test_linear_refine_saves_and_loads(toy_views, tmp_path):
     model = ResidualModel(arm="refine", sources=["src"], **LINEAR).fit(views, y_train)
     model.save(tmp_path / "m")
     again = ResidualModel.load(tmp_path / "m", progress=False)
-    np.testing.assert_allclose(again.predict_proba(views), model.predict_proba(views), atol=1e-6)
+    np.testing.assert_array_equal(again.predict_proba(views), model.predict_proba(views))
+    np.testing.assert_array_equal(
+        again.predict_proba(views, raw=True), model.predict_proba(views, raw=True)
+    )
+    # stored as what it is: arrays and numbers, no network weights
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "exact_head.npz",
+        "residual_model.json",
+    ]
+    head = again.predictor_
+    assert head.share == model.guard_report_["refine"]["source_share"] or head.arm != "refine"
+    # damaged arrays or sizes are one-line errors
+    with np.load(tmp_path / "m" / "exact_head.npz") as d:
+        arrays = {k: d[k] for k in d.files}
+    name = next(k for k in arrays if k.endswith("_coef"))
+    np.savez(tmp_path / "m" / "exact_head.npz", **{**arrays, name: arrays[name][:, :-1]})
+    with pytest.raises(ScResidualError, match="mismatched parts") as err:
+        ResidualModel.load(tmp_path / "m")
+    assert "\n" not in str(err.value)
+    (tmp_path / "m" / "exact_head.npz").write_bytes(b"not a zip")
+    with pytest.raises(ScResidualError, match="mismatched parts"):
+        ResidualModel.load(tmp_path / "m")
 
 
-def test_lbfgs_refuses_nonlinear_parts(toy_views):
+def test_the_exact_engine_refuses_nonlinear_parts_and_gradient_options(toy_views):
     views = {"src": toy_views["good"], "feat": toy_views["feats"]}
     y_train, _ = _split(toy_views["y"], 0.2)
     with pytest.raises(ScResidualError, match="solver='adam'"):
@@ -75,11 +104,23 @@ def test_lbfgs_refuses_nonlinear_parts(toy_views):
             arm="refine",
             sources=["src"],
             residuals={"feat": ("mlp", {})},
-            solver="lbfgs",
+            solver="newton-cg",
             progress=False,
         ).fit(views, y_train)
     with pytest.raises(ScResidualError, match="solver='adam'"):
         ResidualModel(arm="adapter", sources=["src"], **LINEAR).fit(views, y_train)
+    for option in ({"max_epochs": 5}, {"lr": 0.1}, {"patience": 3}, {"source_dropout": 0.2}):
+        with pytest.raises(ScResidualError, match="gradient engine") as info:
+            ResidualModel(arm="refine", sources=["src"], **LINEAR, **option)
+        assert "\n" not in str(info.value) and next(iter(option)) in str(info.value)
+    with pytest.raises(ScResidualError, match="exact engine"):
+        ResidualModel(sources=["src"], residuals={"feat": ("mlp", {})}, cv_repeats=2)
+    with pytest.raises(ScResidualError, match="accelerator='gpu'"):
+        ResidualModel(arm="refine", sources=["src"], accelerator="gpu", **LINEAR)
+    # shared options are read by both engines; the former solver name still works
+    assert ResidualModel(arm="scratch", n_jobs=2, folds=3, **LINEAR).config.solver == "newton-cg"
+    old_name = {**LINEAR, "solver": "lbfgs"}
+    assert ResidualModel(arm="scratch", **old_name).config.solver == "newton-cg"
 
 
 @pytest.mark.parametrize("seed", [0, 2, 4])
@@ -124,11 +165,10 @@ def test_out_of_fold_probabilities_are_kept_for_the_chosen_arm(toy_views):
 
 
 def test_folds_hold_out_whole_slides_when_labels_span_several():
-    model = ResidualModel(arm="scratch", residuals={"x": ("linear", {})}, solver="lbfgs")
     labelled = np.arange(0, 90, 2)
     codes = np.tile([0, 1, 2], 15)
     groups = np.repeat([0, 1, 2], 30)
-    folds = model._splits(labelled, codes, n_folds=5, groups=groups)
+    folds = splits(labelled, codes, k=5, validation_size=0.2, seed=0, groups=groups)
     assert len(folds) == 3  # at most one fold per slide
     for train, val in folds:
         assert len(np.unique(groups[val])) == 1
@@ -139,7 +179,7 @@ def test_slide_groups_reach_the_cross_validation(toy_views):
     y = np.array(toy_views["y"])
     views = {"feats": toy_views["feats"], "good": toy_views["good"]}
     slide = np.where(np.arange(len(y)) < len(y) // 2, "a", "b")
-    kw = {"sources": ["good"], "residuals": {"feats": ("linear", {})}, "solver": "lbfgs"}
+    kw = {"sources": ["good"], "residuals": {"feats": ("linear", {})}, "solver": "newton-cg"}
     plain = ResidualModel(**kw).fit(views, y)
     grouped = ResidualModel(**kw).fit(views, y, groups=slide)  # every cell labelled: "auto"
 
@@ -169,7 +209,12 @@ def test_every_class_below_the_number_of_folds_still_cross_validates(toy_views):
     y_train[rows] = y[rows]
     views = {"src": toy_views["good"], "feat": toy_views["feats"]}
     model = ResidualModel(arm="refine", sources=["src"], folds=5, **LINEAR).fit(views, y_train)
-    assert len(model.classes_) == 3 and model.predict(views).shape == (len(y),)
+    assert len(model.classes_) == 3
+    pred = model.predict(views)
+    assert pred.shape == (len(y),) and set(pred) == set(model.classes_)  # every class predicted
+    assert len(model.oof_rows_) > 0  # and cross-validated
+    seen = np.isin(y, model.classes_)
+    assert (pred[seen] == y[seen]).mean() > 0.5  # three-way chance is 1/3
 
 
 def test_fold_models_weigh_each_class_as_the_final_fit_does():
@@ -222,3 +267,13 @@ def test_an_averaged_block_is_one_linear_model_that_predicts_its_labels():
     assert fit.coef.shape == (3, 5) and fit.scale > 0
     assert ((X @ fit.coef.T + fit.intercept).argmax(1) == y).mean() > 0.8
     assert (fit.oof_log_proba.argmax(1) == y).mean() > 0.7
+
+
+def test_folds_fitted_in_worker_processes_give_the_same_model(toy_views):
+    y_train, _ = _split(toy_views["y"], 0.1)
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    kw = {"arm": "scratch", "cv_repeats": 1, **LINEAR}  # one block, one round: few pool calls
+    one = ResidualModel(n_jobs=1, **kw).fit(views, y_train)
+    two = ResidualModel(n_jobs=2, **kw).fit(views, y_train)
+    np.testing.assert_array_equal(one.predict_proba(views), two.predict_proba(views))
+    assert one.guard_report_ == two.guard_report_

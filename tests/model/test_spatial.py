@@ -7,7 +7,8 @@ import pytest
 from scresidual import ScResidualError, metrics, pp, tl
 from scresidual.model import SpatialRegionClassifier
 
-FAST = {"max_epochs": 40, "patience": 8, "progress": False, "folds": 1}
+FAST = {"progress": False, "folds": 1}
+GRADIENT = {"max_epochs": 40, "patience": 8, **FAST}  # encoder "hops" or arm "adapter"
 
 
 def test_fit_predict_save_load(slides, tmp_path, scvi_dir):
@@ -83,19 +84,33 @@ def test_options_go_to_their_own_step_and_train_keeps_the_settings(slides):
     before = dict(model.init_params_)
     model.train(3, patience=2, progress=False, folds=1)
     # this call's options reached the fit and are recorded with it; the settings are unchanged
-    cfg = model.residual_model_.config
-    assert (cfg.max_epochs, cfg.patience, cfg.folds) == (3, 2, 1)
+    core = model.residual_model_
+    assert (core.options.max_epochs, core.options.patience, core.config.folds) == (3, 2, 1)
     assert model.init_params_ == before and model.chosen_arm_ == "scratch"
     model.train(progress=False, folds=1)  # the next call starts from the defaults again
-    assert model.residual_model_.config.max_epochs == 200
+    assert model.residual_model_.options.max_epochs == 200
     # fit_regions sends each option to its step (the seed reaches the model) and leaves
     # adata's own registration as it was
     registered = one.uns["_scresidual_setup"]["args"]
-    fitted = tl.fit_regions(one, labels_key="region", arm="scratch", seed=3, folds=1, patience=2)
+    fitted = tl.fit_regions(one, labels_key="region", arm="scratch", seed=3, folds=3, cv_repeats=2)
     cfg = fitted.residual_model_.config
-    assert (cfg.seed, cfg.folds, cfg.patience, cfg.arm) == (3, 1, 2, "scratch")
+    assert (cfg.seed, cfg.folds, cfg.arm, cfg.solver) == (3, 3, "scratch", "newton-cg")
+    assert fitted.residual_model_.options.cv_repeats == 2
     assert fitted.setup["labels_key"] == "region"
     assert one.uns["_scresidual_setup"]["args"] == registered
+
+
+def test_an_option_the_engine_does_not_read_is_a_one_line_error(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    SpatialRegionClassifier.setup_anndata(one, labels_key="train")
+    linear = SpatialRegionClassifier(one)  # the exact engine: no epochs, no learning rate
+    for options in ({"max_epochs": 5}, {"lr": 0.01, "patience": 3}):
+        with pytest.raises(ScResidualError, match="of the gradient engine") as err:
+            linear.train(progress=False, **options)
+        assert "\n" not in str(err.value) and "exact engine" in str(err.value)
+    hops = SpatialRegionClassifier(one, encoder="hops")
+    with pytest.raises(ScResidualError, match="cv_repeats: option.* of the exact engine"):
+        hops.train(progress=False, cv_repeats=2)
 
 
 def test_feature_maps_are_fitted_on_the_training_slide_only(slides):
@@ -146,8 +161,20 @@ def test_old_model_folders_are_refused_with_the_version_line(slides, tmp_path):
 
 def test_sign_encoder_still_trains_with_adam(slides):
     one = slides[slides.obs["slide"] == "slide1"].copy()
-    model = tl.fit_regions(one, labels_key="train", encoder="hops", **FAST)
+    hidden = one.obs["train"].isna().to_numpy()
+    truth = one.obs["region"].astype(str).to_numpy()[hidden]
+
+    def hidden_f1(model):
+        pred = model.predict_proba(one).idxmax(axis=1).to_numpy()[hidden]
+        return metrics.evaluate(truth, pred)["macro_f1"]
+
+    model = tl.fit_regions(one, labels_key="train", encoder="hops", seed=0, **GRADIENT)
     assert model.residual_model_.config.solver == "adam" and model.chosen_arm_ == "refine"
+    exact = tl.fit_regions(one, labels_key="train", seed=0, **FAST)
+    no_graph = tl.fit_regions(one, labels_key="train", graph="none", arm="scratch", **FAST)
+    # the graph encoder learns the regions: far above expression alone, near the exact fit
+    assert hidden_f1(model) > hidden_f1(no_graph) + 0.05
+    assert hidden_f1(model) > hidden_f1(exact) - 0.1
     SpatialRegionClassifier.setup_anndata(one, labels_key="train")
     with pytest.raises(ScResidualError, match="unknown encoder"):
         SpatialRegionClassifier(one, encoder="gat")
@@ -156,7 +183,9 @@ def test_sign_encoder_still_trains_with_adam(slides):
 def test_adapter_arm_trains_by_gradient_descent_under_the_linear_encoder(slides):
     one = slides[slides.obs["slide"] == "slide1"].copy()
     one.obsm["X_emb"] = np.random.default_rng(0).normal(size=(one.n_obs, 4)).astype(np.float32)
-    model = tl.fit_regions(one, labels_key="train", sources=["obsm:X_emb"], arm="adapter", **FAST)
+    model = tl.fit_regions(
+        one, labels_key="train", sources=["obsm:X_emb"], arm="adapter", **GRADIENT
+    )
     assert model.setup["encoder"] == "linear" and model.residual_model_.config.solver == "adam"
     assert model.residual_model_.config.arm == "adapter"
     assert model.predict_proba(one).shape[0] == one.n_obs

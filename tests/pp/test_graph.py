@@ -58,3 +58,32 @@ def test_spatial_graph_follows_squidpys_copy_convention(slides):
     assert pp.spatial_graph(a, graph="knn:4") is None
     assert (a.obsp["spatial_connectivities"] != conn).nnz == 0
     assert (a.obsp["spatial_distances"] != dist).nnz == 0
+
+
+def test_delaunay_drops_links_longer_than_the_long_link_percentile():
+    from anndata import AnnData
+    from scipy.spatial import Delaunay
+
+    from scresidual._constants import LONG_LINK_PERCENTILE
+
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(20.0), np.arange(20.0)), -1).reshape(-1, 2)
+    xy = np.vstack([grid + rng.normal(scale=0.1, size=grid.shape), [[60.0, 10.0]]])  # a stray
+    conn, dist = pp.spatial_graph(AnnData(obsm={"spatial": xy}), graph="delaunay", copy=True)
+    # every Delaunay edge, independently of squidpy
+    edges = set()
+    for tri in Delaunay(xy).simplices:
+        for a in range(3):
+            i, j = sorted((tri[a], tri[(a + 1) % 3]))
+            edges.add((i, j))
+    i, j = np.array(sorted(edges)).T
+    length = np.linalg.norm(xy[i] - xy[j], axis=1)
+    kept = np.asarray(conn[i, j]).ravel() > 0
+    # a cut on length: every dropped link is longer than every kept one ...
+    assert length[kept].max() < length[~kept].min()
+    # ... at the percentile: about 1% of the links go, all of the stray's among them
+    share = 1 - LONG_LINK_PERCENTILE / 100
+    assert abs((~kept).mean() - share) < share / 2 and conn[len(grid)].nnz == 0
+    assert ((length > 30) & kept).sum() == 0 and (length > 30).sum() >= 5
+    np.testing.assert_allclose(dist[i[kept], j[kept]].A1, length[kept], rtol=1e-5)
+    assert (conn != conn.T).nnz == 0 and conn.nnz == 2 * kept.sum()

@@ -44,7 +44,6 @@ def _fit(adata, **kwargs) -> SpatialRegionClassifier:
         adata,
         labels_key="region",
         n_comps=5,
-        max_epochs=8,
         progress=False,
         accelerator="cpu",
         devices=1,
