@@ -209,11 +209,11 @@ def test_reuse_views_computes_the_inputs_once_and_changes_nothing(monkeypatch):
     model = tl.fit_regions(adata, labels_key="labels", seed=0, progress=False)
     plain = model.predict_proba(adata)
     computed = []
-    compute = SpatialRegionClassifier._compute_views
+    from scresidual.model import _spatial_views
+
+    compute = _spatial_views.spatial_views
     monkeypatch.setattr(
-        SpatialRegionClassifier,
-        "_compute_views",
-        lambda self, a: computed.append(a) or compute(self, a),
+        _spatial_views, "spatial_views", lambda m, a: computed.append(a) or compute(m, a)
     )
     with SpatialRegionClassifier.reuse_views():
         inside = model.predict_proba(adata)
