@@ -96,12 +96,12 @@ def test_undo_redo_and_erase(adata, tmp_path):
 
 
 def test_refit_updates_predictions_suggestions_and_colours(adata, monkeypatch):
-    from scresidual.model import SpatialRegionClassifier
+    from scresidual.model import _spatial_views
 
     computed = []
-    compute = SpatialRegionClassifier._compute_views
+    compute = _spatial_views.spatial_views
     monkeypatch.setattr(
-        SpatialRegionClassifier, "_compute_views", lambda m, a: computed.append(1) or compute(m, a)
+        _spatial_views, "spatial_views", lambda m, a: computed.append(1) or compute(m, a)
     )
     truth = adata.obs["region"].astype(str).to_numpy()
     ann = sr.pl.annotate(adata, "annot", n_suggestions=10, auto_refit=36)
