@@ -106,15 +106,19 @@ def uncertainty_report(model, a, hidden) -> dict:
     }
 
 
+def split(a, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The held-out test cells, the starting labelled cells and the cells added per round."""
+    test = np.random.default_rng(10_000 + seed).random(a.n_obs) < TEST_FRACTION
+    start = bc.split_random(a, FRACTIONS[0], seed) & ~test
+    return test, start, int(round((FRACTIONS[1] - FRACTIONS[0]) * a.n_obs))
+
+
 def run_seed(a, library, seed: int, strategies) -> dict:
     """Every strategy's curve on one seed, and the uncertainty report at 10% random."""
     from scresidual.tl import suggest_labels
 
-    rng = np.random.default_rng(10_000 + seed)
-    test = rng.random(a.n_obs) < TEST_FRACTION
+    test, start, step = split(a, seed)
     truth = a.obs["truth"].to_numpy(dtype=object)
-    start = bc.split_random(a, FRACTIONS[0], seed) & ~test
-    step = int(round((FRACTIONS[1] - FRACTIONS[0]) * a.n_obs))
     first = fit(a, np.where(start, truth, None), library=library, seed=seed)
     f1_first = bc.metrics(truth[test], np.asarray(first.predict_proba(a).idxmax(1))[test])
     out = {}
