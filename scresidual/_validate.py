@@ -91,13 +91,28 @@ PLACEHOLDER_LABELS = frozenset({"nan", "none", "<na>"})
 """Label strings that mean "no label" (a NaN written out as text); treated as unlabelled."""
 
 
-def placeholder_labels(y) -> np.ndarray:
-    """True where a label is a placeholder string such as ``"nan"`` (see PLACEHOLDER_LABELS)."""
-    s = pd.Series(np.asarray(y, dtype=object))
+def _per_label(y, test) -> np.ndarray:
+    """``test`` of the distinct labels of ``y`` (few), spread back to each cell; False for NaN.
+
+    Testing each of 10^6 labels one by one takes seconds; their distinct values, milliseconds.
+    """
+    codes, uniques = pd.factorize(np.asarray(y, dtype=object).ravel())
+    out = np.zeros(len(codes), dtype=bool)
+    known = codes >= 0
+    out[known] = test(pd.Series(np.asarray(uniques, dtype=object)))[codes[known]]
+    return out
+
+
+def _placeholders(s: pd.Series) -> np.ndarray:
     text = s[s.map(lambda v: isinstance(v, str))].str.strip().str.lower()
     out = np.zeros(len(s), dtype=bool)
     out[text.index[text.isin(PLACEHOLDER_LABELS)]] = True
     return out
+
+
+def placeholder_labels(y) -> np.ndarray:
+    """True where a label is a placeholder string such as ``"nan"`` (see PLACEHOLDER_LABELS)."""
+    return _per_label(y, _placeholders)
 
 
 def warn_placeholder_labels(y) -> None:
@@ -178,5 +193,4 @@ def parse_graph(spec: str | None) -> tuple[str, float | None]:
 
 def labelled_mask(y) -> np.ndarray:
     """True where a label is present (not NaN/None/empty string, nor text such as "nan")."""
-    s = pd.Series(np.asarray(y, dtype=object))
-    return ~(s.isna() | (s.astype(str).str.strip() == "")).to_numpy() & ~placeholder_labels(y)
+    return _per_label(y, lambda s: (s.astype(str).str.strip() != "").to_numpy() & ~_placeholders(s))

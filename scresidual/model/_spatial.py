@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,6 +82,9 @@ TRAINER_OPTIONS = ("accelerator", "devices", "strategy", "progress")
 
 _BUILT_ELSEWHERE = ("arm", "head", "guard", "seed", "sources", "residuals")
 
+
+_VIEWS_MEMO: ContextVar[dict | None] = ContextVar("scresidual_views_memo", default=None)
+"""Inputs computed inside :meth:`SpatialRegionClassifier.reuse_views`, by (model, AnnData)."""
 
 EMBED_CHUNK = 200_000
 """Cells embedded per call of a frozen scvi source (bounds memory on large or backed slides)."""
@@ -362,8 +368,49 @@ class SpatialRegionClassifier:
         # Models saved before the option existed used the default.
         return self.setup.get("min_gene_overlap", MIN_GENE_OVERLAP)
 
+    @staticmethod
+    @contextmanager
+    def reuse_views(memo: dict | None = None) -> Iterator[None]:
+        """Compute the inputs (and probabilities) for an AnnData once inside this block.
+
+        ``train``, ``predict``, ``predict_proba`` and
+        :func:`scresidual.tl.suggest_labels` each compute a model's inputs (spatial graph,
+        source embeddings, features and ring means) and the last three its probabilities.
+        Inside the block the inputs of an AnnData (the same object, which must not change
+        meanwhile) are computed once for every model with the same setup and feature maps,
+        whatever its labels, and each model's probabilities once. Pass the same ``memo``
+        dict to several blocks to keep the inputs between them (the annotation widget does,
+        from one refit to the next); probabilities are not kept.
+        """
+        memo = {} if memo is None else memo
+        token = _VIEWS_MEMO.set(memo)
+        try:
+            yield
+        finally:
+            _VIEWS_MEMO.reset(token)
+            for key in [k for k in memo if k[0] == "proba"]:
+                del memo[key]
+
+    def _inputs_token(self) -> str:
+        """A digest of what the inputs depend on: the setup (not the labels), feature maps."""
+        setup = {k: v for k, v in self.setup.items() if k != "labels_key"}
+        digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
+        for j in sorted(self._pca):
+            for name, value in sorted(pca_arrays(self._pca[j]).items()):
+                digest.update(name.encode() + np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()
+
     def views(self, adata: AnnData) -> dict[str, np.ndarray]:
         """The model's inputs for ``adata``: source embeddings and features, with ring means."""
+        memo = _VIEWS_MEMO.get()
+        if memo is None:
+            return self._compute_views(adata)
+        key = ("views", id(adata), self._inputs_token())
+        if key not in memo:  # the AnnData is kept with them, so that its id is not reused
+            memo[key] = (adata, self._compute_views(adata))
+        return memo[key][1]  # the same dict: its probabilities are reused too
+
+    def _compute_views(self, adata: AnnData) -> dict[str, np.ndarray]:
         check_cells(adata, 1, "labelling")
         check_unique_obs_names(adata)
         out = {f"source_{i}": self._source(i, adata) for i in range(len(self.setup["sources"]))}
@@ -490,10 +537,16 @@ class SpatialRegionClassifier:
 
     def proba_from_views(self, views: dict[str, np.ndarray], *, calibrated: bool = True):
         """:meth:`predict_proba` as an array, from inputs already computed by :meth:`views`."""
+        memo = _VIEWS_MEMO.get()
+        key = ("proba", id(self), id(views), calibrated)
+        if memo is not None and key in memo:
+            return memo[key][1].copy()
         core = self._fitted()
         P = core.predict_proba(views, raw=not calibrated)
         if calibrated and core.calibration_ is not None:
             P = core.calibration_.apply(P)
+        if memo is not None:
+            memo[key] = (views, P.copy())
         return P
 
     def predict(

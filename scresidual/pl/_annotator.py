@@ -26,7 +26,8 @@ from .._constants import (
 )
 from .._errors import ScResidualError, first_line
 from .._labels_file import read_labels_csv, write_labels_csv
-from .._validate import check_obs_key, check_spatial, labelled_mask
+from .._validate import check_obs_key, check_spatial, check_unique_obs_names, labelled_mask
+from ..model import SpatialRegionClassifier
 from ..model.sdata import add_predictions
 from ..read.sdata import is_spatialdata, table_anndata
 from ..tl import fit_regions, suggest_labels
@@ -131,7 +132,7 @@ class Annotator:
         labels_key: str,
         *,
         autosave: str | os.PathLike | None = None,
-        sources: Sequence[str] = (),
+        sources: Sequence[str] | None = None,
         features: Sequence[str] = ("pca",),
         library_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
@@ -146,14 +147,19 @@ class Annotator:
         self.sdata = adata if is_spatialdata(adata) else None
         self.adata, self._table = _as_table(adata, table_key, spatial_key)
         self.xy = check_spatial(self.adata, spatial_key)[:, :2]
+        check_unique_obs_names(self.adata)  # the autosave maps labels back by cell name
         if library_key is not None:
             check_obs_key(self.adata, library_key)
-        if auto_refit is not None and (isinstance(auto_refit, bool) or int(auto_refit) < 1):
+        if auto_refit is not None and (
+            isinstance(auto_refit, bool)
+            or not isinstance(auto_refit, (int, np.integer))
+            or auto_refit < 1
+        ):
             raise ScResidualError(f"auto_refit={auto_refit!r} must be a number of labels, >= 1.")
         self.labels_key = labels_key
         self.autosave = None if autosave is None else Path(autosave)
         self.fit_options = {
-            "sources": list(sources),
+            "sources": list(sources or ()),
             "features": list(features),
             "library_key": library_key,
             "spatial_key": spatial_key,
@@ -179,6 +185,8 @@ class Annotator:
         self.progress = (0, 3)
         self.view = None
         self._error: BaseException | None = None
+        self._fit_data: AnnData | None = None
+        self._inputs: dict = {}  # the model's inputs, kept from one refit to the next
         obs = self.adata.obs
         existing = obs[labels_key] if labels_key in obs else None
         self._order = (
@@ -381,28 +389,41 @@ class Annotator:
         self._notify("progress")
         self._say(message)
 
+    def _shadow(self) -> AnnData:
+        """The AnnData refits run on, made at the first refit.
+
+        It shares X, layers and obsm with :attr:`adata` but has its own obs, so the user's is
+        not touched while fitting, and it stays the same object, so that its inputs are
+        computed once.
+        """
+        if self._fit_data is None:
+            src = self.adata
+            obs = pd.DataFrame(index=src.obs_names)
+            library = self.fit_options["library_key"]
+            if library is not None:
+                obs[library] = src.obs[library].to_numpy()
+            self._fit_data = AnnData(
+                X=src.X, obs=obs, var=src.var, obsm=dict(src.obsm), layers=dict(src.layers)
+            )
+        return self._fit_data
+
     def _fit(self) -> None:
         key = self.labels_key
         with self._lock:
             labels = self.labels
             n_labelled = self.n_labelled
-        src = self.adata
-        obs = pd.DataFrame({key: labels.to_numpy(dtype=object)}, index=src.obs_names)
-        library = self.fit_options["library_key"]
-        if library is not None:
-            obs[library] = src.obs[library].to_numpy()
-        # A shadow sharing X, layers and obsm: the user's obs is not touched while fitting.
-        shadow = AnnData(
-            X=src.X, obs=obs, var=src.var, obsm=dict(src.obsm), layers=dict(src.layers)
-        )
+        shadow = self._shadow()
+        shadow.obs[key] = labels.to_numpy(dtype=object)
         try:
-            self._step(0, f"refit: fitting on {n_labelled} labels …")
-            model = fit_regions(shadow, labels_key=key, **self.fit_options)
-            self._step(1, "refit: predicting …")
-            model.predict(shadow)
-            self._step(2, "refit: choosing the next cells to label …")
-            n = min(self.n_suggestions, int(pd.isna(labels).sum()))
-            table = suggest_labels(shadow, model, n=n, seed=self.seed) if n else None
+            # The graph, features and ring means once per annotation, not 3x per refit.
+            with SpatialRegionClassifier.reuse_views(self._inputs):
+                self._step(0, f"refit: fitting on {n_labelled} labels …")
+                model = fit_regions(shadow, labels_key=key, **self.fit_options)
+                self._step(1, "refit: predicting …")
+                model.predict(shadow)
+                self._step(2, "refit: choosing the next cells to label …")
+                n = min(self.n_suggestions, int(pd.isna(labels).sum()))
+                table = suggest_labels(shadow, model, n=n, seed=self.seed) if n else None
         except Exception as err:  # noqa: BLE001 - shown in the widget; a bug re-raises in wait()
             self.progress = (0, 3)
             self._notify("progress")
@@ -446,7 +467,7 @@ def annotate(
     labels_key: str,
     *,
     autosave: str | os.PathLike | None = None,
-    sources: Sequence[str] = (),
+    sources: Sequence[str] | None = None,
     features: Sequence[str] = ("pca",),
     library_key: str | None = None,
     spatial_key: str = SPATIAL_KEY,

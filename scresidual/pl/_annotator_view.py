@@ -7,6 +7,8 @@ of points) and does the lasso and click selection in the browser.
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 from matplotlib.colors import to_hex
@@ -53,7 +55,7 @@ class AnnotatorView:
         self.color_by = color_by
         xy = ann.xy
         lo, hi = xy.min(0), xy.max(0)
-        half = max(float((hi - lo).max()) / 2, 1e-9)
+        half = max(0.55 * float((hi - lo).max()), 1e-9)  # 10% margin
         mid = (lo + hi) / 2
         # Equal x and y ranges keep the tissue's aspect ratio; y is flipped as in sr.pl
         # (image coordinates grow downwards).
@@ -75,12 +77,17 @@ class AnnotatorView:
             x_scale=(mid[0] - half, mid[0] + half),
             y_scale=(-mid[1] - half, -mid[1] + half),
             height=height,
+            width=height,  # a square canvas over equal x/y ranges: the true aspect ratio
             axes=False,
             legend=True,
             lasso_initiator=False,
             mouse_mode="lasso",
             zoom_animation=500,
         )
+        self.message = w.HTML()
+        self.message.add_class("sr-message")
+        self.plot = None
+        self._recolour(color_by)  # before the widget exists: its points are sent once
         self.plot = self.scatter.widget
         self.plot.observe(self._on_lasso, names="selection")
 
@@ -93,7 +100,9 @@ class AnnotatorView:
         options = list(BUILT_IN) + [
             str(c) for c in ann.adata.obs.columns if not str(c).startswith(ann.labels_key)
         ]
-        self.colour = w.Dropdown(options=options, value=color_by, description="colour")
+        self.colour = w.Dropdown(
+            options=options, value=color_by if color_by in options else None, description="colour"
+        )
         self.gene = w.Text(placeholder="or a gene", layout=w.Layout(width="140px"))
         self.gene.add_class("sr-gene")
         self.region = w.Combobox(
@@ -101,8 +110,6 @@ class AnnotatorView:
         )
         self.region.add_class("sr-region")
         self.progress = w.IntProgress(value=0, min=0, max=3, layout=w.Layout(width="120px"))
-        self.message = w.HTML()
-        self.message.add_class("sr-message")
         self.suggested = w.Select(options=[], rows=14, layout=w.Layout(width="260px"))
         self.suggested.add_class("sr-suggestions")
         self.colour.observe(lambda c: self._recolour(c["new"]), names="value")
@@ -123,7 +130,7 @@ class AnnotatorView:
         self.widget = w.VBox(
             [
                 w.HBox([self.colour, self.gene]),
-                w.HBox([w.Box([self.scatter.show()], layout=w.Layout(flex="1")), side]),
+                w.HBox([self.scatter.show(), side]),
                 controls,
                 self.message,
             ]
@@ -131,8 +138,10 @@ class AnnotatorView:
         self.widget.add_class("sr-annotator")
         self._syncing = False
         ann.on_change(self._on_change)
-        self._recolour(color_by)
-        self.message.value = ann.message
+        self._show(ann.message)
+
+    def _show(self, message: str) -> None:
+        self.message.value = f"<span>{html.escape(message)}</span>"
 
     # --------------------------------------------------------------- browser → Python
     def _on_lasso(self, change) -> None:
@@ -163,7 +172,7 @@ class AnnotatorView:
     # --------------------------------------------------------------- Python → browser
     def _on_change(self, what: str) -> None:
         if what == "message":
-            self.message.value = f"<span>{self.ann.message}</span>"
+            self._show(self.ann.message)
         elif what == "progress":
             self.progress.value = self.ann.progress[0]
         elif what == "selection" and not self._syncing:
@@ -197,7 +206,7 @@ class AnnotatorView:
         try:
             values, colours = self._colouring(what)
         except ScResidualError as err:
-            self.message.value = f"<span>{err}</span>"
+            self._show(str(err))
             return
         if what in (BUILT_IN + tuple(ann.adata.obs.columns)):
             self.color_by = what
@@ -214,6 +223,8 @@ class AnnotatorView:
             self.scatter.color(by="colour", map=colours, norm=lims)
         self.scatter.opacity(by="state", map=OPACITY)
         self.scatter.size(by="state", map={PREDICTED: self.size, LABELLED: 1.6 * self.size})
+        if self.plot is None:
+            return
         # jupyter-scatter sends the points only when an encoding is first set up.
         self.plot.prevent_filter_reset = True
         self.plot.non_spatial_points_update = True

@@ -106,6 +106,12 @@ class JupyterServer:
         self.runtime_dir = state / "runtime"
         self.log = state / "server.log"
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        # No news or update pop-ups over the page (they would cover widgets in screenshots).
+        notices = state / "settings" / "@jupyterlab" / "apputils-extension"
+        notices.mkdir(parents=True, exist_ok=True)
+        (notices / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True})
+        )
         cmd = [
             sys.executable,
             "-m",

@@ -170,3 +170,39 @@ def test_a_damaged_registration_is_refused_in_one_line(slides):
     with pytest.raises(ScResidualError, match="is damaged; run SpatialRegionClassifier") as err:
         SpatialRegionClassifier(one)
     assert "\n" not in str(err.value)
+
+
+def test_reuse_views_computes_the_inputs_once_and_changes_nothing(monkeypatch):
+    from scresidual.datasets import lymph_node
+
+    adata = lymph_node(n_slides=1, spots_per_side=20)
+    adata.obs["labels"] = adata.obs["region"].astype(object).where(np.arange(adata.n_obs) % 4 == 0)
+    model = tl.fit_regions(adata, labels_key="labels", seed=0, progress=False)
+    plain = model.predict_proba(adata)
+    computed = []
+    compute = SpatialRegionClassifier._compute_views
+    monkeypatch.setattr(
+        SpatialRegionClassifier,
+        "_compute_views",
+        lambda self, a: computed.append(a) or compute(self, a),
+    )
+    with SpatialRegionClassifier.reuse_views():
+        inside = model.predict_proba(adata)
+        model.predict(adata)
+        tl.suggest_labels(adata, model, n=5)
+    assert len(computed) == 1
+    pd.testing.assert_frame_equal(inside, plain)
+    model.predict_proba(adata)  # outside the block: computed again
+    assert len(computed) == 2
+    # A memo kept between blocks serves a model refitted on other labels (same setup).
+    memo = {}
+    with SpatialRegionClassifier.reuse_views(memo):
+        model.predict_proba(adata)
+    adata.obs["labels"] = adata.obs["region"].astype(object).where(np.arange(adata.n_obs) % 3 == 0)
+    with SpatialRegionClassifier.reuse_views(memo):
+        refit = tl.fit_regions(adata, labels_key="labels", seed=0, progress=False)
+        refit.predict_proba(adata)
+    assert len(computed) == 3 and len(memo) == 1  # probabilities are not kept
+    with SpatialRegionClassifier.reuse_views(memo):
+        tl.fit_regions(adata, labels_key="labels", features=("pca",), n_hops=2, progress=False)
+    assert len(computed) == 4  # another setup: other inputs

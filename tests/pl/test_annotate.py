@@ -95,15 +95,22 @@ def test_undo_redo_and_erase(adata, tmp_path):
     assert ann.message == "nothing to redo"
 
 
-def test_refit_updates_predictions_suggestions_and_colours(adata):
+def test_refit_updates_predictions_suggestions_and_colours(adata, monkeypatch):
+    from scresidual.model import SpatialRegionClassifier
+
+    computed = []
+    compute = SpatialRegionClassifier._compute_views
+    monkeypatch.setattr(
+        SpatialRegionClassifier, "_compute_views", lambda m, a: computed.append(1) or compute(m, a)
+    )
     truth = adata.obs["region"].astype(str).to_numpy()
-    ann = sr.pl.annotate(adata, "annot", n_suggestions=10)
+    ann = sr.pl.annotate(adata, "annot", n_suggestions=10, auto_refit=36)
     ann.select(range(5))
     ann.assign(truth[0])
     ann.refit()
     assert ann.message.startswith("only one region labelled") and ann.predictions is None
-    _seed_labels(ann, truth)
-    ann.refit(wait=False)  # background thread
+    _seed_labels(ann, truth)  # 5 + 6 x 6 labels: the 36th starts a refit in the background
+    assert ann.refitting or ann.predictions is not None
     ann.wait()
     assert ann.message.startswith("refit on"), ann.message
     first = ann.predictions.copy()
@@ -129,6 +136,7 @@ def test_refit_updates_predictions_suggestions_and_colours(adata):
     assert ann.selection.tolist() == [adata.obs_names.get_loc(ann.suggestions[0])]
     ann.refit()
     assert not ann.predictions.equals(first)
+    assert len(computed) == 1  # the graph and features of the slide, once for both refits
     accuracy = (ann.predictions.to_numpy() == truth).mean()
     assert accuracy > 1 / len(ann.regions)
 
@@ -174,6 +182,13 @@ def test_bad_input_is_one_line(adata, slide, tmp_path):
     one_line(err)
     with pytest.raises(ScResidualError, match="AnnData or a SpatialData") as err:
         sr.pl.annotate(adata.obs, "annot")
+    one_line(err)
+    twice = adata[[0, 0, 1]].copy()
+    with pytest.raises(ScResidualError, match="duplicate cell names") as err:
+        sr.pl.annotate(twice, "annot")
+    one_line(err)
+    with pytest.raises(ScResidualError, match="auto_refit") as err:
+        sr.pl.annotate(adata, "annot", auto_refit="10")
     one_line(err)
     ann = sr.pl.annotate(adata, "annot")
     ann.view.colour.value = "uncertainty"  # before any refit: a message, not an error
