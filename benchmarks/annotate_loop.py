@@ -17,10 +17,12 @@ of 4 slides). The autosave is read back at the end (``restore_annotation``) and 
 with the widget's labels.
 
 Refit time: generated slides (``scale.py``'s generator) of 5,000, 10^5 and 10^6 cells, 1%
-of the cells labelled, PCA features of the counts and no scVI; one ``refit(wait=True)``
-(fit + predict + prediction sets + next suggestions: what the widget redraws), split into
-its stages by the widget's progress events (targets: ≤ 5 s at 5,000, ≤ 60 s at 10^6, 2
-cores). An untimed refit on a 2,000-cell slide first pays the one-off imports.
+of the cells labelled, PCA features of the counts and no scVI; ``refit(wait=True)`` (fit +
+predict + prediction sets + next suggestions: what the widget redraws), split into its
+stages by the widget's progress events, first on those labels, then again after another 1%
+is labelled (the widget keeps the graph, features and ring means from the first refit).
+Targets: ≤ 5 s at 5,000, ≤ 60 s at 10^6, 2 cores. An untimed refit on a 2,000-cell slide
+first pays the one-off imports.
 
 ``--browser``: render and lasso times of the widget at 10^6 cells in headless Chromium
 (``_browser_timing.browser_timings``; targets ≤ 30 s and ≤ 5 s).
@@ -92,15 +94,16 @@ def second_labels(ann, truth: np.ndarray, test: np.ndarray) -> int:
 
 
 def pick(suggestions: list[str], names, test: np.ndarray, step: int) -> np.ndarray:
-    """``step`` of the suggested cells not held out, evenly spread over the widget's list.
+    """``step`` of the suggested cells not held out, evenly spread over the widget's list
+    (all of them if fewer: the run's ``labelled`` then says so).
 
     The list (ranked cells, then the strategy's random share) is longer than a round so that
     enough are not held out; even spacing keeps the mix of both parts.
     """
     cells = names.get_indexer(suggestions)
     cells = cells[~test[cells]]
-    if len(cells) < step:
-        raise SystemExit(f"the widget suggested {len(cells)} usable cells, {step} needed")
+    if len(cells) <= step:
+        return cells
     return cells[np.linspace(0, len(cells) - 1, step).round().astype(int)]
 
 
@@ -118,8 +121,9 @@ def annotate_seed(a, library, seed: int, autosave: Path) -> dict:
         sources=["obsm:X_scVI"],
         library_key=library,
         seed=seed,
-        # Enough that ``step`` of them are not held out (20% are, binomially: 3 sd margin).
-        n_suggestions=int(np.ceil(step / (1 - ar.TEST_FRACTION) + 3 * np.sqrt(step))),
+        # Enough that ``step`` are not held out: held-out cells are never labelled, so they
+        # gather among the uncertain unlabelled ones (up to ~40% of the list by round 4).
+        n_suggestions=int(np.ceil(2 * step / (1 - ar.TEST_FRACTION))),
     )
     label(ann, np.flatnonzero(start), truth)
     curve, added = [], 0
@@ -183,29 +187,38 @@ def generated(n: int, seed: int):
     return a
 
 
-def time_refit(n: int, seed: int) -> dict:
-    """One refit of the widget on a generated slide of ``n`` cells, split by stage."""
-    import scresidual as sr
-
-    a = generated(n, seed)
-    ann = sr.pl.annotate(a, "region", features=("pca",), seed=seed)
-    marks = []
-    ann.on_change(lambda what: marks.append(time.perf_counter()) if what in EVENTS else None)
+def timed_refit(ann, marks: list) -> dict:
+    """One refit, its total and per-stage wall times (seconds); ``marks`` collects the times
+    of the widget's :data:`EVENTS`."""
+    marks.clear()
     t = time.perf_counter()
     refit(ann)
     total = time.perf_counter() - t
     # Events: progress 0/3 (start), 1/3 and 2/3 (stage ends), then the refit's end.
     stages = dict(zip(STAGES, np.diff(marks[:4]).round(2).tolist(), strict=True))
+    return {"n_labelled": ann.n_labelled, "refit_s": round(total, 2), "stages_s": stages}
+
+
+def time_refit(n: int, seed: int) -> dict:
+    """The first refit of the widget on a generated slide of ``n`` cells, and the next one
+    after another :data:`LABELLED` of the cells are labelled (the widget keeps the model's
+    inputs between refits)."""
+    import scresidual as sr
+
+    a = generated(n, seed)
     truth = a.obs["truth"].to_numpy(dtype=object)
+    ann = sr.pl.annotate(a, "region", features=("pca",), seed=seed)
+    second_labels(ann, truth, np.zeros(n, dtype=bool))
+    marks = []
+    ann.on_change(lambda what: marks.append(time.perf_counter()) if what in EVENTS else None)
+    first = timed_refit(ann, marks)
+    more = np.random.default_rng(seed + 1).random(n) < LABELLED
+    label(ann, np.flatnonzero(more & a.obs["region"].isna().to_numpy()), truth)
+    second_labels(ann, truth, np.zeros(n, dtype=bool))
+    after = timed_refit(ann, marks)
     unl = a.obs["region"].isna().to_numpy()
     acc = float((ann.predictions.to_numpy(dtype=object)[unl] == truth[unl]).mean())
-    return {
-        "n_cells": n,
-        "n_labelled": ann.n_labelled,
-        "refit_s": round(total, 2),
-        "stages_s": stages,
-        "accuracy_unlabelled": acc,
-    }
+    return {"n_cells": n, "first": first, "next": after, "accuracy_unlabelled": acc}
 
 
 def timings(args) -> list[dict]:
@@ -215,7 +228,11 @@ def timings(args) -> list[dict]:
     for n in args.sizes:
         out.append(time_refit(n, args.seeds[0]))
         r = out[-1]
-        print(f"  refit at {n:,} cells: {r['refit_s']:.1f}s {r['stages_s']}", flush=True)
+        print(
+            f"  refit at {n:,} cells: first {r['first']['refit_s']:.1f}s "
+            f"{r['first']['stages_s']}, next {r['next']['refit_s']:.1f}s {r['next']['stages_s']}",
+            flush=True,
+        )
     return out
 
 
@@ -229,12 +246,17 @@ def print_table(rows: dict, refits: list[dict], browser: dict | None) -> None:
                 f"{(f'{v:.1f}%' if v is not None else '>10%'):>19}"
             )
     if refits:
-        print(f"\n{'cells':>10}{'labelled':>10}{'refit s':>9}" + "".join(f"{s:>9}" for s in STAGES))
+        print(
+            f"\n{'cells':>10}{'refit':>7}{'labelled':>10}{'total s':>9}"
+            + "".join(f"{s:>9}" for s in STAGES)
+        )
         for r in refits:
-            print(
-                f"{r['n_cells']:>10,}{r['n_labelled']:>10,}{r['refit_s']:>9.1f}"
-                + "".join(f"{r['stages_s'][s]:>9.1f}" for s in STAGES)
-            )
+            for which in ("first", "next"):
+                t = r[which]
+                print(
+                    f"{r['n_cells']:>10,}{which:>7}{t['n_labelled']:>10,}{t['refit_s']:>9.1f}"
+                    + "".join(f"{t['stages_s'][s]:>9.1f}" for s in STAGES)
+                )
     if browser:
         print(f"\nbrowser at 10^6 cells: {browser}")
 
@@ -270,7 +292,10 @@ def main(argv=None) -> int:
         if args.browser:
             from _browser_timing import browser_timings
 
-            browser = browser_timings(10**6, Path(tmp))
+            try:
+                browser = browser_timings(10**6, Path(tmp))
+            except Exception as err:  # noqa: BLE001 - recorded: the other figures stand
+                browser = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
     reached = sum((r["reach_pct"] or 99) <= 5 + 1e-9 for r in rows.values())
     bc.write_json(
         Path(args.out),
