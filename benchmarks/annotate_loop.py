@@ -50,6 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 import annotation_rounds as ar  # noqa: E402
 
+KEY = "annotator_labels"
+"""The widget's labels column (DLPFC's own truth column is called ``annotation``)."""
+
 LABELLED = 0.01
 """Share of a generated slide's cells labelled for the refit timings."""
 
@@ -114,9 +117,10 @@ def annotate_seed(a, library, seed: int, autosave: Path) -> dict:
     test, start, step = ar.split(a, seed)
     truth = a.obs["truth"].to_numpy(dtype=object)
     a = a.copy()
+    assert KEY not in a.obs, f"{KEY!r} would start the annotation from existing labels"
     ann = sr.pl.annotate(
         a,
-        "annotation",
+        KEY,
         autosave=autosave,
         sources=["obsm:X_scVI"],
         library_key=library,
@@ -134,7 +138,7 @@ def annotate_seed(a, library, seed: int, autosave: Path) -> dict:
         refit(ann)
         pred = ann.predictions.to_numpy(dtype=object)
         curve.append(bc.metrics(truth[test], pred[test])["macro_f1"])
-    restored = sr.pl.restore_annotation(a.copy(), autosave, labels_key="annotation")
+    restored = sr.pl.restore_annotation(a.copy(), autosave, labels_key=KEY)
     return {
         "macro_f1": curve,
         "labelled": ann.n_labelled / a.n_obs,

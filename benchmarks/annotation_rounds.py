@@ -22,8 +22,9 @@ seeds), expected calibration error of the calibrated and uncalibrated probabilit
 logistic-regression probabilities, with no temperature at all; the blocks' out-of-fold
 scales without the mixture's temperature are reported too (``ece_blocks_only``).
 
-Variants of the suggestion strategy measured on this protocol (seeds 0-2 and 3-5) are in
-``results/annotation_rounds_variants.json`` (see :mod:`scresidual.tl._suggest`).
+Variants of the suggestion strategy measured on this protocol (chosen on seeds 3-5; the
+previous rule on seeds 0-2 as the baseline) are in ``results/annotation_rounds_variants.json``
+(see :mod:`scresidual.tl._suggest`).
 
 Usage::
 
