@@ -9,10 +9,11 @@ Per seed (0 1 2), 20% of the cells are held out as a test set, never labelled no
 Labelling starts from 2% of the slide's cells at random (at least one per class) and adds 2%
 per round up to 10%, by each strategy of :func:`scresidual.tl.suggest_labels`: ``random``,
 ``uncertainty`` (the most uncertain cells) and ``diverse`` (the default: uncertain cells
-boosted for rarely labelled classes, clustered, and 30% at random). After each round
+boosted for rarely labelled classes, in shares per predicted class, clustered, and 30% at
+random). After each round
 the model is refitted and scored (macro-F1) on the test cells. Reported: the % labelled at
 which each strategy's mean curve reaches random's mean macro-F1 at 10% (linear
-interpolation; target for ``diverse``: ≤ 6% on at least 3 of 4 slides).
+interpolation; target for ``diverse``: ≤ 5% on at least 3 of 4 slides).
 
 Uncertainty, with the 10% random labels of the last random round: coverage of 90% conformal
 sets (``lac``) and their mean size on the unlabelled cells (target coverage 88–92%, mean of
@@ -21,8 +22,9 @@ seeds), expected calibration error of the calibrated and uncalibrated probabilit
 logistic-regression probabilities, with no temperature at all; the blocks' out-of-fold
 scales without the mixture's temperature are reported too (``ece_blocks_only``).
 
-Variants of the suggestion strategy measured on this protocol (seeds 0-2 and 3-5) are in
-``results/annotation_rounds_variants.json`` (see :mod:`scresidual.tl._suggest`).
+Variants of the suggestion strategy measured on this protocol (chosen on seeds 3-5; the
+previous rule on seeds 0-2 as the baseline) are in ``results/annotation_rounds_variants.json``
+(see :mod:`scresidual.tl._suggest`).
 
 Usage::
 
@@ -106,15 +108,19 @@ def uncertainty_report(model, a, hidden) -> dict:
     }
 
 
+def split(a, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The held-out test cells, the starting labelled cells and the cells added per round."""
+    test = np.random.default_rng(10_000 + seed).random(a.n_obs) < TEST_FRACTION
+    start = bc.split_random(a, FRACTIONS[0], seed) & ~test
+    return test, start, int(round((FRACTIONS[1] - FRACTIONS[0]) * a.n_obs))
+
+
 def run_seed(a, library, seed: int, strategies) -> dict:
     """Every strategy's curve on one seed, and the uncertainty report at 10% random."""
     from scresidual.tl import suggest_labels
 
-    rng = np.random.default_rng(10_000 + seed)
-    test = rng.random(a.n_obs) < TEST_FRACTION
+    test, start, step = split(a, seed)
     truth = a.obs["truth"].to_numpy(dtype=object)
-    start = bc.split_random(a, FRACTIONS[0], seed) & ~test
-    step = int(round((FRACTIONS[1] - FRACTIONS[0]) * a.n_obs))
     first = fit(a, np.where(start, truth, None), library=library, seed=seed)
     f1_first = bc.metrics(truth[test], np.asarray(first.predict_proba(a).idxmax(1))[test])
     out = {}
@@ -166,8 +172,8 @@ def summarise(runs: list[dict], strategies) -> dict:
         "reach_pct": {s: reach(curves[s].mean(0).tolist(), target) for s in strategies},
         "uncertainty_at_10": unc,
         "criteria": {
-            "diverse_reaches_at<=6%": (reach(curves["diverse"].mean(0).tolist(), target) or 99)
-            <= 6 + 1e-9,
+            "diverse_reaches_at<=5%": (reach(curves["diverse"].mean(0).tolist(), target) or 99)
+            <= 5 + 1e-9,
             "coverage_in_88_92": 0.88 <= unc["coverage"] <= 0.92,
             "ece_cal<=0.05_and_below_uncal": unc["ece_calibrated"] <= 0.05
             and unc["ece_calibrated"] < unc["ece_uncalibrated"],
@@ -270,8 +276,8 @@ def main(argv=None) -> int:
             "runs": runs,
         }
         total = {
-            "diverse_reaches_at<=6%_on": sum(
-                r["criteria"]["diverse_reaches_at<=6%"] for r in rows.values()
+            "diverse_reaches_at<=5%_on": sum(
+                r["criteria"]["diverse_reaches_at<=5%"] for r in rows.values()
             ),
             "n_slides": len(rows),
         }
@@ -291,8 +297,8 @@ def main(argv=None) -> int:
     print_table(rows)
     figure(rows, Path(args.out).with_suffix(".png"))
     print(
-        f"diverse reaches random's 10% macro-F1 with <= 6% labelled on "
-        f"{total['diverse_reaches_at<=6%_on']} of {total['n_slides']} slides; "
+        f"diverse reaches random's 10% macro-F1 with <= 5% labelled on "
+        f"{total['diverse_reaches_at<=5%_on']} of {total['n_slides']} slides; "
         f"total {time.time() - t0:.0f}s; results in {args.out}"
     )
     return 0

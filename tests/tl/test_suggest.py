@@ -7,6 +7,7 @@ from matplotlib import pyplot as plt
 
 from scresidual import ScResidualError, pl, tl
 from scresidual.cli import main
+from scresidual.tl._suggest import _pick_balanced  # white-box: the picking rules
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,23 @@ def test_suggestions_are_deterministic_and_differ_by_strategy(annotated):
     only = (b.obs["slide"] == "slide2").to_numpy()
     picked = tl.suggest_labels(b, model, n=10, candidates=only)
     assert (picked["slide"] == "slide2").all()
+
+
+def test_rare_predicted_classes_get_their_share_of_a_round():
+    # 950 cells predicted as a well-labelled class score higher than 50 predicted as a rare
+    # one; the rare class's weight (4 vs 1) still gives it 4/5 of the picks.
+    rng = np.random.default_rng(0)
+    predicted = np.r_[np.zeros(950, int), np.ones(50, int), np.full(0, 2)]
+    score = np.where(predicted == 0, 0.9, 0.2) + 0.01 * rng.random(1000)
+    rep = rng.normal(size=(1000, 3))
+    weight = np.array([1.0, 4.0, 9.0])  # class 2 is predicted nowhere: no share
+    picked = _pick_balanced(score, rep, predicted, weight, 10, 0)
+    assert len(picked) == 10 and len(set(picked)) == 10
+    assert (predicted[picked] == 1).sum() == 8 and (predicted[picked] == 0).sum() == 2
+    # A class with fewer cells than its share gives what it has; the rest come from all.
+    few = np.r_[np.zeros(995, int), np.ones(5, int)]
+    picked = _pick_balanced(score, rep, few, weight[:2], 10, 0)
+    assert len(set(picked)) == 10 and (few[picked] == 1).sum() == 5
 
 
 def test_bad_suggest_options_fail_clearly(annotated):
