@@ -7,26 +7,11 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from scresidual.cli import _cli_message, _HelpFormatter, _parser, main
+from scresidual.cli import _cli_message, _HelpFormatter, _parser
 from scresidual.model import SpatialRegionClassifier
 
 from ..conftest import file_hash
-
-
-@pytest.fixture()
-def slide_file(small_slides, tmp_path):
-    a = small_slides[small_slides.obs["slide"] == "slide1"].copy()
-    rng = np.random.default_rng(0)
-    a.obs["label"] = a.obs["region"].astype(object).where(rng.random(a.n_obs) < 0.3, np.nan)
-    path = tmp_path / "slide.h5ad"
-    a.write_h5ad(path)
-    return path
-
-
-def _run(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from .conftest import run_cli as _run
 
 
 def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):

@@ -6,25 +6,10 @@ import pandas as pd
 import pytest
 
 from scresidual._labels_file import write_labels_csv
-from scresidual.cli import _HelpFormatter, _parser, main
+from scresidual.cli import _HelpFormatter, _parser
 
 from ..conftest import file_hash
-
-
-@pytest.fixture()
-def slide_file(small_slides, tmp_path):
-    a = small_slides[small_slides.obs["slide"] == "slide1"].copy()
-    rng = np.random.default_rng(0)
-    a.obs["label"] = a.obs["region"].astype(object).where(rng.random(a.n_obs) < 0.3, np.nan)
-    path = tmp_path / "slide.h5ad"
-    a.write_h5ad(path)
-    return path
-
-
-def _run(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from .conftest import run_cli as _run
 
 
 def _fit(slide_file, tmp_path, *extra):
