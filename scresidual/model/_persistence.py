@@ -232,24 +232,17 @@ def _head_from_network(model, state: dict, unscaled, damaged: str) -> ExactHead:
     source = arm in ("refine", "linear-probe")
     residual = arm in ("refine", "scratch")
     try:
-        mean = {
-            k: state[f"{p}_norm.{k}.mean"].numpy()
+        normed = [
+            (f"{p}_norm.{k}", k)
             for p, on, names in (
                 ("source", source, cfg.sources),
                 ("residual", residual, cfg.residuals),
             )
             if on
             for k in names
-        }
-        std = {
-            k: state[f"{p}_norm.{k}.std"].numpy()
-            for p, on, names in (
-                ("source", source, cfg.sources),
-                ("residual", residual, cfg.residuals),
-            )
-            if on
-            for k in names
-        }
+        ]
+        mean = {k: state[f"{prefix}.mean"].numpy() for prefix, k in normed}
+        std = {k: state[f"{prefix}.std"].numpy() for prefix, k in normed}
         u = unscaled if isinstance(unscaled, dict) else {}
         t_s = float(u.get("head_source") or 1.0)
         t_r = float(u.get("head_residual") or 1.0)
