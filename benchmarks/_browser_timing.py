@@ -80,15 +80,8 @@ def browser_timings(n_cells: int, out_dir, *, timeout: float = 600.0) -> dict:
             client = server.kernel_client(NOTEBOOK)
             try:
                 t_render, t_widget = _kernel_value(client, "[t_render, t_widget]")
-                box = canvas.bounding_box()
-                x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
                 path = [(0.3, 0.3), (0.55, 0.3), (0.55, 0.55), (0.3, 0.55), (0.3, 0.32)]
-                page.mouse.move(x0 + path[0][0] * w, y0 + path[0][1] * h)
-                page.mouse.down()
-                for fx, fy in path[1:]:
-                    page.mouse.move(x0 + fx * w, y0 + fy * h, steps=10)
-                released = time.time()
-                page.mouse.up()
+                released = _harness.drag_lasso(page, canvas, path)
                 deadline = released + timeout
                 while not (selected := _kernel_value(client, "len(ann.selection)")):
                     if time.time() > deadline:

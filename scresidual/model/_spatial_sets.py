@@ -32,6 +32,18 @@ def read_only(adata: AnnData) -> bool:
     return mode != "r+"
 
 
+def copy_to_memory(adata: AnnData) -> AnnData:
+    """A copy of ``adata``; of a backed one, everything but ``X``, which stays on disk."""
+    if not adata.isbacked:
+        return adata.copy()
+    return AnnData(
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        obsm={k: np.asarray(v).copy() for k, v in adata.obsm.items()},
+        uns=dict(adata.uns),
+    )
+
+
 def write_predictions(
     model, adata, *, key_added, copy: bool, sets, alpha: float, method: str
 ) -> AnnData | None:
@@ -52,16 +64,8 @@ def write_predictions(
     proba = model.predict_proba(adata)  # first: a source that cannot load fails alone
     if problem and sets is None:
         logger.warning("no prediction sets: %s", problem)
-    if copy and adata.isbacked:
-        # X stays on disk; the copy carries everything else and the predictions.
-        adata = AnnData(
-            obs=adata.obs.copy(),
-            var=adata.var.copy(),
-            obsm={k: np.asarray(v).copy() for k, v in adata.obsm.items()},
-            uns=dict(adata.uns),
-        )
-    elif copy:
-        adata = adata.copy()
+    if copy:
+        adata = copy_to_memory(adata)
     adata.obs[pred_key(key)] = pd.Categorical(
         np.asarray(model.classes_, dtype=object)[proba.to_numpy().argmax(1)],
         categories=model.classes_,

@@ -22,6 +22,7 @@ from .._errors import ScResidualError
 from .._logging import tqdm
 from ..read.lazy import LazyRows, LazyTable
 from ..read.sdata import is_spatialdata, is_zarr
+from ._spatial_sets import copy_to_memory
 from ._tiles import Tile, default_tile_size, plan_tiles, receptive_halo
 from ._zarr_columns import write_prediction_columns
 from .sdata import check_zarr_output, prediction_keys
@@ -264,15 +265,8 @@ def predict_tiled(
     )
     xy = np.asarray(data.obsm[setup["spatial_key"]])
     columns = _predict_columns(model, source, data.obs, xy, options, **tiling)
-    if copy and data.isbacked:
-        data = AnnData(
-            obs=data.obs.copy(),
-            var=data.var.copy(),
-            obsm={k: np.asarray(v).copy() for k, v in data.obsm.items()},
-            uns=dict(data.uns),
-        )
-    elif copy:
-        data = data.copy()
+    if copy:
+        data = copy_to_memory(data)
     columns.write_into(data)
     return data if copy else None
 

@@ -225,6 +225,19 @@ def cells_done(page, timeout: float = 300.0) -> None:
     )
 
 
+def drag_lasso(page, canvas, path: list[tuple[float, float]], steps: int = 10) -> float:
+    """Drag the mouse through ``path`` (fractions of ``canvas``' box); the time it is released."""
+    box = canvas.bounding_box()
+    x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
+    page.mouse.move(x0 + path[0][0] * w, y0 + path[0][1] * h)
+    page.mouse.down()
+    for fx, fy in path[1:]:
+        page.mouse.move(x0 + fx * w, y0 + fy * h, steps=steps)
+    released = time.time()
+    page.mouse.up()
+    return released
+
+
 class StaticServer:
     """``python -m http.server`` on 127.0.0.1 at a free port, serving ``directory``."""
 

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from _harness import cells_done, open_and_run, run_code, write_notebook
+from _harness import cells_done, drag_lasso, open_and_run, run_code, write_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -47,15 +47,9 @@ def test_lasso_assign_refit_in_jupyterlab(jupyter_server, page, screenshot_dir):
     client = jupyter_server.kernel_client(NOTEBOOK)
     try:
         assert _poll(client, "ann.message.startswith('refit on')", timeout=30)
-        box = canvas.bounding_box()
         # A lasso (freeform polygon) over the left third of the tissue.
-        x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
         path = [(0.2, 0.25), (0.42, 0.25), (0.42, 0.75), (0.2, 0.75), (0.2, 0.27)]
-        page.mouse.move(x0 + path[0][0] * w, y0 + path[0][1] * h)
-        page.mouse.down()
-        for fx, fy in path[1:]:
-            page.mouse.move(x0 + fx * w, y0 + fy * h, steps=12)
-        page.mouse.up()
+        drag_lasso(page, canvas, path, steps=12)
         selected = _poll(client, "len(ann.selection)", timeout=30)
         assert selected > 5, "the lasso selected nothing"
         page.locator(".sr-region input").fill(REGION)
