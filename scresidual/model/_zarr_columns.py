@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .._io import atomic_path
 from ..read.sdata import ZARR_METADATA
+from .sdata import has_consolidated_metadata
 
 
 def _is_element(folder: Path) -> bool:
@@ -61,9 +62,7 @@ def write_prediction_columns(
     store = Path(store)
     folder = store / "tables" / table
     fmt = zarr.open_group(folder, mode="r").metadata.zarr_format
-    consolidated = (store / ".zmetadata").is_file() or bool(
-        getattr(zarr.open_group(store, mode="r").metadata, "consolidated_metadata", None)
-    )
+    consolidated = has_consolidated_metadata(store)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anndata's notices on zarr formats
         for k, v in obs.items():

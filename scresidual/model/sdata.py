@@ -118,6 +118,15 @@ def _is_table_group(folder: Path) -> bool:
     return group.attrs.get("spatialdata-encoding-type") == "ngff:regions_table"
 
 
+def has_consolidated_metadata(store: Path) -> bool:
+    """Whether the ``.zarr`` store keeps consolidated metadata (zarr v2 or v3), to rewrite."""
+    import zarr
+
+    return (store / ".zmetadata").is_file() or bool(
+        getattr(zarr.open_group(store, mode="r").metadata, "consolidated_metadata", None)
+    )
+
+
 def write_table(store: str | os.PathLike, name: str, table: AnnData) -> None:
     """Replace table ``name`` of the ``.zarr`` store ``store`` by ``table``, atomically.
 
@@ -143,9 +152,7 @@ def write_table(store: str | os.PathLike, name: str, table: AnnData) -> None:
             f"table {name!r} of {store} is in table format {version!r}, which this spatialdata "
             "cannot write; update spatialdata."
         )
-    consolidated = (store / ".zmetadata").is_file() or bool(
-        getattr(zarr.open_group(store, mode="r").metadata, "consolidated_metadata", None)
-    )
+    consolidated = has_consolidated_metadata(store)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # autosharding notices
         with atomic_path(folder, replace_dir=_is_table_group) as target:
