@@ -4,17 +4,14 @@ Rounds (``sr.pl.annotate``'s Python API: the calls its lasso, region box and Ref
 make): on the four slides of ``annotation_rounds.py``, with its protocol (same frozen scVI
 source, held-out test cells, starting labels, rounds of 2% up to 10% and seeds, imported
 from it), an annotator labels the starting cells region by region (``select`` +
-``assign``), presses Refit, then labels the cells the widget suggests and refits, round
-after round. Two departures, both forced by the widget having no notion of a test set or of
-single-label regions: it suggests more cells than a round needs and the annotator labels a
-round's worth of those not held out, spread evenly over the list (keeping the strategy's
-mix of ranked and random picks); and where a region has one label (a rare region in the
-start), the annotator also labels that region's nearest cell, as the widget asks before it
-refits (counted in ``second_labels_added``). Reported: macro-F1 on the test cells after each
-refit and the % labelled at which the mean curve reaches the mean macro-F1 of 10% random
-labels (the random arm of ``annotation_rounds.py``, rerun here; target ≤ 5% on at least 3
-of 4 slides). The autosave is read back at the end (``restore_annotation``) and compared
-with the widget's labels.
+``assign``), presses Refit, then labels every cell the widget suggests (a round's worth:
+``n_suggestions``; held-out cells are excluded with the widget's ``candidates=``) and
+refits, round after round. The widget refits with one label in a region, so the start
+needs nothing added. Reported: macro-F1 on the test cells after each refit and the %
+labelled at which the mean curve reaches the mean macro-F1 of 10% random labels (the random
+arm of ``annotation_rounds.py``, rerun here; target ≤ 5% on at least 3 of 4 slides). The
+autosave is read back at the end (``restore_annotation``) and compared with the widget's
+labels.
 
 Refit time: generated slides (``scale.py``'s generator) of 5,000, 10^5 and 10^6 cells, 1%
 of the cells labelled, PCA features of the counts and no scVI; ``refit(wait=True)`` (fit +
@@ -43,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -77,39 +73,6 @@ def refit(ann) -> None:
         raise SystemExit(f"the widget did not refit: {ann.message}")
 
 
-def second_labels(ann, truth: np.ndarray, test: np.ndarray) -> int:
-    """Give each region labelled once a second label, as the widget asks before it refits.
-
-    The annotator labels the nearest unlabelled cell of that region that is not held out
-    (the start of ``annotation_rounds.py`` may hold one cell of a rare region). The number
-    of cells added.
-    """
-    labels = ann.labels.to_numpy(dtype=object)
-    counts = ann.labels.value_counts()
-    added = 0
-    for region in counts.index[counts == 1]:
-        one = ann.xy[np.flatnonzero(labels == region)[0]]
-        free = np.flatnonzero((truth == region) & ~test & pd.isna(labels))
-        if len(free):
-            label(ann, free[[np.argmin(((ann.xy[free] - one) ** 2).sum(1))]], truth)
-            added += 1
-    return added
-
-
-def pick(suggestions: list[str], names, test: np.ndarray, step: int) -> np.ndarray:
-    """``step`` of the suggested cells not held out, evenly spread over the widget's list
-    (all of them if fewer: the run's ``labelled`` then says so).
-
-    The list (ranked cells, then the strategy's random share) is longer than a round so that
-    enough are not held out; even spacing keeps the mix of both parts.
-    """
-    cells = names.get_indexer(suggestions)
-    cells = cells[~test[cells]]
-    if len(cells) <= step:
-        return cells
-    return cells[np.linspace(0, len(cells) - 1, step).round().astype(int)]
-
-
 def annotate_seed(a, library, seed: int, autosave: Path) -> dict:
     """One simulated annotation of ``a`` on ``seed``: macro-F1 on the test cells per round."""
     import scresidual as sr
@@ -125,16 +88,14 @@ def annotate_seed(a, library, seed: int, autosave: Path) -> dict:
         sources=["obsm:X_scVI"],
         library_key=library,
         seed=seed,
-        # Enough that ``step`` are not held out: held-out cells are never labelled, so they
-        # gather among the uncertain unlabelled ones (up to ~40% of the list by round 4).
-        n_suggestions=int(np.ceil(2 * step / (1 - ar.TEST_FRACTION))),
+        n_suggestions=step,
+        candidates=~test,
     )
     label(ann, np.flatnonzero(start), truth)
-    curve, added = [], 0
+    curve = []
     for _ in ar.FRACTIONS:
         if curve:
-            label(ann, pick(ann.suggestions, a.obs_names, test, step), truth)
-        added += second_labels(ann, truth, test)
+            label(ann, a.obs_names.get_indexer(ann.suggestions), truth)
         refit(ann)
         pred = ann.predictions.to_numpy(dtype=object)
         curve.append(bc.metrics(truth[test], pred[test])["macro_f1"])
@@ -142,7 +103,6 @@ def annotate_seed(a, library, seed: int, autosave: Path) -> dict:
     return {
         "macro_f1": curve,
         "labelled": ann.n_labelled / a.n_obs,
-        "second_labels_added": added,
         "autosave_restores_labels": bool(restored.equals(ann.labels)),
     }
 
@@ -212,13 +172,11 @@ def time_refit(n: int, seed: int) -> dict:
     a = generated(n, seed)
     truth = a.obs["truth"].to_numpy(dtype=object)
     ann = sr.pl.annotate(a, "region", features=("pca",), seed=seed)
-    second_labels(ann, truth, np.zeros(n, dtype=bool))
     marks = []
     ann.on_change(lambda what: marks.append(time.perf_counter()) if what in EVENTS else None)
     first = timed_refit(ann, marks)
     more = np.random.default_rng(seed + 1).random(n) < LABELLED
     label(ann, np.flatnonzero(more & a.obs["region"].isna().to_numpy()), truth)
-    second_labels(ann, truth, np.zeros(n, dtype=bool))
     after = timed_refit(ann, marks)
     unl = a.obs["region"].isna().to_numpy()
     acc = float((ann.predictions.to_numpy(dtype=object)[unl] == truth[unl]).mean())

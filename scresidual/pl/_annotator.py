@@ -32,8 +32,23 @@ from ..model.sdata import add_predictions
 from ..read.sdata import is_spatialdata, table_anndata
 from ..tl import fit_regions, suggest_labels
 
-MIN_PER_REGION = 2
-"""Labelled cells each region needs before a refit (the fit cross-validates)."""
+
+def _candidates(adata: AnnData, candidates) -> np.ndarray | None:
+    """``candidates=`` as a boolean mask of ``adata``'s cells (None: every cell)."""
+    if candidates is None:
+        return None
+    if isinstance(candidates, str):
+        check_obs_key(adata, candidates)
+        candidates = adata.obs[candidates].to_numpy()
+    mask = np.asarray(candidates)
+    if mask.dtype != bool or mask.shape != (adata.n_obs,):
+        raise ScResidualError(
+            f"candidates= must be a boolean mask of the {adata.n_obs} cells or the name of a "
+            f"boolean obs column, got {mask.dtype} of shape {mask.shape}."
+        )
+    if not mask.any():
+        raise ScResidualError("candidates= excludes every cell; mark the cells to suggest from.")
+    return mask
 
 
 def _as_table(adata, table_key: str | None, spatial_key: str) -> tuple[AnnData, AnnData | None]:
@@ -119,6 +134,9 @@ class Annotator:
         calibrated probability, the conformal set or None when the model has no sets).
     suggestions
         After a refit: obs names of the cells to label next, in order.
+    candidates
+        Boolean mask of the cells that may be suggested (None: every unlabelled cell); set it
+        to a mask or a boolean obs column's name to change where the next refit suggests.
     model
         The last fitted :class:`~scresidual.model.SpatialRegionClassifier`.
     message
@@ -140,6 +158,7 @@ class Annotator:
         seed: int = 0,
         auto_refit: int | None = None,
         n_suggestions: int = 20,
+        candidates=None,
         fit_kwargs: dict | None = None,
     ):
         if not isinstance(labels_key, str) or not labels_key:
@@ -170,6 +189,7 @@ class Annotator:
         self.seed = seed
         self.auto_refit = auto_refit
         self.n_suggestions = n_suggestions
+        self.candidates = candidates
         self.selection = np.zeros(0, dtype=np.int64)
         self.model = None
         self.predictions = self.uncertainty = self.prediction_sets = None
@@ -208,6 +228,14 @@ class Annotator:
         self._write()
 
     # ------------------------------------------------------------------ state
+    @property
+    def candidates(self) -> np.ndarray | None:
+        return self._candidates
+
+    @candidates.setter
+    def candidates(self, value) -> None:
+        self._candidates = _candidates(self.adata, value)
+
     @property
     def labels(self) -> pd.Series:
         """The current labels (a Series over ``obs_names``; NaN where unlabelled)."""
@@ -347,12 +375,6 @@ class Annotator:
             return "no cells labelled: label cells of at least two regions, then refit"
         if len(counts) == 1:
             return f"only one region labelled ({counts.index[0]!r}): label at least two"
-        few = counts[counts < MIN_PER_REGION]
-        if len(few):
-            return (
-                f"region {few.index[0]!r} has {int(few.iloc[0])} labelled cell(s): label at "
-                f"least {MIN_PER_REGION} per region"
-            )
         return None
 
     def refit(self, *, wait: bool = True) -> None:
@@ -422,8 +444,15 @@ class Annotator:
                 self._step(1, "refit: predicting …")
                 model.predict(shadow)
                 self._step(2, "refit: choosing the next cells to label …")
-                n = min(self.n_suggestions, int(pd.isna(labels).sum()))
-                table = suggest_labels(shadow, model, n=n, seed=self.seed) if n else None
+                free = pd.isna(labels).to_numpy()
+                if self.candidates is not None:
+                    free &= self.candidates
+                n = min(self.n_suggestions, int(free.sum()))
+                table = (
+                    suggest_labels(shadow, model, n=n, seed=self.seed, candidates=self.candidates)
+                    if n
+                    else None
+                )
         except Exception as err:  # noqa: BLE001 - shown in the widget; a bug re-raises in wait()
             self.progress = (0, 3)
             self._notify("progress")
@@ -475,6 +504,7 @@ def annotate(
     seed: int = 0,
     auto_refit: int | None = None,
     n_suggestions: int = 20,
+    candidates=None,
     fit_kwargs: dict | None = None,
     color_by: str = "labels",
     height: int = 600,
@@ -516,6 +546,10 @@ def annotate(
         Refit by itself after this many newly labelled cells (default: only on *Refit*).
     n_suggestions
         Cells suggested after each refit.
+    candidates
+        The cells that may be suggested: a boolean mask or the name of a boolean obs column
+        (default: every unlabelled cell), e.g. the slide being annotated, or all but a
+        held-out test set (settable later: :attr:`Annotator.candidates`).
     fit_kwargs
         Further options of :func:`scresidual.tl.fit_regions` (``encoder``, ``folds``, …).
     color_by
@@ -544,6 +578,7 @@ def annotate(
         seed=seed,
         auto_refit=auto_refit,
         n_suggestions=n_suggestions,
+        candidates=candidates,
         fit_kwargs=fit_kwargs,
     )
     ann.view = AnnotatorView(ann, color_by=color_by, height=height)

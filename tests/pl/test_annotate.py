@@ -141,6 +141,29 @@ def test_refit_updates_predictions_suggestions_and_colours(adata, monkeypatch):
     assert accuracy > 1 / len(ann.regions)
 
 
+def test_candidates_limit_suggestions_and_one_label_per_region_refits(adata):
+    truth = adata.obs["region"].astype(str).to_numpy()
+    left = adata.obsm["spatial"][:, 0] < np.median(adata.obsm["spatial"][:, 0])
+    ann = sr.pl.annotate(adata, "annot", n_suggestions=15, candidates=left, seed=1)
+    rare = pd.Series(truth).value_counts().index[-1]
+    for region in pd.unique(truth):
+        ann.select(np.flatnonzero(truth == region)[: 1 if region == rare else 4])
+        ann.assign(region)  # the rare region has one labelled cell: the fit still takes it
+    ann.refit()
+    assert ann.message.startswith("refit on"), ann.message
+    assert rare in ann.model.classes_
+    cells = adata.obs_names.get_indexer(ann.suggestions)
+    assert len(cells) == 15 and left[cells].all()
+    adata.obs["right"] = ~left
+    ann.candidates = "right"  # an obs column works too, from the next refit on
+    ann.refit()
+    assert (~left[adata.obs_names.get_indexer(ann.suggestions)]).all()
+    with pytest.raises(ScResidualError, match="excludes every cell"):
+        ann.candidates = np.zeros(adata.n_obs, dtype=bool)
+    with pytest.raises(ScResidualError, match="boolean mask of the"):
+        sr.pl.annotate(adata, "annot", candidates=[0, 1])
+
+
 def test_autosave_restores_after_a_crash_and_erase(adata, slide, tmp_path):
     path = tmp_path / "labels.csv"
     ann = sr.pl.annotate(adata, "annot", autosave=path)
