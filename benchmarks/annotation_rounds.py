@@ -9,8 +9,8 @@ Per seed (0 1 2), 20% of the cells are held out as a test set, never labelled no
 Labelling starts from 2% of the slide's cells at random (at least one per class) and adds 2%
 per round up to 10%, by each strategy of :func:`scresidual.tl.suggest_labels`: ``random``,
 ``uncertainty`` (the most uncertain cells) and ``diverse`` (the default: uncertain cells
-boosted for rarely labelled classes, in shares per predicted class, clustered, and 30% at
-random). After each round
+boosted for rarely labelled classes, in shares per predicted class, clustered). After each
+round
 the model is refitted and scored (macro-F1) on the test cells. Reported: the % labelled at
 which each strategy's mean curve reaches random's mean macro-F1 at 10% (linear
 interpolation; target for ``diverse``: ≤ 5% on at least 3 of 4 slides).
@@ -22,9 +22,9 @@ seeds), expected calibration error of the calibrated and uncalibrated probabilit
 logistic-regression probabilities, with no temperature at all; the blocks' out-of-fold
 scales without the mixture's temperature are reported too (``ece_blocks_only``).
 
-Variants of the suggestion strategy measured on this protocol (chosen on seeds 3-5; the
-previous rule on seeds 0-2 as the baseline) are in ``results/annotation_rounds_variants.json``
-(see :mod:`scresidual.tl._suggest`).
+Variants of the suggestion strategy measured on this protocol (chosen on tuning seeds 3-20,
+never on seeds 0-2) are in ``results/annotation_rounds_variants.json`` (see
+:mod:`scresidual.tl._suggest`).
 
 Usage::
 

@@ -336,8 +336,7 @@ def _parser() -> argparse.ArgumentParser:
         "--strategy",
         choices=SUGGEST_STRATEGIES,
         default="diverse",
-        help="diverse: uncertain spots, rare classes boosted, spread over the tissue, 30%% at "
-        "random; "
+        help="diverse: uncertain spots, rare classes boosted, spread over the tissue; "
         "uncertainty: the most uncertain; random",
     )
     sug.add_argument("--seed", type=int, default=0, help="random seed (same seed, same spots)")
