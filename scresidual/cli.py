@@ -681,18 +681,17 @@ def _fit_tiled(args) -> None:
     from .read.lazy import LazyTable
     from .read.sdata import is_zarr
 
-    for flag, value in (
-        ("--output", args.output),
-        ("--labels-csv", args.labels_csv),
-        ("--coordinates", args.coordinates),
-    ):
+    refused = {  # a tiled fit reads the slide's own columns and writes no slide
+        "--output": (
+            args.output,
+            "label the slide with `scresidual predict MODEL_DIR INPUT --tile-size SIDE --output "
+            "OUT` after the fit",
+        ),
+        "--labels-csv": (args.labels_csv, "put the labels in a column of the input first"),
+        "--coordinates": (args.coordinates, "pass an .h5ad with coordinates or a .zarr store"),
+    }
+    for flag, (value, fix) in refused.items():
         if value is not None:
-            fix = {
-                "--output": "label the slide afterwards with `scresidual predict MODEL_DIR "
-                "INPUT --tile-size SIDE --output OUT`",
-                "--labels-csv": "put the labels in a column of the input first",
-                "--coordinates": "pass an .h5ad with obsm coordinates or a .zarr store",
-            }[flag]
             raise ScResidualError(f"{flag} is not available with --tile-size/--scheduler; {fix}.")
     columns = [c for c in (args.labels_key, args.library_key) if c is not None]
     with ExitStack() as stack:

@@ -141,7 +141,8 @@ def train_tiled(
 
     Returns
     -------
-    The fitted ``model``.
+    SpatialRegionClassifier
+        ``model``, fitted.
 
     """
     if is_spatialdata(data):
