@@ -19,6 +19,8 @@ N_REGIONS = 6
 N_TYPES = 8
 CHUNK = 100_000
 """Cells drawn per block (the random stream depends on it, not on how blocks are written)."""
+FOV = 1000.0
+"""Side of the fields of view (~10,000 cells) whose order the cloud's rows follow."""
 APPEND_BLOCKS = 10
 """Blocks stacked per append to the store's expression matrix."""
 
@@ -33,6 +35,10 @@ def _layout(n: int, seed: int, layout: str, labelled: float, chunk: int):
         xy = (np.stack([i % per_row, i // per_row], 1) * 10.0).astype(np.float32)
     else:
         xy = rng.uniform(0, side, size=(n, 2)).astype(np.float32)
+        # rows in field-of-view order, as a Xenium run numbers its cells (a table in random
+        # order makes every tile read chunks of the whole matrix)
+        fov = np.floor(xy / FOV).astype(np.int64)
+        xy = xy[np.lexsort((fov[:, 0], fov[:, 1]))]
     centres = rng.uniform(0, side, size=(N_REGIONS, 2))
     wave = side / 4
     region = np.empty(n, dtype=np.int8)
@@ -87,8 +93,9 @@ def make_slide(
 ):
     """A generated slide of ``n`` cells: counts (CSR), coordinates, regions, some labelled.
 
-    ``layout``: ``'cloud'`` (Xenium-like: cells uniformly scattered) or ``'grid'`` (Visium
-    HD-like: square bins on a regular grid), both ~10 units apart whatever the size.
+    ``layout``: ``'cloud'`` (Xenium-like: cells uniformly scattered, rows ordered by field of
+    view) or ``'grid'`` (Visium HD-like: square bins on a regular grid, row by row), both ~10
+    units apart whatever the size.
     ``labelled``: the fraction of cells, drawn at random, whose ``obs['region']`` is set.
     """
     import anndata as ad

@@ -76,21 +76,48 @@ def _reset_peak() -> bool:
         return False
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of process ``pid`` and all its descendants (worker processes)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total, todo = 0, [pid]
+def _tree(pid: int) -> list[int]:
+    """Process ``pid`` and all its descendants (worker processes)."""
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * page
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo.extend(int(c) for c in f.read().split())
         except (OSError, ValueError):  # the process ended meanwhile
             continue
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and all its descendants."""
+    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, ValueError):
+            continue
     return total
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its living descendants.
+
+    Independent of other load on the machine: with 2 cores, about twice the idle wall time of
+    a stage whose work is spread over two processes.
+    """
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
 
 
 class TreePeak:
@@ -121,7 +148,8 @@ class Stages:
     """Wall time and peak RSS per stage (peak via VmHWM, reset between stages).
 
     ``peak_tree_rss_gib``: the largest resident size of this process and its worker
-    processes together (sampled every 0.2 s), the figure that counts with ``n_jobs > 1``.
+    processes together (sampled every 0.2 s), the figure that counts with ``n_jobs > 1``;
+    ``cpu_s``: their CPU seconds in the stage (workers alive at its end).
     """
 
     def __init__(self):
@@ -133,14 +161,17 @@ class Stages:
         if self.can_reset:
             _reset_peak()
         self.tree.reset()
+        cpu = tree_cpu(os.getpid())
         t = time.perf_counter()
         out = fn(*args, **kwargs)
         dt = time.perf_counter() - t
+        cpu = tree_cpu(os.getpid()) - cpu
         peak = _status("VmHWM") if self.can_reset else None
         self.rows[name] = {
             "seconds": dt,
             "peak_rss_gib": peak / 2**30 if peak else None,
             "peak_tree_rss_gib": max(self.tree.peak, peak or 0) / 2**30,
+            "cpu_s": cpu,
             "items": n_items,
             "items_per_s": n_items / dt if dt > 0 else None,
         }
@@ -336,6 +367,7 @@ def _finish(result: dict) -> dict:
     rows = result["stages"]
     pipeline = [k for k in rows if k != "generate"]
     result["end_to_end_s"] = sum(rows[k]["seconds"] for k in pipeline)
+    result["end_to_end_cpu_s"] = sum(rows[k].get("cpu_s", 0) for k in pipeline)
     # ru_maxrss follows VmHWM, which Stages resets: this is the last stage's peak; the
     # pipeline's is the largest stage peak.
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -393,7 +425,7 @@ def fmt(v, spec):
 def print_table(results: list[dict]) -> None:
     head = (
         f"{'method':<11}{'cells':>9}  {'stage':<17}{'wall s':>9}{'peak GiB':>10}"
-        f"{'+workers':>10}{'items/s':>12}"
+        f"{'+workers':>10}{'cpu s':>9}{'items/s':>12}"
     )
     print(head)
     print("-" * len(head))
@@ -405,13 +437,13 @@ def print_table(results: list[dict]) -> None:
             print(
                 f"{r['method']:<11}{r['n']:>9}  {name:<17}{fmt(row['seconds'], '9.1f')}"
                 f"{fmt(row['peak_rss_gib'], '10.2f')}{fmt(row.get('peak_tree_rss_gib'), '10.2f')}"
-                f"{fmt(row['items_per_s'], '12.0f')}"
+                f"{fmt(row.get('cpu_s'), '9.1f')}{fmt(row['items_per_s'], '12.0f')}"
             )
         print(
             f"{r['method']:<11}{r['n']:>9}  {'END TO END':<17}{fmt(r['end_to_end_s'], '9.1f')}"
             f"{fmt(r['peak_rss_pipeline_gib'], '10.2f')}"
             f"{fmt(r.get('peak_tree_pipeline_gib'), '10.2f')}"
-            f"{fmt(r['n'] / r['end_to_end_s'], '12.0f')}"
+            f"{fmt(r.get('end_to_end_cpu_s'), '9.1f')}{fmt(r['n'] / r['end_to_end_s'], '12.0f')}"
             f"   acc(unlabelled)={r['accuracy_unlabelled']:.3f}"
         )
 
