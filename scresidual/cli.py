@@ -232,8 +232,8 @@ def _parser() -> argparse.ArgumentParser:
         "--n-jobs",
         type=int,
         default=None,
-        help="worker processes for the cross-fitted folds (default: one per CPU core on CPU); "
-        "with --tile-size or --scheduler also the processes computing tiles (default 1)",
+        help="worker processes for the cross-fitted folds, and with --tile-size or --scheduler "
+        "for the tiles too (default: one per CPU core on CPU for the folds; 1 with tiles)",
     )
     fit.add_argument(
         "--tile-size",
