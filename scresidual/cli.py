@@ -703,23 +703,21 @@ def _fit_tiled(args) -> None:
                 layer=args.layer,
                 obs_columns=columns,
             )
-            data = args.input
         else:
             if args.table is not None:
                 raise ScResidualError("--table names a table of a .zarr store; drop it.")
-            data = stack.enter_context(_backed(_read_backed(args.input, args.spatial_key)))
-            lazy = LazyTable.from_backed(data, spatial_key=args.spatial_key, layer=args.layer)
+            backed = stack.enter_context(_backed(_read_backed(args.input, args.spatial_key)))
+            lazy = LazyTable.from_backed(backed, spatial_key=args.spatial_key, layer=args.layer)
         sample = lazy.sample(PCA_SAMPLE, seed=args.seed, spatial_key=args.spatial_key)
         _check_fit_args(args, sample, lazy.obs)
         model = _set_up(args, sample)
         client = _dask_client(stack, args.scheduler)
-        train_tiled(
+        train_tiled(  # the table opened above: obs and coordinates are held once
             model,
-            data,
+            lazy,
             tile_size=args.tile_size,
             n_jobs=args.n_jobs or 1,
             client=client,
-            table_key=args.table,
             progress=not args.quiet,
             max_epochs=args.max_epochs,
             folds=args.folds,

@@ -62,6 +62,10 @@ def _lazy_source(model, data, table_key):
     """``(source, obs, coordinates)``: what tiles are read from, its labels and coordinates."""
     setup = model.setup
     columns = [c for c in (setup["labels_key"], setup["library_key"]) if c is not None]
+    if isinstance(data, LazyTable):
+        if table_key is not None:
+            raise ScResidualError("table_key= is for a .zarr path; the table is already open.")
+        return data, data.obs, data.coordinates
     if isinstance(data, (str, os.PathLike)) and is_zarr(data):
         lazy = LazyTable.open(
             data,
@@ -90,7 +94,7 @@ def _lazy_source(model, data, table_key):
 
 def train_tiled(
     model,
-    data: AnnData | str | os.PathLike,
+    data: AnnData | LazyTable | str | os.PathLike,
     *,
     tile_size: float | None = None,
     halo: float | None = None,
@@ -126,7 +130,9 @@ def train_tiled(
     data
         The slide: the path of a SpatialData ``.zarr`` store (its table read lazily: the
         labels and coordinates in memory, the expression one tile at a time), or an AnnData
-        (in memory, or backed: ``anndata.read_h5ad(path, backed='r')``).
+        (in memory, or backed: ``anndata.read_h5ad(path, backed='r')``), or a
+        :class:`~scresidual.read.lazy.LazyTable` already open (with the labels column, and
+        coordinates under the setup's ``spatial_key``).
     tile_size, halo, n_jobs, client
         As in :func:`predict_tiled`: the tiles, and where they run (processes, a Dask
         client). The fit itself runs here (its folds in ``n_jobs`` processes unless the
