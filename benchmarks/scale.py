@@ -13,22 +13,26 @@ graph, but a 2-layer GCN on the dense n x n row-normalised adjacency, full batch
 sizes whose dense float32 matrix would not fit are skipped and marked as such.
 
 Tiled (``tiled-grid``: a Visium HD-like square grid; ``tiled-cloud``: a Xenium-like point
-cloud): the slide is generated and written as a SpatialData ``.zarr`` (a table annotating one
-circle per cell) in its own process; then, in a fresh one: the table is opened lazily (``obs``
-labels and coordinates only), the model (k-NN graph k=6, 2 rings, PCA features, no source,
-exact linear fit) is fitted on the 10% labels of a central 10^5-cell window, and
+cloud): the slide, 1% of its cells labelled at random, is generated block by block into a
+SpatialData ``.zarr`` (a table annotating one circle per cell) in its own process (never
+holding the matrix: ``_slides.write_slide_store``); then, in a fresh one: the table is opened
+lazily (``obs`` labels and coordinates only), the model (k-NN graph k=6, 2 rings, PCA
+features, no source, exact linear fit) is set up on a 50,000-row sample (its PCA),
+``train_tiled`` computes the labelled cells' inputs tile by tile and fits, and
 ``predict_tiled`` labels every cell tile by tile (graph, PCA, rings, prediction) and writes
-the columns back into the store. Peers (``banksy``, ``cellcharter``): their features on the
-whole slide in memory (benchmarks/_peers.py), then a logistic regression on the labelled
-cells. Every child runs under ``RLIMIT_AS`` (``--memory-limit-gib``, default 16) and
-``--timeout`` (default 30 min); a run stopped by either says so in its row.
+the columns back into the store. ``--n-jobs`` processes run the tiles; each stage reports the
+peak of the process and of its workers together (``peak_tree_rss_gib``). Peers (``banksy``,
+``cellcharter``): their features on the whole slide in memory (benchmarks/_peers.py), then a
+logistic regression on the labelled cells. Every child runs under ``RLIMIT_AS``
+(``--memory-limit-gib``, default 16) and ``--timeout`` (default 30 min); a run stopped by
+either says so in its row.
 
 Usage::
 
     python benchmarks/scale.py                      # 1e4, 1e5, 1e6
     python benchmarks/scale.py --sizes 10000 100000 --out /tmp/scale.json
-    python benchmarks/scale.py --sizes 1000000 3000000 --methods tiled-cloud tiled-grid \\
-        --out benchmarks/results/scale_tiled.json
+    python benchmarks/scale.py --sizes 1000000 10000000 --methods tiled-cloud --n-jobs 2 \\
+        --out benchmarks/results/scale_tiled_1e7.json
     python benchmarks/scale.py --sizes 100000 1000000 --methods banksy cellcharter
 """
 
@@ -48,68 +52,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _slides import make_slide, write_slide_store  # noqa: E402
+
 EPOCHS = 5
-N_REGIONS = 6
-N_TYPES = 8
-
-
-# ---------------------------------------------------------------------------- data
-def make_slide(
-    n: int, n_genes: int = 100, seed: int = 0, chunk: int = 100_000, layout: str = "cloud"
-):
-    """A generated slide of ``n`` cells: counts (CSR), coordinates, regions, 10% labelled.
-
-    ``layout``: ``'cloud'`` (Xenium-like: cells uniformly scattered) or ``'grid'`` (Visium
-    HD-like: square bins on a regular grid), both ~10 units apart whatever the size.
-    """
-    import anndata as ad
-    import pandas as pd
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    side = np.sqrt(n) * 10.0
-    if layout == "grid":
-        per_row = int(np.ceil(np.sqrt(n)))
-        i = np.arange(n)
-        xy = (np.stack([i % per_row, i // per_row], 1) * 10.0).astype(np.float32)
-    else:
-        xy = rng.uniform(0, side, size=(n, 2)).astype(np.float32)
-    centres = rng.uniform(0, side, size=(N_REGIONS, 2))
-    wave = side / 4
-    warped = xy + 0.15 * side * np.sin(xy[:, ::-1] / wave * 2 * np.pi)
-    region = np.empty(n, dtype=np.int64)
-    for s in range(0, n, chunk):
-        d = ((warped[s : s + chunk, None, :] - centres[None]) ** 2).sum(-1)
-        region[s : s + chunk] = d.argmin(1)
-    prng = np.random.default_rng(1234)  # the biology is the same on every slide
-    composition = prng.dirichlet(np.full(N_TYPES, 0.5), size=N_REGIONS)
-    base = prng.lognormal(-1.6, 0.8, size=n_genes)
-    profiles = np.tile(base, (N_TYPES, 1))
-    for t in range(N_TYPES):
-        markers = prng.choice(n_genes, 8, replace=False)
-        profiles[t, markers] *= prng.uniform(3, 8, size=8)
-    regional = np.ones((N_REGIONS, n_genes))
-    for r in range(N_REGIONS):
-        regional[r, prng.choice(n_genes, 4, replace=False)] *= 1.6
-    blocks = []
-    for s in range(0, n, chunk):
-        reg = region[s : s + chunk]
-        u = rng.random(len(reg))[:, None]
-        ctype = (u > composition[reg].cumsum(1)).sum(1)
-        lib = rng.lognormal(0.0, 0.3, size=len(reg))[:, None]
-        counts = rng.poisson(lib * profiles[ctype] * regional[reg]).astype(np.float32)
-        blocks.append(sp.csr_matrix(counts))
-    X = sp.vstack(blocks, format="csr")
-    names = np.array([f"r{r}" for r in range(N_REGIONS)], dtype=object)
-    truth = names[region]
-    labels = pd.Series(truth.copy(), dtype=object)
-    labels[rng.random(n) >= 0.1] = np.nan
-    obs = pd.DataFrame(
-        {"region": labels.to_numpy(), "truth": truth}, index=[f"c{i}" for i in range(n)]
-    )
-    adata = ad.AnnData(X=X, obs=obs, obsm={"spatial": xy})
-    adata.var_names = [f"g{g}" for g in range(n_genes)]
-    return adata
 
 
 # ---------------------------------------------------------------------------- memory probes
@@ -130,23 +76,102 @@ def _reset_peak() -> bool:
         return False
 
 
+def _tree(pid: int) -> list[int]:
+    """Process ``pid`` and all its descendants (worker processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):  # the process ended meanwhile
+            continue
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and all its descendants."""
+    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its living descendants.
+
+    Independent of other load on the machine: with 2 cores, about twice the idle wall time of
+    a stage whose work is spread over two processes.
+    """
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
+
+
+class TreePeak:
+    """The largest :func:`tree_rss` of ``pid`` seen since the last :meth:`reset` (sampled)."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        import threading
+
+        self.pid, self.every, self.peak = pid, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, tree_rss(self.pid))
+
+    def reset(self) -> None:
+        self.peak = tree_rss(self.pid)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, tree_rss(self.pid))
+
+
 class Stages:
-    """Wall time and peak RSS per stage (peak via VmHWM, reset between stages)."""
+    """Wall time and peak RSS per stage (peak via VmHWM, reset between stages).
+
+    ``peak_tree_rss_gib``: the largest resident size of this process and its worker
+    processes together (sampled every 0.2 s), the figure that counts with ``n_jobs > 1``;
+    ``cpu_s``: their CPU seconds in the stage (workers alive at its end).
+    """
 
     def __init__(self):
         self.rows: dict[str, dict] = {}
         self.can_reset = _reset_peak()
+        self.tree = TreePeak(os.getpid())
 
     def run(self, name: str, n_items: int, fn, *args, **kwargs):
         if self.can_reset:
             _reset_peak()
+        self.tree.reset()
+        cpu = tree_cpu(os.getpid())
         t = time.perf_counter()
         out = fn(*args, **kwargs)
         dt = time.perf_counter() - t
+        cpu = tree_cpu(os.getpid()) - cpu
         peak = _status("VmHWM") if self.can_reset else None
         self.rows[name] = {
             "seconds": dt,
             "peak_rss_gib": peak / 2**30 if peak else None,
+            "peak_tree_rss_gib": max(self.tree.peak, peak or 0) / 2**30,
+            "cpu_s": cpu,
             "items": n_items,
             "items_per_s": n_items / dt if dt > 0 else None,
         }
@@ -252,34 +277,15 @@ def worker_dense(n: int, n_genes: int, seed: int) -> dict:
     return {"stages": st.rows, "accuracy_unlabelled": acc}
 
 
-def write_store(adata, path: Path) -> None:
-    """The slide as a SpatialData ``.zarr``: a table annotating one circle per cell."""
-    import geopandas as gpd
-    import spatialdata
-    from spatialdata.models import ShapesModel, TableModel
-
-    xy = adata.obsm["spatial"]
-    circles = gpd.GeoDataFrame(
-        {"radius": np.full(adata.n_obs, 5.0)},
-        geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]),
-        index=np.arange(adata.n_obs),
-    )
-    adata.obs["cells"] = "cells"
-    adata.obs["instance"] = np.arange(adata.n_obs)
-    table = TableModel.parse(adata, region="cells", region_key="cells", instance_key="instance")
-    sdata = spatialdata.SpatialData(
-        shapes={"cells": ShapesModel.parse(circles)}, tables={"table": table}
-    )
-    sdata.write(path)
-
-
 TILED = ("tiled-grid", "tiled-cloud")
 """The tiled pipeline on a Visium HD-like grid and a Xenium-like point cloud (``.zarr``)."""
 PEERS = ("banksy", "cellcharter")
 WORKERS = ("scresidual", "dense-gcn", *TILED, *PEERS, "store-grid", "store-cloud")
 
-FIT_WINDOW = 100_000
-"""Cells of the central window the tiled pipeline is fitted on (its 10% labels)."""
+TILED_LABELLED = 0.01
+"""Share of the cells labelled, at random over the whole slide, in the tiled pipeline."""
+PCA_SAMPLE = 50_000
+"""Rows read to set the tiled model up (its PCA fit)."""
 
 
 def store_path(tmp: str, layout: str, n: int) -> Path:
@@ -287,47 +293,39 @@ def store_path(tmp: str, layout: str, n: int) -> Path:
 
 
 def worker_store(n: int, n_genes: int, seed: int, layout: str, tmp: str) -> dict:
-    """Generate the slide and write it as ``.zarr`` (its own process: not in the peaks)."""
+    """Generate the slide into a ``.zarr``, block by block (its own process: not in the peaks)."""
     st = Stages()
-    adata = st.run("generate", n, make_slide, n, n_genes, seed, layout=layout)
-    st.run("write_zarr", n, write_store, adata, store_path(tmp, layout, n))
+    path = store_path(tmp, layout, n)
+    st.run("generate", n, write_slide_store, path, n, n_genes, seed, layout, TILED_LABELLED)
     return {"stages": st.rows}
 
 
 def worker_tiled(n: int, n_genes: int, seed: int, layout: str, n_jobs: int, tmp: str) -> dict:
-    """Lazy ``.zarr`` read, fit on a window's labels, tiled predict written back."""
+    """Lazy ``.zarr`` read, setup on a sample, tiled fit on 1% labels, tiled predict, write."""
     import squidpy  # noqa: F401  (import once, outside the timed stages)
-    import zarr
 
-    from scresidual.model import SpatialRegionClassifier, predict_tiled
+    from scresidual.model import SpatialRegionClassifier, predict_tiled, train_tiled
     from scresidual.read.lazy import LazyTable
 
     st = Stages()
     store = store_path(tmp, layout, n)
     table = st.run("read", n, LazyTable.open, store, obs_columns=["region"])
 
-    def fit(table):
-        xy = table.coordinates
-        lo, hi = xy.min(0), xy.max(0)
-        half = (hi - lo) * np.sqrt(min(FIT_WINDOW / n, 1.0)) / 2
-        centre = (lo + hi) / 2
-        rows = np.flatnonzero((np.abs(xy - centre) <= half).all(1))
-        train = table.rows(rows).to_memory()
+    def setup(table):
+        sample = table.sample(PCA_SAMPLE, seed=seed)
         SpatialRegionClassifier.setup_anndata(
-            train, labels_key="region", graph="knn:6", n_hops=2, n_comps=30
+            sample, labels_key="region", graph="knn:6", n_hops=2, n_comps=30
         )
-        model = SpatialRegionClassifier(train, arm="scratch", seed=seed)
-        return model.train(progress=False), int(train.obs["region"].notna().sum())
+        return SpatialRegionClassifier(sample, arm="scratch", seed=seed)
 
-    model, n_lab = st.run("fit_window", n, fit, table)
-    st.rows["fit_window"]["labelled"] = n_lab
-    del table  # predict_tiled reads the store itself
+    model = st.run("setup_sample", PCA_SAMPLE, setup, table)
+    n_lab = int(table.obs["region"].notna().sum())
+    del table  # the tiled steps read the store themselves
+    st.run("fit_tiled", n, train_tiled, model, store, n_jobs=n_jobs, progress=False)
+    st.rows["fit_tiled"]["labelled"] = n_lab
     st.run("predict_tiled", n, predict_tiled, model, store, n_jobs=n_jobs, progress=False)
-    obs = zarr.open_group(store / "tables" / "table", mode="r")
-    from anndata.io import read_elem
-
-    frame = read_elem(obs["obs"])
-    unl = ~frame["region"].astype(str).isin(model.classes_).to_numpy()
+    frame = LazyTable.open(store, obs_columns=["region", "truth", "region_pred"]).obs
+    unl = frame["region"].isna().to_numpy()
     pred = frame["region_pred"].astype(str).to_numpy()
     acc = float((pred[unl] == frame["truth"].astype(str).to_numpy()[unl]).mean())
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
@@ -369,11 +367,14 @@ def _finish(result: dict) -> dict:
     rows = result["stages"]
     pipeline = [k for k in rows if k != "generate"]
     result["end_to_end_s"] = sum(rows[k]["seconds"] for k in pipeline)
+    result["end_to_end_cpu_s"] = sum(rows[k].get("cpu_s", 0) for k in pipeline)
     # ru_maxrss follows VmHWM, which Stages resets: this is the last stage's peak; the
     # pipeline's is the largest stage peak.
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     peaks = [rows[k]["peak_rss_gib"] for k in pipeline if rows[k]["peak_rss_gib"]]
     result["peak_rss_pipeline_gib"] = max(peaks) if peaks else None
+    trees = [rows[k].get("peak_tree_rss_gib") or 0 for k in pipeline]
+    result["peak_tree_pipeline_gib"] = max(trees) if trees else None
     return result
 
 
@@ -422,7 +423,10 @@ def fmt(v, spec):
 
 
 def print_table(results: list[dict]) -> None:
-    head = f"{'method':<11}{'cells':>9}  {'stage':<17}{'wall s':>9}{'peak GiB':>10}{'items/s':>12}"
+    head = (
+        f"{'method':<11}{'cells':>9}  {'stage':<17}{'wall s':>9}{'peak GiB':>10}"
+        f"{'+workers':>10}{'cpu s':>9}{'items/s':>12}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
@@ -432,13 +436,26 @@ def print_table(results: list[dict]) -> None:
         for name, row in r["stages"].items():
             print(
                 f"{r['method']:<11}{r['n']:>9}  {name:<17}{fmt(row['seconds'], '9.1f')}"
-                f"{fmt(row['peak_rss_gib'], '10.2f')}{fmt(row['items_per_s'], '12.0f')}"
+                f"{fmt(row['peak_rss_gib'], '10.2f')}{fmt(row.get('peak_tree_rss_gib'), '10.2f')}"
+                f"{fmt(row.get('cpu_s'), '9.1f')}{fmt(row['items_per_s'], '12.0f')}"
             )
         print(
             f"{r['method']:<11}{r['n']:>9}  {'END TO END':<17}{fmt(r['end_to_end_s'], '9.1f')}"
-            f"{fmt(r['peak_rss_pipeline_gib'], '10.2f')}{fmt(r['n'] / r['end_to_end_s'], '12.0f')}"
+            f"{fmt(r['peak_rss_pipeline_gib'], '10.2f')}"
+            f"{fmt(r.get('peak_tree_pipeline_gib'), '10.2f')}"
+            f"{fmt(r.get('end_to_end_cpu_s'), '9.1f')}{fmt(r['n'] / r['end_to_end_s'], '12.0f')}"
             f"   acc(unlabelled)={r['accuracy_unlabelled']:.3f}"
         )
+
+
+def tiled_ratios(results: list[dict]) -> dict[str, float]:
+    """Per tiled method run at 10^6 and 10^7: the ratio of their end-to-end times."""
+    done = {(r["method"], r["n"]): r for r in results if r["status"] == "ok"}
+    return {
+        m: done[m, 10**7]["end_to_end_s"] / done[m, 10**6]["end_to_end_s"]
+        for m in TILED
+        if (m, 10**6) in done and (m, 10**7) in done
+    }
 
 
 def main() -> None:
@@ -452,7 +469,9 @@ def main() -> None:
     parser.add_argument(
         "--memory-limit-gib", type=float, default=MEMORY_LIMIT / 2**30, help="RLIMIT_AS per child"
     )
-    parser.add_argument("--n-jobs", type=int, default=1, help="processes of predict_tiled")
+    parser.add_argument(
+        "--n-jobs", type=int, default=1, help="processes of train_tiled and predict_tiled"
+    )
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -533,12 +552,15 @@ def main() -> None:
         "scvi_pretrain_s": pretrain_s,
         "source": "SCVI (scvi-tools) pretrained on a generated 10^4-cell slide, 5 epochs, frozen",
         "t_1e6_over_t_1e5": ratio,
+        "tiled_t_1e7_over_t_1e6": tiled_ratios(results),
         "results": results,
     }
     print()
     print_table(results)
     if ratio is not None:
         print(f"t(1e6)/t(1e5) = {ratio:.1f}")
+    for method, r in summary["tiled_t_1e7_over_t_1e6"].items():
+        print(f"{method}: t(1e7)/t(1e6) = {r:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
     print(f"wrote {args.out}")

@@ -27,6 +27,8 @@ from ._constants import (
 from ._errors import ScResidualError
 
 ARM_CHOICES = ("refine", "scratch", "linear-probe", "adapter")
+PCA_SAMPLE = 50_000
+"""Cells a tiled fit reads to set the model up (the PCA fits on at most as many)."""
 TRUST_HELP = (
     "let scvi sources hold arbitrary Python objects (loading them can run code): only for "
     "model folders from people you trust"
@@ -226,7 +228,28 @@ def _parser() -> argparse.ArgumentParser:
         help="smallest fraction of the genes of the PCA and of scvi sources a slide must have "
         "(missing genes are zero-filled)",
     )
-    _add_n_jobs(fit)
+    fit.add_argument(
+        "--n-jobs",
+        type=int,
+        default=None,
+        help="worker processes for the cross-fitted folds, and with --tile-size or --scheduler "
+        "for the tiles too (default: one per CPU core on CPU for the folds; 1 with tiles)",
+    )
+    fit.add_argument(
+        "--tile-size",
+        type=float,
+        default=None,
+        help="fit tile by tile, for slides larger than memory: the labels and coordinates are "
+        "read, the expression one square tile of this side (coordinate units; ~200,000 cells "
+        "is a good size) at a time with a halo of neighbours, the PCA fitted on a 50,000-cell "
+        "sample; same model as without tiles (default: the whole slide is read)",
+    )
+    fit.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a Dask scheduler (tcp://host:8786): tiles run on its workers, which "
+        "must see the input file; implies tiles (default: none)",
+    )
     fit.add_argument(
         "--output",
         default=None,
@@ -448,12 +471,13 @@ def _check_source(spec: str, adata, args) -> None:
     )
 
 
-def _check_labels(adata, labels_key: str) -> None:
+def _check_labels(adata, labels_key: str, obs=None) -> None:
+    """Labels of at least 2 classes in ``adata`` (or in ``obs``, its slide's, when given)."""
     from ._validate import check_obs_key
     from .model import labelled_mask
 
     check_obs_key(adata, labels_key)
-    y = adata.obs[labels_key].to_numpy()
+    y = (adata.obs if obs is None else obs)[labels_key].to_numpy()
     mask = labelled_mask(y)
     n_classes = len({str(v) for v in y[mask]})
     if n_classes < 2:
@@ -463,10 +487,11 @@ def _check_labels(adata, labels_key: str) -> None:
         )
 
 
-def _check_fit_args(args, adata) -> None:
+def _check_fit_args(args, adata, obs=None) -> None:
     """Check every ``fit`` argument against the slide before any training.
 
     Each failure is one line naming the flag, so nothing is trained, saved and then refused.
+    ``obs``: the whole slide's, when ``adata`` is a sample of it (a tiled fit).
     """
     from ._genes import expression_matrix
     from ._io import check_model_dir
@@ -487,6 +512,8 @@ def _check_fit_args(args, adata) -> None:
         ("--folds", args.folds),
         ("--n-jobs", args.n_jobs),
     )
+    if args.tile_size is not None and not args.tile_size > 0:
+        raise ScResidualError(f"--tile-size must be a positive number, got {args.tile_size}.")
     _check_fraction("--min-gene-overlap", args.min_gene_overlap)
     with _flag("--model-dir"):
         check_model_dir(
@@ -498,7 +525,7 @@ def _check_fit_args(args, adata) -> None:
         _check_output(args, [args.model_dir])
     check_cells(adata, 2, "training")
     with _flag("--labels-key"):
-        _check_labels(adata, args.labels_key)
+        _check_labels(adata, args.labels_key, obs)
     if args.library_key is not None:
         with _flag("--library-key"):
             check_obs_key(adata, args.library_key)
@@ -620,14 +647,108 @@ def _write_h5ad(adata, path: str, inputs: list, model_dirs: list) -> None:
 def _fit(args) -> None:
     from ._constants import SETUP_KEY
     from ._io import check_fit_paths
-    from .model import SpatialRegionClassifier
     from .model.sdata import warn_several_regions
 
+    if args.tile_size is not None or args.scheduler is not None:
+        _fit_tiled(args)
+        return
     adata, store = _read_slide(args, args.spatial_key, require_spatial=False)
     if store is not None:
         warn_several_regions(adata, args.library_key)
     _import_labels(adata, args, args.labels_key)
     _check_fit_args(args, adata)
+    model = _set_up(args, adata)
+    model.train(args.max_epochs, folds=args.folds, n_jobs=args.n_jobs, progress=not args.quiet)
+    del adata.uns[SETUP_KEY]  # the written slide carries predictions, not a registration
+    check_fit_paths(
+        args.input, args.model_dir, None if store else args.output, overwrite=args.overwrite
+    )
+    if store is not None and args.output:
+        _check_output(args, [args.model_dir])
+    _save(args, model)
+    if args.output:
+        model.predict(adata)
+        _mark_training_spots(adata, args.labels_key)
+        _write_slide(adata, args, store, args.labels_key, [args.model_dir])
+        print(f"predictions written to {args.output}")
+
+
+def _fit_tiled(args) -> None:
+    """``fit`` tile by tile: a .zarr table or an .h5ad read lazily, set up on a sample."""
+    from ._io import check_fit_paths
+    from .model import train_tiled
+    from .read.lazy import LazyTable
+    from .read.sdata import is_zarr
+
+    refused = {  # a tiled fit reads the slide's own columns and writes no slide
+        "--output": (
+            args.output,
+            "label the slide with `scresidual predict MODEL_DIR INPUT --tile-size SIDE --output "
+            "OUT` after the fit",
+        ),
+        "--labels-csv": (args.labels_csv, "put the labels in a column of the input first"),
+        "--coordinates": (args.coordinates, "pass an .h5ad with coordinates or a .zarr store"),
+    }
+    for flag, (value, fix) in refused.items():
+        if value is not None:
+            raise ScResidualError(f"{flag} is not available with --tile-size/--scheduler; {fix}.")
+    columns = [c for c in (args.labels_key, args.library_key) if c is not None]
+    with ExitStack() as stack:
+        if is_zarr(args.input):
+            lazy = LazyTable.open(
+                args.input,
+                table_key=args.table,
+                spatial_key=args.spatial_key,
+                layer=args.layer,
+                obs_columns=columns,
+            )
+        else:
+            if args.table is not None:
+                raise ScResidualError("--table names a table of a .zarr store; drop it.")
+            backed = stack.enter_context(_backed(_read_backed(args.input, args.spatial_key)))
+            lazy = LazyTable.from_backed(backed, spatial_key=args.spatial_key, layer=args.layer)
+        sample = lazy.sample(PCA_SAMPLE, seed=args.seed, spatial_key=args.spatial_key)
+        _check_fit_args(args, sample, lazy.obs)
+        model = _set_up(args, sample)
+        client = _dask_client(stack, args.scheduler)
+        train_tiled(  # the table opened above: obs and coordinates are held once
+            model,
+            lazy,
+            tile_size=args.tile_size,
+            n_jobs=args.n_jobs or 1,
+            client=client,
+            progress=not args.quiet,
+            max_epochs=args.max_epochs,
+            folds=args.folds,
+        )
+    check_fit_paths(args.input, args.model_dir, None, overwrite=args.overwrite)
+    _save(args, model)
+
+
+def _read_backed(path: str, spatial_key: str):
+    """An .h5ad opened backed (read-only), with its coordinates checked."""
+    import anndata
+
+    from ._validate import check_spatial
+
+    adata = anndata.read_h5ad(path, backed="r")
+    check_spatial(adata, spatial_key)
+    return adata
+
+
+def _save(args, model) -> None:
+    model.save(args.model_dir, overwrite=args.overwrite)
+    # The one summary of the fit; which arm the guard kept, and why, is its own log line.
+    print(
+        f"fitted {model.init_params_['arm']} ({len(model.classes_)} classes); model saved to "
+        f"{args.model_dir}"
+    )
+
+
+def _set_up(args, adata):
+    """Register ``adata`` with the ``fit`` options; the model to train."""
+    from .model import SpatialRegionClassifier
+
     arm, sources = args.arm, _sources(args)
     if not sources and arm == "refine":
         # Without a source REFINE is scratch: say so, and fit (and report) it by that name.
@@ -646,7 +767,7 @@ def _fit(args) -> None:
         layer=args.layer,
         min_gene_overlap=args.min_gene_overlap,
     )
-    model = SpatialRegionClassifier(
+    return SpatialRegionClassifier(
         adata,
         arm=arm,
         encoder=args.encoder,
@@ -654,21 +775,6 @@ def _fit(args) -> None:
         seed=args.seed,
         trust_pickle=args.trust_pickle,
     )
-    model.train(args.max_epochs, folds=args.folds, n_jobs=args.n_jobs, progress=not args.quiet)
-    del adata.uns[SETUP_KEY]  # the written slide carries predictions, not a registration
-    check_fit_paths(
-        args.input, args.model_dir, None if store else args.output, overwrite=args.overwrite
-    )
-    if store is not None and args.output:
-        _check_output(args, [args.model_dir])
-    model.save(args.model_dir, overwrite=args.overwrite)
-    # The one summary of the fit; which arm the guard kept, and why, is its own log line.
-    print(f"fitted {arm} ({len(model.classes_)} classes); model saved to {args.model_dir}")
-    if args.output:
-        model.predict(adata)
-        _mark_training_spots(adata, args.labels_key)
-        _write_slide(adata, args, store, args.labels_key, [args.model_dir])
-        print(f"predictions written to {args.output}")
 
 
 def _predict(args) -> None:
@@ -713,16 +819,7 @@ def _predict_tiled(args, model) -> None:
         "progress": not args.quiet,
     }
     with ExitStack() as stack:
-        if args.scheduler is not None:
-            from distributed import Client
-
-            try:
-                options["client"] = stack.enter_context(Client(args.scheduler, timeout=10))
-            except OSError as err:  # includes timeouts
-                raise ScResidualError(
-                    f"--scheduler: cannot reach a Dask scheduler at {args.scheduler} "
-                    f"({type(err).__name__}); start one (dask scheduler) or fix the address."
-                ) from err
+        options["client"] = _dask_client(stack, args.scheduler)
         if is_zarr(args.input):
             predict_tiled(model, args.input, table_key=args.table, output=args.output, **options)
         else:
@@ -732,6 +829,21 @@ def _predict_tiled(args, model) -> None:
             adata = predict_tiled(model, backed, copy=True, **options)
             _write_h5ad(adata, args.output, [args.input], [args.model_dir])
     print(f"predictions written to {args.output}")
+
+
+def _dask_client(stack: ExitStack, address: str | None):
+    """A client of the Dask scheduler at ``address`` (closed with ``stack``), or ``None``."""
+    if address is None:
+        return None
+    from distributed import Client
+
+    try:
+        return stack.enter_context(Client(address, timeout=10))
+    except OSError as err:  # includes timeouts
+        raise ScResidualError(
+            f"--scheduler: cannot reach a Dask scheduler at {address} "
+            f"({type(err).__name__}); start one (dask scheduler) or fix the address."
+        ) from err
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from ._exact import ExactOptions
 from ._gradient import GradientOptions
 from ._residual import ResidualModel, labelled_mask
 from ._spatial import SpatialRegionClassifier, spatial_solver
+from ._tiled_fit import train_tiled
 from ._tiled_predict import predict_tiled
 from ._tiles import plan_tiles, receptive_halo
 
@@ -21,4 +22,5 @@ __all__ = [
     "predict_tiled",
     "receptive_halo",
     "spatial_solver",
+    "train_tiled",
 ]

@@ -145,11 +145,15 @@ def standardised(tensors, names, mean, std) -> torch.Tensor:
     )
 
 
-def standardisation(tensors, names) -> tuple[dict, dict]:
-    """Per view, the mean and standard deviation of all rows (as the network computes them)."""
+def standardisation(tensors, names, moments=None) -> tuple[dict, dict]:
+    """Per view, the mean and standard deviation of all rows (as the network computes them).
+
+    ``moments``: per view ``(mean, std)`` computed elsewhere, used instead.
+    """
     mean, std = {}, {}
     for k in names:
-        norm = Standardize(tuple(tensors[k].shape[1:])).fit(tensors[k])
+        norm = Standardize(tuple(tensors[k].shape[1:]))
+        norm = norm.set(*moments[k]) if moments is not None else norm.fit(tensors[k])
         mean[k], std[k] = norm.mean.numpy(), norm.std.numpy()
     return mean, std
 
@@ -191,7 +195,7 @@ def fit_exact(model, tensors, codes, labelled, weights, groups) -> EngineFit:
     if not all(len(va) for _, va in folds):
         folds = []  # too few labels to validate: default penalty, no guard
     w = None if weights is None else weights.numpy().astype(np.float64)
-    mean, std = standardisation(tensors, [*cfg.sources, *cfg.residuals])
+    mean, std = standardisation(tensors, [*cfg.sources, *cfg.residuals], model.fit_moments)
     rows = {name: t[labelled] for name, t in tensors.items()}
     jobs = cfg.n_jobs if cfg.n_jobs is not None else settings.n_jobs
     fits, parts = {}, {}

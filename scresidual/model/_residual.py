@@ -173,6 +173,7 @@ class ResidualModel:
         self.chosen_arm_: str | None = None
         self.guard_report_: dict[str, dict] = {}
         self.oof_rows_: np.ndarray | None = None  # labelled rows predicted out of fold
+        self.fit_moments: dict | None = None  # standardisation given to the running fit()
         self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
         self.calibration_: Calibration | None = None  # fitted on them (see _calibration)
         self.calibration_note_: str | None = None  # why there is none
@@ -239,13 +240,25 @@ class ResidualModel:
         return out
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, views: Mapping[str, np.ndarray], y, *, groups=None) -> ResidualModel:
+    def fit(
+        self, views: Mapping[str, np.ndarray], y, *, groups=None, moments: dict | None = None
+    ) -> ResidualModel:
         """Fit on the labelled rows of ``y`` (NaN/None/'' marks an unlabelled row).
 
         Unlabelled rows are never fitted on, but set the standardisation statistics of the
         inputs. ``groups`` (one value per row, e.g. the slide) makes validation folds hold
-        out whole groups (see ``group_folds``).
+        out whole groups (see ``group_folds``). ``moments``: per view ``(mean, std)`` (per
+        column, ``std`` with one degree of freedom) used as the standardisation instead, for
+        inputs given for the labelled rows only and summed up elsewhere over every row (as
+        :func:`scresidual.model.train_tiled` does, tile by tile).
         """
+        self.fit_moments = moments
+        try:
+            return self._fit(views, y, groups=groups)
+        finally:
+            self.fit_moments = None
+
+    def _fit(self, views: Mapping[str, np.ndarray], y, *, groups) -> ResidualModel:
         cfg = self.config
         y = np.asarray(y, dtype=object)
         self._check_arm_inputs()

@@ -330,30 +330,40 @@ class SpatialRegionClassifier:
             ``batch_size``, ``patience`` and ``min_steps_per_epoch``.
 
         """
-        unknown = sorted(set(train_kwargs) - set(TRAIN_OPTIONS))
+        options = {
+            "max_epochs": max_epochs,
+            "folds": folds,
+            "n_jobs": n_jobs,
+            "accelerator": accelerator,
+            "devices": devices,
+            "strategy": strategy,
+            "progress": progress,
+            **train_kwargs,
+        }
+        core = self.training_core(self.adata.obs, **options)
+        library_key = self.setup["library_key"]
+        groups = None if library_key is None else self.adata.obs[library_key].to_numpy()
+        y = self.adata.obs[self.setup["labels_key"]].to_numpy()
+        core.fit(self.views(self.adata), y, groups=groups)
+        self.residual_model_ = core
+        return self
+
+    def training_core(self, obs: pd.DataFrame, **options) -> ResidualModel:
+        """The unfitted :class:`ResidualModel` :meth:`train` fits, its ``options`` checked.
+
+        ``obs``: the training cells' ``obs``, whose labels are checked (some must be set).
+        """
+        unknown = sorted(set(options) - {*TRAIN_OPTIONS, *TRAINER_OPTIONS})
         if unknown:
             raise ScResidualError(
                 f"unknown training option(s) {unknown}; use {', '.join(TRAIN_OPTIONS)}."
             )
-        y = self.adata.obs[self.setup["labels_key"]].to_numpy()
-        if labelled_mask(y).sum() == 0:
+        if labelled_mask(obs[self.setup["labels_key"]].to_numpy()).sum() == 0:
             raise ScResidualError(
                 f"obs[{self.setup['labels_key']!r}] has no labels; label some cells first."
             )
-        options = {"max_epochs": max_epochs, "folds": folds, "n_jobs": n_jobs, **train_kwargs}
-        core = self._core(
-            **{k: v for k, v in options.items() if v is not None},
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            progress=progress,
-        )
-        self.progress = progress
-        library_key = self.setup["library_key"]
-        groups = None if library_key is None else self.adata.obs[library_key].to_numpy()
-        core.fit(self.views(self.adata), y, groups=groups)
-        self.residual_model_ = core
-        return self
+        self.progress = options.get("progress")
+        return self._core(**{k: v for k, v in options.items() if v is not None})
 
     def _fitted(self) -> ResidualModel:
         if self.residual_model_ is None:

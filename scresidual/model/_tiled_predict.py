@@ -9,10 +9,7 @@ the uncertainty), so they are gathered in the calling process and written once, 
 
 from __future__ import annotations
 
-import copy as _copy
-import itertools
 import os
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -20,18 +17,17 @@ from anndata import AnnData
 
 from .._errors import ScResidualError
 from .._logging import tqdm
-from ..read.lazy import LazyRows, LazyTable
+from ..read.lazy import LazyTable
 from ..read.sdata import is_spatialdata, is_zarr
 from ._spatial_sets import copy_to_memory
-from ._tiles import Tile, default_tile_size, plan_tiles, receptive_halo
+from ._tile_runner import model_tiles, run_tiles
+from ._tiles import Tile
 from ._zarr_columns import write_prediction_columns
 from .sdata import check_zarr_output, prediction_keys
 
 
 def _predict_tile(model, data, tile: Tile, options: dict) -> dict:
     """Run ``model.predict`` on one tile; its core cells' prediction columns."""
-    if isinstance(data, LazyRows):
-        data = data.to_memory()
     out = model.predict(data, copy=True, **options)
     key = options["key_added"] or model.setup["labels_key"]
     keys = prediction_keys(key)
@@ -92,58 +88,6 @@ class _Columns:
             adata.obsm[k] = v
         for k, v in self.uns.items():
             adata.uns[k] = v
-
-
-def _tile_input(data, tile: Tile, spatial_key: str):
-    """What a worker needs for ``tile``: the rows to read from disk, or the tile in memory."""
-    if isinstance(data, LazyTable):
-        return data.rows(tile.rows, spatial_key=spatial_key)
-    return data[tile.rows].copy()
-
-
-def _run(model, data, tiles: list[Tile], options: dict, *, n_jobs, client):
-    """Yield ``(tile, result)`` as the tiles finish, in any order."""
-    key = model.setup["spatial_key"]
-    jobs = ((t, _tile_input(data, t, key)) for t in tiles)
-    if client is not None:
-        yield from _run_dask(model, jobs, options, client)
-    elif n_jobs in (None, 1):
-        for t, d in jobs:
-            yield t, _predict_tile(model, d, t, options)
-    else:
-        from joblib import Parallel, delayed
-
-        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
-        yield from parallel(delayed(_tile_task)(model, d, t, options) for t, d in jobs)
-
-
-def _tile_task(model, data, tile: Tile, options: dict) -> tuple[Tile, dict]:
-    return tile, _predict_tile(model, data, tile, options)
-
-
-def _run_dask(model, jobs, options, client) -> Iterator[tuple[Tile, dict]]:
-    """Tiles as tasks of a :class:`dask.distributed.Client`, two in flight per worker."""
-    from distributed import as_completed
-
-    model_f = client.scatter(model, broadcast=True)
-    in_flight = 2 * max(len(client.scheduler_info().get("workers", {})), 1)
-    running = as_completed()
-    for t, d in itertools.islice(jobs, in_flight):
-        running.add(client.submit(_tile_task, model_f, d, t, options, pure=False))
-    for fut in running:
-        yield fut.result()
-        fut.release()
-        nxt = next(jobs, None)
-        if nxt is not None:
-            t, d = nxt
-            running.add(client.submit(_tile_task, model_f, d, t, options, pure=False))
-
-
-def _light(model):
-    """The model without its training data (shipped to every worker)."""
-    light = _copy.copy(model)
-    light.adata = None
-    return light
 
 
 def predict_tiled(
@@ -274,16 +218,9 @@ def predict_tiled(
 def _predict_columns(
     model, source, obs, xy, options, *, tile_size, halo, n_jobs, client, progress
 ) -> _Columns:
-    setup = model.setup
-    library_key = setup["library_key"]
-    libraries = obs[library_key].to_numpy() if library_key in obs else None
-    if halo is None:
-        halo = receptive_halo(xy, graph=setup["graph"], n_hops=setup["n_hops"], libraries=libraries)
-    if tile_size is None:
-        tile_size = default_tile_size(xy, halo=halo, libraries=libraries)
-    tiles = plan_tiles(xy, tile_size=tile_size, halo=halo, libraries=libraries)
+    tiles = model_tiles(model, obs, xy, tile_size=tile_size, halo=halo)
     columns = _Columns(len(obs))
-    results = _run(_light(model), source, tiles, options, n_jobs=n_jobs, client=client)
-    for tile, part in tqdm(results, total=len(tiles), desc="tiles", progress=progress):
+    run = run_tiles(_predict_tile, model, source, tiles, options, n_jobs=n_jobs, client=client)
+    for tile, part in tqdm(run, total=len(tiles), desc="tiles", progress=progress):
         columns.add(tile.rows[tile.core], part)
     return columns

@@ -58,11 +58,17 @@ class Standardize(nn.Module):
         if x.ndim > 2:
             self.mean.fill_(x.mean().item())
             self.std.fill_(max(x.std().item(), 1e-6))
-        else:
-            self.mean.copy_(x.mean(0))
-            std = x.std(0)
-            # Constant columns would explode; give them unit scale instead.
-            self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+            return self
+        return self.set(x.mean(0), x.std(0))
+
+    @torch.no_grad()
+    def set(self, mean, std) -> Standardize:
+        """Set per-column statistics computed elsewhere (e.g. over tiles of a large slide)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(self.mean.shape)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(self.std.shape)
+        self.mean.copy_(mean)
+        # Constant columns would explode; give them unit scale instead.
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,12 +232,17 @@ class ResidualNetwork(nn.Module):
             raise ScResidualError(f"unknown head {head!r}; use 'linear' or 'mlp'.")
 
     @torch.no_grad()
-    def fit_normalisation(self, views: Mapping[str, torch.Tensor]) -> None:
-        """Fix the standardisation statistics from the training inputs."""
-        for k in self.source_names if self.arm != "lora" else ():  # lora: raw features
-            self.source_norm[k].fit(views[k])
-        for k in self.residual_names:
-            self.residual_norm[k].fit(views[k])
+    def fit_normalisation(self, views: Mapping[str, torch.Tensor], moments=None) -> None:
+        """Fix the standardisation statistics from the training inputs.
+
+        ``moments``: per view ``(mean, std)`` to use instead (``None``: from ``views``).
+        """
+        norms = [(self.residual_norm, self.residual_names)]
+        if self.arm != "lora":  # lora: raw features
+            norms.append((self.source_norm, self.source_names))
+        for norm, names in norms:
+            for k in names:
+                norm[k].set(*moments[k]) if moments is not None else norm[k].fit(views[k])
 
     def source_features(self, views: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Standardised (and, for ``adapter``, adapted) frozen source features."""

@@ -190,6 +190,18 @@ class LazyTable:
         xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
         return cls(Path(adata.filename), None, adata.obs, xy, reader)
 
+    def sample(self, n: int, *, seed: int = 0, spatial_key: str = SPATIAL_KEY) -> AnnData:
+        """``n`` rows drawn at random with ``seed`` (all when fewer), read into memory.
+
+        The rows :class:`scresidual.pp.PCAFeatures` fits on when given the whole table (same
+        ``n`` as its ``max_cells`` and same seed): a setup registered on the sample fits the
+        same PCA.
+        """
+        total = len(self.obs)
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(total, n, replace=False)) if total > n else np.arange(total)
+        return self.rows(rows, spatial_key=spatial_key).to_memory()
+
     def rows(self, rows: np.ndarray, *, spatial_key: str = SPATIAL_KEY) -> LazyRows:
         """Rows ``rows`` (sorted), still on disk: small to send to another process."""
         obsm = {spatial_key: self.coordinates[rows]}

@@ -266,3 +266,23 @@ def test_cnn_residual_on_images():
     model.fit({"img": images}, y.astype(str))
     assert (model.predict({"img": images}) == y.astype(str)).mean() > 0.8
     assert any(isinstance(m, torch.nn.Conv2d) for m in model.network.modules())
+
+
+@pytest.mark.parametrize("solver", ["adam", "newton-cg"])
+def test_moments_stand_for_the_unlabelled_rows(toy_views, solver):
+    """Labelled rows + every row's moments: the fit on every row (train_tiled's contract)."""
+    y_train, mask = _split(toy_views["y"])
+    views = {"src": toy_views["good"], "feat": toy_views["feats"]}
+    residual = ("mlp", {}) if solver == "adam" else ("linear", {})
+    kw = {"sources": ["src"], "residuals": {"feat": residual}, "solver": solver, "seed": 0}
+    kw = {**kw, **({**FAST, "max_epochs": 5} if solver == "adam" else {"progress": False})}
+    whole = ResidualModel(**kw).fit(views, y_train)
+    moments = {
+        k: (v.astype(np.float64).mean(0), v.astype(np.float64).std(0, ddof=1))
+        for k, v in views.items()
+    }
+    rows = {k: v[mask] for k, v in views.items()}
+    part = ResidualModel(**kw).fit(rows, y_train[mask], moments=moments)
+    np.testing.assert_allclose(part.predict_proba(views), whole.predict_proba(views), atol=1e-4)
+    unstandardised = ResidualModel(**kw).fit(rows, y_train[mask])
+    assert np.abs(unstandardised.predict_proba(views) - whole.predict_proba(views)).max() > 1e-3
