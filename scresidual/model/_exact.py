@@ -195,7 +195,7 @@ def fit_exact(model, tensors, codes, labelled, weights, groups) -> EngineFit:
     if not all(len(va) for _, va in folds):
         folds = []  # too few labels to validate: default penalty, no guard
     w = None if weights is None else weights.numpy().astype(np.float64)
-    mean, std = standardisation(tensors, [*cfg.sources, *cfg.residuals], model.fit_moments)
+    mean, std = standardisation(tensors, [*cfg.sources, *cfg.residuals], model._fit_moments)
     rows = {name: t[labelled] for name, t in tensors.items()}
     jobs = cfg.n_jobs if cfg.n_jobs is not None else settings.n_jobs
     fits, parts = {}, {}

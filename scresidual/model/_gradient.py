@@ -292,7 +292,7 @@ def _fit_stage(model, arm, tensors, y_t, train_idx, val_idx, weights, fitted):
     cfg, options = model.config, model.options
     seed_all(cfg.seed)
     net = build_network(model, arm)
-    net.fit_normalisation(tensors, model.fit_moments)
+    net.fit_normalisation(tensors, model._fit_moments)
     started = (
         arm == "refine"
         and len(fitted) == 2

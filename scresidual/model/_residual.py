@@ -173,7 +173,7 @@ class ResidualModel:
         self.chosen_arm_: str | None = None
         self.guard_report_: dict[str, dict] = {}
         self.oof_rows_: np.ndarray | None = None  # labelled rows predicted out of fold
-        self.fit_moments: dict | None = None  # standardisation given to the running fit()
+        self._fit_moments: dict | None = None  # standardisation given to the running fit()
         self.oof_proba_: np.ndarray | None = None  # … and their out-of-fold probabilities
         self.calibration_: Calibration | None = None  # fitted on them (see _calibration)
         self.calibration_note_: str | None = None  # why there is none
@@ -252,11 +252,11 @@ class ResidualModel:
         inputs given for the labelled rows only and summed up elsewhere over every row (as
         :func:`scresidual.model.train_tiled` does, tile by tile).
         """
-        self.fit_moments = moments
+        self._fit_moments = moments
         try:
             return self._fit(views, y, groups=groups)
         finally:
-            self.fit_moments = None
+            self._fit_moments = None
 
     def _fit(self, views: Mapping[str, np.ndarray], y, *, groups) -> ResidualModel:
         cfg = self.config

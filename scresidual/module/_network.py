@@ -242,7 +242,10 @@ class ResidualNetwork(nn.Module):
             norms.append((self.source_norm, self.source_names))
         for norm, names in norms:
             for k in names:
-                norm[k].set(*moments[k]) if moments is not None else norm[k].fit(views[k])
+                if moments is None:
+                    norm[k].fit(views[k])
+                else:
+                    norm[k].set(*moments[k])
 
     def source_features(self, views: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Standardised (and, for ``adapter``, adapted) frozen source features."""
