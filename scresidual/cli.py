@@ -244,12 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         "is a good size) at a time with a halo of neighbours, the PCA fitted on a 50,000-cell "
         "sample; same model as without tiles (default: the whole slide is read)",
     )
-    fit.add_argument(
-        "--scheduler",
-        default=None,
-        help="address of a Dask scheduler (tcp://host:8786): tiles run on its workers, which "
-        "must see the input file; implies tiles (default: none)",
-    )
+    _add_scheduler(fit)
     fit.add_argument(
         "--output",
         default=None,
@@ -319,12 +314,7 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes predicting tiles at once (-1: one per CPU); implies tiles "
         "(default: 1)",
     )
-    pred.add_argument(
-        "--scheduler",
-        default=None,
-        help="address of a Dask scheduler (tcp://host:8786): tiles run on its workers, which "
-        "must see the input file; implies tiles (default: none, tiles run on this machine)",
-    )
+    _add_scheduler(pred)
     _add_quiet(pred)
 
     sug = _subcommand(
@@ -408,6 +398,15 @@ def _add_labels_csv(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="label column of --labels-csv (default: its second column; required when it has "
         "more than two)",
+    )
+
+
+def _add_scheduler(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a Dask scheduler (tcp://host:8786): tiles run on its workers, which "
+        "must see the input file; implies tiles (default: none, tiles run on this machine)",
     )
 
 
