@@ -123,22 +123,26 @@ def _cached(path: Path, make):
     return Z
 
 
-def scvi_source(a, name: str, *, epochs: int, tag: str = "") -> np.ndarray:
-    """Embedding of an SCVI model pretrained on the slide's counts (no labels, no coordinates)."""
+def scvi_source(a, name: str, *, epochs: int, tag: str = "", seed: int = 0) -> np.ndarray:
+    """Embedding of an SCVI model pretrained on the slide's counts (no labels, no coordinates).
+
+    ``seed``: which independent training (0 is the one every benchmark reads by default).
+    """
     from scresidual.sources import ScviSource, pretrain_scvi
 
-    mdir = CACHE / f"{name}_scvi_e{epochs}{tag}"
+    stem = f"{name}_scvi_e{epochs}{tag}" + (f"_s{seed}" if seed else "")
+    mdir = CACHE / stem
 
     def make():
         if (mdir / "model.pt").is_file():
             src = ScviSource.load(mdir)
         else:
             t = time.time()
-            src = pretrain_scvi(a, mdir, max_epochs=epochs, seed=0, progress=False)
+            src = pretrain_scvi(a, mdir, max_epochs=epochs, seed=seed, progress=False)
             print(f"  [{name}] pretrained SCVI ({epochs} epochs) in {time.time() - t:.0f}s")
         return src.embed(a, progress=False)
 
-    return _cached(CACHE / f"{name}_scvi_e{epochs}{tag}.npy", make)
+    return _cached(CACHE / f"{stem}.npy", make)
 
 
 def ae_source(

@@ -104,8 +104,11 @@ def labelled(train) -> np.ndarray:
     return np.array([v is not None and v == v for v in y])
 
 
-def run_scresidual(train, test, mask, *, library, seed, arm="refine", sources=("obsm:X_scVI",)):
-    """One arm of :class:`scresidual.model.SpatialRegionClassifier`, library defaults."""
+def run_scresidual(
+    train, test, mask, *, library, seed, arm="refine", sources=("obsm:X_scVI",), **options
+):
+    """One arm of :class:`scresidual.model.SpatialRegionClassifier`, library defaults unless
+    ``options`` (of ``fit_regions``) say otherwise."""
     from scresidual.tl import fit_regions
 
     t = cpu_seconds()
@@ -117,6 +120,7 @@ def run_scresidual(train, test, mask, *, library, seed, arm="refine", sources=("
         arm=arm,
         seed=seed,
         progress=False,
+        **options,
     )
     P = clf.predict_proba(test).to_numpy()
     pred = np.asarray(clf.classes_, dtype=object)[P.argmax(1)]

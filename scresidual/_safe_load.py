@@ -223,9 +223,13 @@ _SETUP_TYPES = {
     "layer": (str, type(None)),
     "n_comps": int,
 }
+_OPTIONAL_SETUP_TYPES = {"gradients": bool, "side_features": list}
+"""Setup keys that models saved before them lack."""
 
 
-def check_spatial_setup(setup, file: Path, *, n_sources: int, n_features: int) -> dict:
+def check_spatial_setup(
+    setup, file: Path, *, n_sources: int, n_features: int, n_side_features: int = 0
+) -> dict:
     """Raise unless ``setup`` (read from ``file``) is complete and fits the saved network.
 
     Every key must be there with the right type, with as many sources and features as the
@@ -235,14 +239,17 @@ def check_spatial_setup(setup, file: Path, *, n_sources: int, n_features: int) -
         raise ScResidualError(f"{file} is corrupted (not a JSON object); refit the model.")
     missing = [k for k in _SETUP_TYPES if k not in setup]
     wrong = [k for k, t in _SETUP_TYPES.items() if k in setup and not isinstance(setup[k], t)]
+    wrong += [k for k, t in _OPTIONAL_SETUP_TYPES.items() if not isinstance(setup.get(k, t()), t)]
     if missing or wrong:
         what = f"lacks {', '.join(missing)}" if missing else f"has a bad {', '.join(wrong)}"
         raise ScResidualError(f"{file} {what}; the model folder is damaged: refit the model.")
-    specs = [*setup["sources"], *setup["features"]]
+    side = setup.get("side_features", [])
+    specs = [*setup["sources"], *setup["features"], *side]
     if not all(isinstance(s, str) for s in specs) or (
         len(setup["sources"]),
         len(setup["features"]),
-    ) != (n_sources, n_features):
+        len(side),
+    ) != (n_sources, n_features, n_side_features):
         raise ScResidualError(
             f"the sources/features in {file} do not match the saved network; the model folder "
             "is damaged: refit the model."

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from ._constants import (
     DEFAULT_ENCODER,
+    DEFAULT_GRADIENTS,
     DEFAULT_GRAPH,
     DEFAULT_N_HOPS,
     ENCODER_SOLVERS,
+    FEATURE_KINDS,
     MIN_GENE_OVERLAP,
     SUGGEST_STRATEGIES,
     TRAIN_SUFFIX,
@@ -169,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
         "--features",
         action="append",
         default=None,
-        help="input of the trainable residual: pca (of the log-normalised counts) | obsm:KEY; "
+        help="input of the trainable residual: pca (of the log-normalised counts) | "
+        "neighbourhood-pca (its components fitted on the spots' neighbour means) | obsm:KEY; "
         "repeatable (default: pca)",
     )
     fit.add_argument(
@@ -183,6 +186,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_N_HOPS,
         help="neighbour rings averaged around each spot (of the features and the sources)",
+    )
+    fit.add_argument(
+        "--gradients",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_GRADIENTS,
+        help="also read the neighbour gradients (BANKSY's azimuthal gradient) of the features "
+        "and sources as blocks the fit weighs out of fold, refused where they do not help "
+        "(linear encoder)",
     )
     fit.add_argument(
         "--encoder",
@@ -545,7 +556,7 @@ def _check_fit_args(args, adata, obs=None) -> None:
         )
     for spec in args.features or []:
         with _flag("--features"):
-            kind, value = parse_spec(spec, ("pca", "obsm"), "features")
+            kind, value = parse_spec(spec, FEATURE_KINDS, "features")
             if kind == "obsm":
                 check_obsm_key(adata, value)
 
@@ -761,6 +772,7 @@ def _set_up(args, adata):
         features=args.features or ["pca"],
         graph=args.graph,
         n_hops=args.n_hops,
+        gradients=args.gradients,
         library_key=args.library_key,
         spatial_key=args.spatial_key,
         layer=args.layer,

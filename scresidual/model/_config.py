@@ -38,6 +38,7 @@ class ResidualConfig:
     arm: str = "refine"
     sources: list[str] = field(default_factory=list)
     residuals: dict[str, list] = field(default_factory=dict)  # name -> [encoder, kwargs]
+    side_blocks: list[str] = field(default_factory=list)  # views of refusable blocks
     head: str = "linear"
     solver: str = "adam"
     guard: bool = True
@@ -123,6 +124,29 @@ def split_options(options: dict, *, legacy: bool = False) -> tuple[dict, object]
         )
     config["solver"] = solver
     return config, SOLVERS[solver](**{k: v for k, v in options.items() if k in own})
+
+
+def check_side_blocks(config: ResidualConfig) -> None:
+    """Side blocks must be source or residual views, fitted by the exact engine."""
+    config.side_blocks = list(config.side_blocks)
+    views = [*config.sources, *config.residuals]
+    unknown = [k for k in config.side_blocks if k not in views]
+    if unknown:
+        raise ScResidualError(
+            f"side_blocks {unknown} are not views of the model ({views}); name source or "
+            "residual views."
+        )
+    for branch, names in (("source", config.sources), ("residual", config.residuals)):
+        if names and set(names) <= set(config.side_blocks):
+            raise ScResidualError(
+                f"every {branch} view is a side block; a side block joins the other {branch} "
+                "views, so keep at least one out of side_blocks."
+            )
+    if config.side_blocks and config.solver != "newton-cg":
+        raise ScResidualError(
+            "side blocks (the spatial model's gradients=True) are fitted by the exact engine "
+            "only; use solver='newton-cg' (the linear encoder) or drop them."
+        )
 
 
 def check_trainer_kwargs(solver: str, trainer_kwargs: dict) -> None:

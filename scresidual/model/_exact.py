@@ -2,7 +2,8 @@
 
 With linear residual encoders and a linear head every arm is a multinomial logistic
 regression on standardised features: the linear probe on the frozen sources, scratch on the
-residual inputs, REFINE on both. Each *block* (probe, scratch) is fitted by sklearn's
+residual inputs, REFINE on both. Each *block* (probe, scratch, and the side blocks that join
+either where they help: :func:`join_side`) is fitted by sklearn's
 ``newton-cg`` solver with its penalty averaged by cross-validation and its logits scaled out
 of fold (:func:`._convex.fit_block`); REFINE mixes the two blocks' calibrated
 log-probabilities at the source share chosen out of fold (:func:`._selection.choose_share`),
@@ -56,7 +57,11 @@ class ExactOptions:
 
 @dataclass
 class Block:
-    """One logistic-regression block: ``temperature * (raw logits)`` on standardised views."""
+    """One logistic-regression block: ``temperature * (raw logits)`` on standardised views.
+
+    A branch joined by its side block (:func:`join_side`) is one block whose temperature is
+    the two blocks' mean at the side block's weight: its raw logits are then approximate.
+    """
 
     views: list[str]
     coef: np.ndarray  # (n_classes, n_features), temperature included
@@ -158,6 +163,37 @@ def standardisation(tensors, names, moments=None) -> tuple[dict, dict]:
     return mean, std
 
 
+def branches(cfg) -> list[tuple[str, list[str]]]:
+    """Each branch's block and its views: the probe on the sources, scratch on the residuals."""
+    return [("linear-probe", list(cfg.sources)), ("scratch", list(cfg.residuals))]
+
+
+def join_side(arm: str, parts: dict, oof: dict, reports: dict, y, weights, scored) -> None:
+    """Fold ``arm``'s side block into it at the weight of least out-of-fold loss (in place).
+
+    The weight is chosen as REFINE's source share is (:func:`._selection.choose_share`, ties
+    to the first listed, 0): the branch's logits become ``(1 - w)`` times its own plus ``w``
+    times the side block's, one linear block again. At ``w = 0`` the side block is refused
+    and the branch is what it was without it. Without validation cells it is refused too.
+    """
+    name = f"{arm} side"
+    w, scores = 0.0, {0.0: float("nan")}
+    if scored is not None:
+        w, scores = choose_share(
+            oof[name][scored], oof[arm][scored], y, weights, SOURCE_SHARES["newton-cg"]
+        )
+    oof[arm] = mixed_log_proba(oof.pop(name), oof[arm], w)
+    side, own = parts.pop(name), parts[arm]
+    if w > 0:
+        parts[arm] = Block(
+            own.views + side.views,
+            np.hstack([(1 - w) * own.coef, w * side.coef]),
+            (1 - w) * own.intercept + w * side.intercept,
+            (1 - w) * own.temperature + w * side.temperature,
+        )
+    reports[arm].update(side_share=w, cv_loss_by_side_share=scores, side_block=reports.pop(name))
+
+
 def fit_exact(model, tensors, codes, labelled, weights, groups) -> EngineFit:
     """Fit the linear arms exactly; keep the guard's choice as an :class:`ExactHead`.
 
@@ -168,11 +204,17 @@ def fit_exact(model, tensors, codes, labelled, weights, groups) -> EngineFit:
     """
     cfg, options = model.config, model.options
     check_linear(cfg)
-    blocks = {"linear-probe": cfg.sources, "scratch": list(cfg.residuals)}
+    own = {arm: [k for k in views if k not in cfg.side_blocks] for arm, views in branches(cfg)}
+    side = {arm: [k for k in views if k in cfg.side_blocks] for arm, views in branches(cfg)}
+    blocks = dict(own)
     if cfg.arm != "refine":
         blocks = {cfg.arm: blocks[cfg.arm]}
     elif not cfg.sources or not cfg.residuals:  # refine without a branch is that branch
-        blocks = {"scratch": blocks["scratch"]} if cfg.residuals else {"linear-probe": cfg.sources}
+        arm = "scratch" if cfg.residuals else "linear-probe"
+        blocks = {arm: own[arm]}
+    for arm in list(blocks):
+        if side[arm]:  # fitted on its own, then joins its branch (see join_side)
+            blocks[f"{arm} side"] = side[arm]
     y = codes[labelled]
     repeats = options.cv_repeats
     if repeats is None:
@@ -217,8 +259,11 @@ def fit_exact(model, tensors, codes, labelled, weights, groups) -> EngineFit:
         }
         for arm, f in fits.items()
     }
-    stages = list(blocks)
     scored = scorable_rows(y, folds) if folds else np.ones(len(y), dtype=bool)
+    for arm in [a for a in blocks if f"{a} side" in blocks]:
+        join_side(arm, parts, oof, reports, y[scored], w, scored if folds else None)
+        del blocks[f"{arm} side"]
+    stages = list(blocks)
     share = None
     if len(blocks) == 2:
         share, scores = 0.5, {0.5: float("nan")}

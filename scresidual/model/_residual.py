@@ -30,7 +30,7 @@ from ..module import arm_uses
 from ..train import as_tensor
 from . import _persistence
 from ._calibration import Calibration, calibrate
-from ._config import ResidualConfig, check_trainer_kwargs, split_options
+from ._config import ResidualConfig, check_side_blocks, check_trainer_kwargs, split_options
 from ._exact import ExactHead, fit_exact
 from ._gradient import fit_gradient, network_logits
 from ._selection import fold_groups, n_folds
@@ -56,6 +56,12 @@ class ResidualModel:
     residuals
         ``{{view name: (encoder name, encoder kwargs)}}`` for the trainable residual
         encoders (see :data:`scresidual.module.ENCODERS`).
+    side_blocks
+        Source or residual views fitted as a block of their own, which joins the other views
+        of its branch (the probe's sources, scratch's residuals) with the weight of least
+        out-of-fold loss: 0, the block refused, when it does not help
+        (:func:`._selection.choose_share`, the rule of the source share). The exact engine
+        only. The spatial model's ``gradients=True`` puts the neighbour gradients here.
     head
         ``"linear"`` (default, robust) or ``"mlp"``.
     guard
@@ -162,6 +168,7 @@ class ResidualModel:
             seed=settings.seed if seed is None else seed,
             **config,
         )
+        check_side_blocks(self.config)
         self.trainer_kwargs = {"accelerator": accelerator, "devices": devices, "strategy": strategy}
         check_trainer_kwargs(self.config.solver, self.trainer_kwargs)
         self.progress = progress

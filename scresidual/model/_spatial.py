@@ -13,8 +13,10 @@ from anndata import AnnData
 
 from .._constants import (
     DEFAULT_ENCODER,
+    DEFAULT_GRADIENTS,
     DEFAULT_GRAPH,
     DEFAULT_N_HOPS,
+    DEFAULT_SIDE_FEATURES,
     ENCODER_SOLVERS,
     MIN_GENE_OVERLAP,
     SPATIAL_KEY,
@@ -30,12 +32,14 @@ from .._docs import (
 from .._errors import ScResidualError
 from ..read.sdata import is_spatialdata
 from . import _spatial_io
-from ._config import ALL_OPTIONS, TRAIN_OPTIONS
+from ._config import ALL_OPTIONS, SOLVER_ALIASES, TRAIN_OPTIONS
 from ._residual import ResidualModel, labelled_mask
 from ._spatial_sets import write_predictions
 from ._spatial_setup import (
+    all_features,
     check_setup_args,
     fit_feature_maps,
+    is_side_view,
     register,
     registered,
     training_anndata,
@@ -176,9 +180,11 @@ class SpatialRegionClassifier:
         labels_key: str,
         sources: Sequence[str] = (),
         features: Sequence[str] = ("pca",),
+        side_features: Sequence[str] = DEFAULT_SIDE_FEATURES,
         graph: str = DEFAULT_GRAPH,
         n_hops: int = DEFAULT_N_HOPS,
         aggregate_sources: bool = True,
+        gradients: bool = DEFAULT_GRADIENTS,
         library_key: str | None = None,
         spatial_key: str = SPATIAL_KEY,
         layer: str | None = None,
@@ -204,8 +210,14 @@ class SpatialRegionClassifier:
             the ``scratch`` arm.
         features
             Target-side inputs of the residual encoders, one encoder each: ``'pca'`` (PCA of
-            log-normalised expression, fitted here on ``adata``) or ``'obsm:KEY'`` (e.g.
-            protein).
+            log-normalised expression, fitted here on ``adata``), ``'neighbourhood-pca'``
+            (the same projection, with genes and components fitted on each cell's mean with
+            its graph neighbours, as BANKSY's PCA reads the neighbourhood) or ``'obsm:KEY'``
+            (e.g. protein).
+        side_features
+            Further target-side inputs, as ``features``, read as one block of their own (with
+            the gradients, if any) that joins scratch with the weight of least out-of-fold
+            loss: 0 where they do not help (see ``gradients``). The exact engine's only.
         graph
             Spatial graph: ``'delaunay'`` (default; edges longer than the 99th percentile
             dropped), ``'knn:K'``, ``'radius:R'`` or ``'none'`` (no spatial residual).
@@ -215,6 +227,15 @@ class SpatialRegionClassifier:
         aggregate_sources
             Also give the head each frozen source's ring means (parameter-free, so the source
             stays frozen; a linear probe on them is CellCharter's neighbourhood aggregation).
+        gradients
+            Also read the neighbour gradients (BANKSY's first-order azimuthal gradient over
+            the cells up to two edges away: :func:`scresidual.pp.neighbourhood_gradients`) of
+            each feature view and, with ``aggregate_sources``, of each frozen source. Each
+            branch's gradients are a block of their own, which joins the branch (scratch's
+            features, the probe's sources) with the weight of least out-of-fold loss: 0 where
+            they do not help. Needs a spatial graph. The gradient engine (``encoder='hops'``,
+            the adapter arm, an MLP head) has no side blocks and reads neither gradients nor
+            ``side_features``.
         library_key
             ``obs`` column naming each cell's slide: one graph per slide, no edges across; when
             two or more slides are labelled throughout, validation folds hold out whole slides
@@ -239,9 +260,11 @@ class SpatialRegionClassifier:
                 "labels_key": labels_key,
                 "sources": sources,
                 "features": features,
+                "side_features": side_features,
                 "graph": graph,
                 "n_hops": n_hops,
                 "aggregate_sources": aggregate_sources,
+                "gradients": gradients,
                 "library_key": library_key,
                 "spatial_key": spatial_key,
                 "layer": layer,
@@ -260,13 +283,29 @@ class SpatialRegionClassifier:
         params.setdefault(
             "solver", spatial_solver(params["arm"], self.setup["encoder"], params["head"])
         )
+        sources, residuals = self._sources(), self._residuals()
+        side = [k for k in [*sources, *residuals] if is_side_view(k, self.setup)]
+        if SOLVER_ALIASES.get(params["solver"], params["solver"]) != "newton-cg":
+            # side blocks are the exact engine's: the gradient engine reads none of them
+            sources = [k for k in sources if k not in side]
+            residuals = {k: v for k, v in residuals.items() if k not in side}
+            side = []
         return ResidualModel(
-            sources=[f"source_{i}" for i in range(len(self.setup["sources"]))],
-            residuals=self._residuals(),
+            sources=sources,
+            residuals=residuals,
+            side_blocks=side,
             **params,
             **options,
             **trainer,
         )
+
+    def _sources(self) -> list[str]:
+        """One view per frozen source, and its gradients (a side block) with ``gradients``."""
+        n = len(self.setup["sources"])
+        gradients = self._gradients_on and self.setup["aggregate_sources"]
+        return [f"source_{i}" for i in range(n)] + [
+            f"source_gradients_{i}" for i in range(n) if gradients
+        ]
 
     def _residuals(self) -> dict[str, tuple[str, dict]]:
         """One residual encoder per feature view."""
@@ -275,7 +314,13 @@ class SpatialRegionClassifier:
             spec = ("hops", {"n_hops": self.setup["n_hops"]}) if self._graph_on else ("mlp", {})
         else:
             spec = (encoder, {})
-        return {f"features_{j}": spec for j in range(len(self.setup["features"]))}
+        n = len(all_features(self.setup))
+        gradients = {f"gradients_{j}": ("linear", {}) for j in range(n) if self._gradients_on}
+        return {**{f"features_{j}": spec for j in range(n)}, **gradients}
+
+    @property
+    def _gradients_on(self) -> bool:
+        return bool(self.setup.get("gradients", False))  # setups saved before it lack it
 
     @property
     def _graph_on(self) -> bool:

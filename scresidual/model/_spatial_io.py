@@ -14,7 +14,14 @@ from .._io import atomic_path, check_model_dir, recover
 from .._safe_load import check_spatial_setup
 from .._validate import parse_spec
 from ._residual import ResidualModel
-from ._spatial_setup import SETUP_FORMAT, SOURCE_KINDS, pca_arrays, read_pca
+from ._spatial_setup import (
+    PCA_KINDS,
+    SETUP_FORMAT,
+    SOURCE_KINDS,
+    all_features,
+    pca_arrays,
+    read_pca,
+)
 from ._spatial_views import SETUP_FILE, scvi_dir
 
 
@@ -73,8 +80,9 @@ def load(
     model.setup = check_spatial_setup(
         setup,
         path / SETUP_FILE,
-        n_sources=len(core.config.sources),
-        n_features=len(core.config.residuals),
+        n_sources=len([k for k in core.config.sources if k not in core.config.side_blocks]),
+        n_features=len([k for k in core.config.residuals if k not in core.config.side_blocks]),
+        n_side_features=len([k for k in core.config.side_blocks if k.startswith("features_")]),
     )
     cfg = core.config
     model.init_params_ = {"arm": cfg.arm, "head": cfg.head, "guard": cfg.guard, "seed": cfg.seed}
@@ -84,7 +92,7 @@ def load(
             "refit the model."
         )
     model._pca = {}
-    for j, spec in enumerate(setup["features"]):
-        if spec == "pca":
+    for j, spec in enumerate(all_features(setup)):
+        if spec in PCA_KINDS:
             model._pca[j] = read_pca(path / f"features_{j}_pca.npz")
     return model

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
-from .._constants import SETUP_KEY
+from .._constants import FEATURE_KINDS, SETUP_KEY
 from .._errors import ScResidualError
 from .._settings import settings
 from .._validate import (
@@ -25,14 +25,32 @@ from .._validate import (
     parse_graph,
     parse_spec,
 )
-from ..pp import PCAFeatures
+from ..pp import PCAFeatures, spatial_graph
 from ..read.sdata import choose_table, is_spatialdata, spatialdata
 from .sdata import warn_several_regions
 
 SETUP_FORMAT = 2
 """Format of the setup (and of ``spatial_setup.json``); 2 added rings, source rings, encoders."""
 
-SOURCE_KINDS, FEATURE_KINDS = ("obsm", "scvi"), ("pca", "obsm")
+SOURCE_KINDS = ("obsm", "scvi")
+PCA_KINDS = ("pca", "neighbourhood-pca")
+"""Feature views computed by a PCA fitted at setup (:class:`scresidual.pp.PCAFeatures`)."""
+
+
+def all_features(setup: dict) -> list[str]:
+    """Every feature view's spec: ``features``, then ``side_features`` (older setups lack it)."""
+    return [*setup["features"], *setup.get("side_features", [])]
+
+
+def is_side_view(name: str, setup: dict) -> bool:
+    """Whether the model's view ``name`` is a side block's (one the fit may refuse).
+
+    Those are the neighbour gradients and the side features (``features_j`` after the main
+    ones).
+    """
+    if "gradients_" in name:
+        return True
+    return name.startswith("features_") and int(name.split("_")[1]) >= len(setup["features"])
 
 
 def check_setup_args(adata: AnnData, args: dict) -> dict:
@@ -45,33 +63,71 @@ def check_setup_args(adata: AnnData, args: dict) -> dict:
     sources, features = args["sources"], args["features"]
     sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s != "none"]
     features = [features] if isinstance(features, str) else list(features)
+    side = args.get("side_features", ())
+    side = [side] if isinstance(side, str) else list(side)
     for s in sources:
         parse_spec(s, SOURCE_KINDS, "source")
     for f in features:
         parse_spec(f, FEATURE_KINDS, "features")
-    parse_graph(args["graph"])
+    for f in side:
+        parse_spec(f, FEATURE_KINDS, "side_features")
+    if not features and side:
+        raise ScResidualError(
+            "side_features join the features, but features is empty; pass features (e.g. "
+            "'pca') or move the side features there."
+        )
+    graph_on = parse_graph(args["graph"])[0] != "none"
+    if "neighbourhood-pca" in [*features, *side] and not graph_on:
+        raise ScResidualError(
+            "'neighbourhood-pca' averages each cell with its neighbours, but graph='none'; "
+            "pass a graph ('delaunay', 'knn:K' or 'radius:R') or use 'pca'."
+        )
+    gradients = bool(args.get("gradients", False))
+    if gradients and not graph_on:
+        raise ScResidualError(
+            "gradients=True reads the spatial graph, but graph='none'; pass a graph "
+            "('delaunay', 'knn:K' or 'radius:R') or drop gradients."
+        )
     return {
         **args,
         "format": SETUP_FORMAT,
         "sources": sources,
         "features": features,
+        "side_features": side,
         "n_hops": int(args["n_hops"]),
         "aggregate_sources": bool(args["aggregate_sources"]),
+        "gradients": gradients,
         "n_comps": int(args["n_comps"]),
         "min_gene_overlap": float(args["min_gene_overlap"]),
     }
 
 
 def fit_feature_maps(adata: AnnData, args: dict) -> dict[int, PCAFeatures]:
-    """The PCA of each ``'pca'`` feature view, fitted on the training data.
+    """The PCA of each ``'pca'`` or ``'neighbourhood-pca'`` feature view, fitted here.
 
+    A neighbourhood PCA is fitted on the cells' neighbour means, over the setup's graph.
     Slides over 50,000 cells are fitted on a sample drawn with ``settings.seed``.
     """
-    return {
-        j: PCAFeatures.fit(adata, n_comps=args["n_comps"], layer=args["layer"], seed=settings.seed)
-        for j, spec in enumerate(args["features"])
-        if spec == "pca"
-    }
+    maps, conn = {}, None
+    for j, spec in enumerate(all_features(args)):
+        if spec not in PCA_KINDS:
+            continue
+        if spec == "neighbourhood-pca" and conn is None:
+            conn, _ = spatial_graph(
+                adata,
+                graph=args["graph"],
+                spatial_key=args["spatial_key"],
+                library_key=args["library_key"],
+                copy=True,
+            )
+        maps[j] = PCAFeatures.fit(
+            adata,
+            n_comps=args["n_comps"],
+            layer=args["layer"],
+            seed=settings.seed,
+            neighbours=conn if spec == "neighbourhood-pca" else None,
+        )
+    return maps
 
 
 def pca_arrays(pca: PCAFeatures) -> dict:

@@ -12,18 +12,19 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
-from .._constants import MIN_GENE_OVERLAP
+from .._constants import FEATURE_KINDS, MIN_GENE_OVERLAP
 from .._safe_load import path_inside
 from .._validate import (
     check_cells,
     check_finite,
     check_obsm_key,
+    check_spatial,
     check_unique_obs_names,
     parse_graph,
     parse_spec,
 )
-from ..pp import neighbourhood_rings, spatial_graph
-from ._spatial_setup import FEATURE_KINDS, SOURCE_KINDS, pca_arrays
+from ..pp import neighbourhood_gradients, neighbourhood_rings, spatial_graph
+from ._spatial_setup import SOURCE_KINDS, all_features, pca_arrays
 
 SETUP_FILE = "spatial_setup.json"
 
@@ -86,7 +87,7 @@ def source_view(model, i: int, adata: AnnData) -> np.ndarray:
 
 def feature_view(model, j: int, adata: AnnData) -> np.ndarray:
     """The ``j``-th target-side features of ``adata`` (an ``obsm`` entry or the fitted PCA)."""
-    kind, value = parse_spec(model.setup["features"][j], FEATURE_KINDS, "features")
+    kind, value = parse_spec(all_features(model.setup)[j], FEATURE_KINDS, "features")
     if kind == "obsm":
         check_obsm_key(adata, value)
         X = np.asarray(adata.obsm[value], dtype=np.float32).reshape(adata.n_obs, -1)
@@ -116,11 +117,19 @@ def spatial_views(model, adata: AnnData) -> dict[str, np.ndarray]:
             copy=True,
         )
     rings = setup["n_hops"]
+    gradients = conn is not None and setup.get("gradients", False)  # older setups lack it
+    if gradients:
+        xy = check_spatial(adata, setup["spatial_key"])
     if conn is not None and setup["aggregate_sources"]:
-        for name, Z in out.items():
-            out[name] = neighbourhood_rings(Z, conn, rings).reshape(adata.n_obs, -1)
-    for j in range(len(setup["features"])):
+        for i in range(len(setup["sources"])):
+            Z = out[f"source_{i}"]
+            if gradients:
+                out[f"source_gradients_{i}"] = neighbourhood_gradients(Z, xy, conn, min(2, rings))
+            out[f"source_{i}"] = neighbourhood_rings(Z, conn, rings).reshape(adata.n_obs, -1)
+    for j in range(len(all_features(setup))):
         X = feature_view(model, j, adata)
+        if gradients:
+            out[f"gradients_{j}"] = neighbourhood_gradients(X, xy, conn, min(2, rings))
         if conn is not None:
             X = neighbourhood_rings(X, conn, rings).reshape(adata.n_obs, -1)
         out[f"features_{j}"] = X

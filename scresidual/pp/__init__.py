@@ -1,6 +1,6 @@
-"""Preprocessing: spatial graphs, neighbour rings and target-side PCA features."""
+"""Preprocessing: spatial graphs, neighbour rings and gradients, target-side PCA features."""
 
 from ._features import PCAFeatures
-from ._graph import neighbourhood_rings, spatial_graph
+from ._graph import neighbourhood_gradients, neighbourhood_rings, spatial_graph
 
-__all__ = ["PCAFeatures", "neighbourhood_rings", "spatial_graph"]
+__all__ = ["PCAFeatures", "neighbourhood_gradients", "neighbourhood_rings", "spatial_graph"]

@@ -40,15 +40,32 @@ class PCAFeatures:
         layer: str | None = None,
         max_cells: int = 50_000,
         seed: int = 0,
+        neighbours: sp.spmatrix | None = None,
     ) -> PCAFeatures:
-        """Fit on ``adata``, or on ``max_cells`` random cells (only those are read if backed)."""
+        """Fit on ``adata``, or on ``max_cells`` random cells (only those are read if backed).
+
+        ``neighbours``: a spatial graph of ``adata``'s cells. The genes and components are
+        then those of each cell's mean with its neighbours (as BANKSY's PCA reads the
+        neighbourhood): directions along which regions differ, which the cell-to-cell noise
+        of single cells can hide. New cells are still projected one by one.
+        """
         check_cells(adata, 2, "fitting PCA features")
         rng = np.random.default_rng(seed)
         big = adata.n_obs > max_cells
         rows = np.sort(rng.choice(adata.n_obs, max_cells, replace=False)) if big else slice(None)
-        X = sp.csr_matrix(expression_matrix(adata[rows], layer), dtype=np.float32)
+        if neighbours is not None:  # every cell is read: the sampled ones' neighbours too
+            if adata.isbacked:
+                raise ScResidualError(
+                    "a neighbourhood PCA averages each cell with its neighbours; load the slide "
+                    "into memory (not backed) or use 'pca'."
+                )
+            X = sp.csr_matrix(expression_matrix(adata, layer), dtype=np.float32)
+        else:
+            X = sp.csr_matrix(expression_matrix(adata[rows], layer), dtype=np.float32)
         lognorm = check_counts(X, "the expression matrix", counts=None)
         Y = log1p_normalise(X) if lognorm else X
+        if neighbours is not None:
+            Y = sp.csr_matrix(neighbour_means(neighbours) @ Y)[rows]
         # Genes ranked by variance (not scanpy's binned dispersion), as fitted models expect.
         var = mean_variance_axis(Y, 0)[1]
         keep = np.sort(np.argsort(-var, kind="stable")[:n_top_genes])
@@ -94,3 +111,10 @@ class PCAFeatures:
             block = log1p_normalise(block) if self.lognorm else block
             out[start : start + block.shape[0]] = block @ self.components.T - offset
         return out
+
+
+def neighbour_means(conn: sp.spmatrix) -> sp.csr_matrix:
+    """The operator that averages each cell with its graph neighbours (rows sum to 1)."""
+    A = sp.csr_matrix(conn, dtype=bool).astype(np.float32)
+    A = A + sp.identity(A.shape[0], dtype=np.float32, format="csr")
+    return sp.csr_matrix(sp.diags(1.0 / np.asarray(A.sum(1)).ravel()) @ A)

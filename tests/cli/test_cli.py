@@ -46,7 +46,7 @@ def test_fit_then_predict(slide_file, small_slides, tmp_path, capsys):
         **SpatialRegionClassifier.setup_anndata.__kwdefaults__,
         **SpatialRegionClassifier.__init__.__kwdefaults__,
     }
-    for key in ("graph", "n_hops", "encoder"):  # the CLI's defaults are the class's
+    for key in ("graph", "n_hops", "gradients", "encoder"):  # the CLI's defaults are the class's
         assert setup[key] == defaults[key]
     assert "_scresidual_setup" not in ad.read_h5ad(tmp_path / "f.h5ad").uns
     other = small_slides[small_slides.obs["slide"] == "slide2"].copy()
@@ -121,6 +121,20 @@ def test_fit_errors_are_one_line(slide_file, tmp_path, capsys, edit, args, messa
     assert "Traceback" not in err
     assert file_hash(slide_file) == digest
     assert not (tmp_path / "m").exists()
+
+
+def test_gradients_flag_reaches_the_model(slide_file, tmp_path, capsys):
+    argv = ["fit", str(slide_file), "--labels-key", "label", "--model-dir", str(tmp_path / "m")]
+    code, _, err = _run([*argv, "--gradients", "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "m" / "spatial_setup.json").read_text())["gradients"] is True
+    meta = json.loads((tmp_path / "m" / "residual_model.json").read_text())
+    assert meta["config"]["side_blocks"] == ["gradients_0"]
+    assert "side_share" in meta["guard_report"]["scratch"]
+    argv[-1] = str(tmp_path / "m2")
+    code, _, err = _run([*argv, "--gradients", "--graph", "none", "--quiet"], capsys)
+    last = err.splitlines()[-1]
+    assert code == 2 and last.startswith("error: --gradients reads the spatial graph")
 
 
 def test_predict_rejects_a_non_model_dir(slide_file, tmp_path, capsys):

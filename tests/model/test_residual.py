@@ -286,3 +286,49 @@ def test_moments_stand_for_the_unlabelled_rows(toy_views, solver):
     np.testing.assert_allclose(part.predict_proba(views), whole.predict_proba(views), atol=1e-4)
     unstandardised = ResidualModel(**kw).fit(rows, y_train[mask])
     assert np.abs(unstandardised.predict_proba(views) - whole.predict_proba(views)).max() > 1e-3
+
+
+def _side_views(toy_views, informative: bool):
+    rng = np.random.default_rng(1)
+    y = toy_views["y"].astype(int)
+    side = rng.normal(size=(len(y), 6)).astype(np.float32)
+    if informative:  # what the residual view lacks: the label, in other columns
+        side[:, 1] += 2.0 * (y == 1) - 2.0 * (y == 2)
+    return {"src": toy_views["useless"], "feat": toy_views["feats"], "side": side}
+
+
+def test_a_side_block_joins_scratch_only_where_it_helps(toy_views, tmp_path):
+    y_train, mask = _split(toy_views["y"], frac=0.2)
+    kw = {"sources": ["src"], "solver": "newton-cg", "progress": False}
+    linear = {"feat": ("linear", {}), "side": ("linear", {})}
+    plain = ResidualModel(residuals={"feat": ("linear", {})}, **kw)
+
+    noise = _side_views(toy_views, informative=False)
+    with_noise = ResidualModel(residuals=linear, side_blocks=["side"], **kw).fit(noise, y_train)
+    report = with_noise.guard_report_["scratch"]
+    assert report["side_share"] == 0 and set(report["cv_loss_by_side_share"]) >= {0.0, 1.0}
+    assert "C" in report["side_block"]
+    # refused: the fit is the one without the block, which is not read at all
+    np.testing.assert_allclose(
+        with_noise.predict_proba(noise), plain.fit(noise, y_train).predict_proba(noise), atol=1e-6
+    )
+    assert "side" not in with_noise.predictor_.mean
+
+    signal = _side_views(toy_views, informative=True)
+    model = ResidualModel(residuals=linear, side_blocks=["side"], **kw).fit(signal, y_train)
+    assert model.guard_report_["scratch"]["side_share"] > 0
+    y = toy_views["y"]
+    assert _acc(model, signal, y, mask) > _acc(plain.fit(signal, y_train), signal, y, mask) + 0.1
+    model.save(tmp_path / "m")
+    again = ResidualModel.load(tmp_path / "m", progress=False)
+    np.testing.assert_allclose(again.predict_proba(signal), model.predict_proba(signal), atol=1e-6)
+
+
+def test_side_blocks_are_checked_in_one_line():
+    linear = {"feat": ("linear", {}), "side": ("linear", {})}
+    with pytest.raises(ScResidualError, match="not views of the model"):
+        ResidualModel(residuals=linear, side_blocks=["nope"], solver="newton-cg")
+    with pytest.raises(ScResidualError, match="every residual view is a side block"):
+        ResidualModel(residuals={"side": ("linear", {})}, side_blocks=["side"], solver="newton-cg")
+    with pytest.raises(ScResidualError, match="exact engine only"):
+        ResidualModel(residuals=linear, side_blocks=["side"], solver="adam")

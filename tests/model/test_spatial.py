@@ -235,3 +235,67 @@ def test_reuse_views_computes_the_inputs_once_and_changes_nothing(monkeypatch):
     with SpatialRegionClassifier.reuse_views(memo):
         tl.fit_regions(adata, labels_key="labels", features=("pca",), n_hops=2, progress=False)
     assert len(computed) == 4  # another setup: other inputs
+
+
+def test_gradients_are_blocks_the_fit_may_take_and_saving_keeps_them(slides, tmp_path):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    rng = np.random.default_rng(0)
+    one.obsm["X_emb"] = rng.normal(size=(one.n_obs, 4)).astype(np.float32)
+    kw = {"labels_key": "train", "sources": ["obsm:X_emb"], "seed": 0, "progress": False}
+    model = tl.fit_regions(one, gradients=True, **kw)
+    views = model.views(one)
+    conn, _ = pp.spatial_graph(one, graph="delaunay", copy=True)
+    expected = pp.neighbourhood_gradients(one.obsm["X_emb"], one.obsm["spatial"], conn, 2)
+    np.testing.assert_allclose(views["source_gradients_0"], expected, rtol=1e-6)
+    rings = model.setup["n_hops"] + 1
+    assert views["gradients_0"].shape == (one.n_obs, views["features_0"].shape[1] // rings)
+    assert model.residual_model_.config.side_blocks == ["source_gradients_0", "gradients_0"]
+    for branch in ("scratch", "linear-probe"):  # each branch weighs its own gradients
+        report = model.guard_report_[branch]
+        assert 0 <= report["side_share"] <= 1 and report["side_block"]["penalty_weights"]
+    assert model.setup["gradients"] is True
+    model.save(tmp_path / "m")
+    again = SpatialRegionClassifier.load(tmp_path / "m", progress=False)
+    pd.testing.assert_frame_equal(again.predict_proba(one), model.predict_proba(one), atol=1e-6)
+    plain = tl.fit_regions(one, gradients=False, **kw)
+    assert not [k for k in plain.views(one) if "gradients" in k]
+    assert "side_share" not in str(plain.guard_report_)
+
+
+def test_gradients_need_a_graph_and_only_the_exact_engine_reads_them(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    with pytest.raises(ScResidualError, match="graph='none'"):
+        tl.fit_regions(one, labels_key="train", gradients=True, graph="none")
+    plain = tl.fit_regions(one, labels_key="train", **FAST)  # off by default
+    assert plain.setup["gradients"] is False and not plain.residual_model_.config.side_blocks
+    # the gradient engine has no side blocks: a hops model reads no gradients
+    kw = {"encoder": "hops", "gradients": True, "seed": 0, **GRADIENT}
+    hops = tl.fit_regions(one, labels_key="train", **kw)
+    assert list(hops.residual_model_.config.residuals) == ["features_0"]
+
+
+def test_side_features_are_a_block_the_fit_may_take(slides, tmp_path):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    kw = {"labels_key": "train", "seed": 0, "progress": False}
+    model = tl.fit_regions(one, side_features=["neighbourhood-pca"], gradients=True, **kw)
+    views = model.views(one)
+    assert views["features_1"].shape == views["features_0"].shape  # rings of its own PCA
+    assert not np.allclose(views["features_1"], views["features_0"])
+    blocks = model.residual_model_.config.side_blocks
+    assert sorted(blocks) == ["features_1", "gradients_0", "gradients_1"]
+    assert 0 <= model.guard_report_["scratch"]["side_share"] <= 1
+    model.save(tmp_path / "m")
+    again = SpatialRegionClassifier.load(tmp_path / "m", progress=False)
+    assert again.setup["side_features"] == ["neighbourhood-pca"]
+    pd.testing.assert_frame_equal(again.predict_proba(one), model.predict_proba(one), atol=1e-6)
+
+
+def test_side_features_are_checked_at_setup(slides):
+    one = slides[slides.obs["slide"] == "slide1"].copy()
+    setup = SpatialRegionClassifier.setup_anndata
+    with pytest.raises(ScResidualError, match="unknown side_features 'umap'"):
+        setup(one, labels_key="train", side_features=["umap"])
+    with pytest.raises(ScResidualError, match="features is empty"):
+        setup(one, labels_key="train", features=[], side_features=["pca"])
+    with pytest.raises(ScResidualError, match="'neighbourhood-pca' averages each cell"):
+        setup(one, labels_key="train", features=["neighbourhood-pca"], graph="none")

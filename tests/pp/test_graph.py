@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scresidual import pp
+from scresidual import ScResidualError, pp
 
 
 def test_graph_has_no_edges_across_slides(slides):
@@ -87,3 +87,29 @@ def test_delaunay_drops_links_longer_than_the_long_link_percentile():
     assert ((length > 30) & kept).sum() == 0 and (length > 30).sum() >= 5
     np.testing.assert_allclose(dist[i[kept], j[kept]].A1, length[kept], rtol=1e-5)
     assert (conn != conn.T).nnz == 0 and conn.nnz == 2 * kept.sum()
+
+
+def test_gradients_are_the_first_azimuthal_moment_of_the_neighbours():
+    xs, ys = np.meshgrid(np.arange(8.0), np.arange(8.0))
+    xy = np.c_[xs.ravel(), ys.ravel()]
+    d = np.hypot(*(xy[:, None] - xy[None]).transpose(2, 0, 1))
+    conn = sp.csr_matrix((d > 0) & (d < 1.01), dtype=np.float32)  # 4 neighbours inside
+    X = np.c_[2 * xy[:, 0], np.full(len(xy), 5.0), xy[:, 0] * xy[:, 1]]
+    G = pp.neighbourhood_gradients(X, xy, conn, n_rings=1)
+    inner = (xy.min(1) > 0) & (xy.max(1) < 7)
+    # a slope of 2: (1/4)(2·1 + (-2)(-1)) = 1 in every inner cell; a constant has none
+    np.testing.assert_allclose(G[inner, 0], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(G[:, 1], 0.0, atol=1e-6)
+    # x·y at (x, y): the moment is (y, x)/2, so its size grows with the distance to 0
+    np.testing.assert_allclose(G[inner, 2], np.hypot(*xy[inner].T) / 2, rtol=1e-5)
+    # two rings: 12 cells within 2 edges inside; a mirror-symmetric layout cancels
+    G2 = pp.neighbourhood_gradients(X, xy, conn, n_rings=2)
+    far = (xy.min(1) > 1) & (xy.max(1) < 6)
+    np.testing.assert_allclose(G2[far, 1], 0.0, atol=1e-6)
+    assert (G2[far, 0] > 0).all()
+
+
+def test_gradients_refuse_a_graph_of_other_cells():
+    conn = sp.csr_matrix(np.eye(3, k=1) + np.eye(3, k=-1))
+    with pytest.raises(ScResidualError, match="rebuild the graph"):
+        pp.neighbourhood_gradients(np.zeros((4, 2)), np.zeros((4, 2)), conn)
