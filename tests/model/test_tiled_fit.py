@@ -40,9 +40,11 @@ def _model(adata, **setup) -> SpatialRegionClassifier:
     return SpatialRegionClassifier(adata, seed=0)
 
 
-def test_tiled_fit_equals_the_whole_slide_fit(slide):
-    whole = _model(slide, sources=["obsm:emb"]).train(progress=False)
-    tiled = _model(slide, sources=["obsm:emb"])
+@pytest.mark.parametrize("gradients", [False, True])
+def test_tiled_fit_equals_the_whole_slide_fit(slide, gradients):
+    # with gradients, the side blocks' inputs too come tile by tile, from the halo
+    whole = _model(slide, sources=["obsm:emb"], gradients=gradients).train(progress=False)
+    tiled = _model(slide, sources=["obsm:emb"], gradients=gradients)
     assert len(plan_tiles(slide.obsm["spatial"], tile_size=150, halo=0)) == 64
     assert train_tiled(tiled, slide, tile_size=150, progress=False) is tiled
     assert tiled.chosen_arm_ == whole.chosen_arm_
