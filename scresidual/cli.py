@@ -702,6 +702,11 @@ def _fit_tiled(args) -> None:
     for flag, (value, fix) in refused.items():
         if value is not None:
             raise ScResidualError(f"{flag} is not available with --tile-size/--scheduler; {fix}.")
+    if "neighbourhood-pca" in (args.features or []):  # a sample's cells are not neighbours
+        raise ScResidualError(
+            "--features neighbourhood-pca is fitted on the cells' neighbour means, which the "
+            "50,000-cell sample a tiled fit is set up on does not hold; use --features pca."
+        )
     columns = [c for c in (args.labels_key, args.library_key) if c is not None]
     with ExitStack() as stack:
         if is_zarr(args.input):

@@ -212,8 +212,8 @@ class SpatialRegionClassifier:
             Target-side inputs of the residual encoders, one encoder each: ``'pca'`` (PCA of
             log-normalised expression, fitted here on ``adata``), ``'neighbourhood-pca'``
             (the same projection, with genes and components fitted on each cell's mean with
-            its graph neighbours, as BANKSY's PCA reads the neighbourhood) or ``'obsm:KEY'``
-            (e.g. protein).
+            its graph neighbours, as BANKSY's PCA reads the neighbourhood; set up on the
+            slide in memory, not on a sample of its cells) or ``'obsm:KEY'`` (e.g. protein).
         side_features
             Further target-side inputs, as ``features``, read as one block of their own (with
             the gradients, if any) that joins scratch with the weight of least out-of-fold

@@ -94,6 +94,7 @@ def test_fit_over_tiles_gives_the_whole_slide_model(zarr_store, tmp_path, capsys
         (["--output", "out.zarr"], "--output is not available with --tile-size"),
         (["--tile-size", "0"], "--tile-size must be a positive number"),
         (["--labels-key", "nope"], "--labels-key: obs key 'nope' not found"),
+        (["--features", "neighbourhood-pca"], "use --features pca"),
     ],
 )
 def test_tiled_fit_bad_input_is_one_line(zarr_store, tmp_path, capsys, extra, message):
