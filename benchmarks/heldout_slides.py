@@ -3,8 +3,9 @@
 ``spatial_regions.py`` reports one scVI training per slide file and the library's rules as
 they are; those rules (the penalty grid, the evidence floor, the strongest-kept-penalty rule,
 penalty averaging over the least-loss and one-standard-error rules, the source shares,
-``group_folds="auto"``, and the optional neighbour-gradient block) were chosen on the same
-slides. Here:
+``group_folds="auto"``, the number of rings, the cross-validation repeats) were chosen on the
+same slides, and the peers' neighbourhood features (neighbour gradients, a neighbourhood PCA)
+are candidates too; ``_rules.py`` lists every rule and its alternatives. Here:
 
 * **variance**: every case is run on 3 independent scVI trainings of its slide file
   (``--trainings``) and, for ``random10``, 5 label draws (``--seeds``); ``half`` and
@@ -12,7 +13,8 @@ slides. Here:
   sees the same splits and, per training, the same frozen embedding.
 * **leave-one-slide-out**: each rule is chosen on three of the four slide files (the
   variant with the best mean over their cases of REFINE's macro-F1; ties within 5e-4 keep the
-  library's choice), the chosen rules are combined, and that REFINE is scored on the fourth.
+  rule at filing), the chosen rules are combined, and that REFINE is scored on the fourth;
+  the rules chosen on all four are reported too (in sample).
 * per case: mean and sd of each method over units, and the paired difference REFINE − the
   better peer (by mean) with its 95% t-interval over units.
 
@@ -24,7 +26,8 @@ Usage::
 
 ``run`` keeps every result in ``results/heldout_slides_<slide>.json`` as it goes and skips
 what is there; ``report`` runs any held-out combination of rules not yet run, then writes
-``results/heldout_slides.json``.
+``results/heldout_slides.json``. Scratch, the probe and the harmful source run under the
+rules at filing.
 """
 
 from __future__ import annotations
