@@ -616,14 +616,19 @@ def test_fold_workers_die_with_their_parent(tmp_path):
         import os, time
         from scresidual._process import worker_map
         def work(i):
-            print(os.getpid(), flush=True)
+            os.write(1, f"pid {os.getpid()}\\n".encode())  # one write: lines never interleave
             time.sleep(600)  # until its parent is killed
         worker_map(work, [(0,), (1,)], 2)
     """)
     parent = subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    workers = [int(parent.stdout.readline()) for _ in range(2)]
+    workers = []
+    while len(workers) < 2:  # other output (a library's blank line) is skipped
+        line = parent.stdout.readline()
+        assert line, "the parent exited before both workers started"
+        if line.startswith("pid "):
+            workers.append(int(line.split()[1]))
     assert all(_alive(w) for w in workers)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
