@@ -15,6 +15,7 @@ from .._errors import ScResidualError
 from .._genes import expression_matrix, iter_aligned_genes
 from .._normalise import log1p_normalise
 from .._validate import check_cells, check_counts
+from ._graph import at_most_one_edge
 
 
 @dataclass
@@ -115,6 +116,5 @@ class PCAFeatures:
 
 def neighbour_means(conn: sp.spmatrix) -> sp.csr_matrix:
     """The operator that averages each cell with its graph neighbours (rows sum to 1)."""
-    A = sp.csr_matrix(conn, dtype=bool).astype(np.float32)
-    A = A + sp.identity(A.shape[0], dtype=np.float32, format="csr")
+    A = at_most_one_edge(conn).astype(np.float32)
     return sp.csr_matrix(sp.diags(1.0 / np.asarray(A.sum(1)).ravel()) @ A)

@@ -98,6 +98,11 @@ def spatial_graph(
     return None
 
 
+def at_most_one_edge(conn: sp.spmatrix) -> sp.csr_matrix:
+    """Boolean ``(n, n)``: each cell, and the cells one edge away (the graph with self-loops)."""
+    return sp.csr_matrix(sp.csr_matrix(conn, dtype=bool) + sp.identity(conn.shape[0], dtype=bool))
+
+
 def neighbourhood_rings(X: np.ndarray, conn: sp.spmatrix, n_rings: int = 3) -> np.ndarray:
     """Each cell's features, then their means over the cells exactly 1 … ``n_rings`` edges away.
 
@@ -117,7 +122,7 @@ def neighbourhood_rings(X: np.ndarray, conn: sp.spmatrix, n_rings: int = 3) -> n
     X2 = X.reshape(n, -1)
     out = np.empty((n, n_rings + 1, X2.shape[1]), dtype=np.float32)
     out[:, 0] = X2
-    step = sp.csr_matrix(conn, dtype=bool) + sp.identity(n, dtype=bool)  # at most 1 edge away
+    step = at_most_one_edge(conn)
     inner = sp.identity(n, dtype=bool, format="csr")  # at most k - 1 edges away
     for k in range(1, n_rings + 1):
         ball = (inner @ step).tocsr()  # at most k edges away
@@ -148,7 +153,7 @@ def neighbourhood_gradients(
             f"the graph has shape {conn.shape} and there are {len(xy)} coordinates for {n} "
             "cells; rebuild the graph on the same AnnData."
         )
-    step = sp.csr_matrix(conn, dtype=bool) + sp.identity(n, dtype=bool)
+    step = at_most_one_edge(conn)
     ball = sp.identity(n, dtype=bool, format="csr")
     for _ in range(n_rings):
         ball = (ball @ step).tocsr()
