@@ -117,14 +117,12 @@ def split_rows(slide: Slide, protocol: str, seed: int):
 
 
 def peer(kind: str, slide: Slide, train, test, mask, rows_tr, rows_te, seed: int) -> float:
-    m = sr.labelled(train)
     if kind == "cellcharter+lr":
         Ftr, Fte = slide.cellcharter(rows_tr), slide.cellcharter(rows_te)
     else:
         B = slide.banksy()
         Ftr, Fte = _peers.banksy_pca(B[rows_tr], B[rows_te], seed)
-    grid = _peers.tuned_lr(Ftr[m], train.obs["y"].to_numpy()[m].astype(str), seed)
-    return bc.metrics(test.obs["truth"].to_numpy()[mask], grid.predict(Fte)[mask])["macro_f1"]
+    return sr.lr_on_features(Ftr, Fte, train, test, mask, seed)[0]["macro_f1"]
 
 
 def run_unit(slide: Slide, protocol: str, seed: int, configs: list[str], done: dict) -> dict:

@@ -134,7 +134,6 @@ def run_scresidual(
 def run_peer(kind, train, test, mask, same, *, library, seed):
     """CellCharter + LR or BANKSY + LR, features and all, timed."""
     t = cpu_seconds()
-    m = labelled(train)
     if kind == "cellcharter+lr":
         Ftr = _peers.cellcharter_features(train, use_rep="X_scVI", library=library)
         Fte = Ftr if same else _peers.cellcharter_features(test, use_rep="X_scVI", library=library)
@@ -142,12 +141,18 @@ def run_peer(kind, train, test, mask, same, *, library, seed):
         Btr = _peers.banksy_features(train, library=library, seed=seed)
         Bte = Btr if same else _peers.banksy_features(test, library=library, seed=seed)
         Ftr, Fte = _peers.banksy_pca(Btr, Bte, seed)
-    grid = _peers.tuned_lr(Ftr[m], train.obs["y"].to_numpy()[m].astype(str), seed)
-    pred = grid.predict(Fte)
-    out = bc.metrics(test.obs["truth"].to_numpy()[mask], pred[mask])
+    out, grid = lr_on_features(Ftr, Fte, train, test, mask, seed)
     out["cpu_s"] = round(cpu_seconds() - t, 2)
     out["C"] = grid.best_params_["logisticregression__C"]
     return out
+
+
+def lr_on_features(Ftr, Fte, train, test, mask, seed):
+    """A peer's last step: tuned LR on the labelled training cells' features, scored on
+    ``test[mask]``; ``(metrics, fitted grid)``."""
+    m = labelled(train)
+    grid = _peers.tuned_lr(Ftr[m], train.obs["y"].to_numpy()[m].astype(str), seed)
+    return bc.metrics(test.obs["truth"].to_numpy()[mask], grid.predict(Fte)[mask]), grid
 
 
 def run_seed(a, name: str, protocol: str, seed: int) -> dict:
