@@ -31,7 +31,7 @@ DEFAULT = {
 """The library's choice of each rule when issue 24 was filed (ties in the leave-one-slide-out
 choice keep it); the in-sample table of ``heldout_slides.py`` is REFINE under these."""
 
-ALTERNATIVES = {
+ALTERNATIVES = {  # simplest first where an order exists (fewer rings): the one-se rule's order
     "penalty_grid": ("to_1e-3",),
     "evidence_floor": ("0", "1e-2"),
     "strongest_kept": ("off",),

@@ -11,10 +11,12 @@ are candidates too; ``_rules.py`` lists every rule and its alternatives. Here:
   (``--trainings``) and, for ``random10``, 5 label draws (``--seeds``); ``half`` and
   ``cross-slide`` use 3 training seeds. A *unit* is one (seed, training) pair; every method
   sees the same splits and, per training, the same frozen embedding.
-* **leave-one-slide-out**: each rule is chosen on three of the four slide files (the
-  variant with the best mean over their cases of REFINE's macro-F1; ties within 5e-4 keep the
-  rule at filing), the chosen rules are combined, and that REFINE is scored on the fourth;
-  the rules chosen on all four are reported too (in sample).
+* **leave-one-slide-out**: each rule is chosen on three of the four slide files by the
+  one-standard-error rule (the simplest variant whose mean gain over the rule at filing, over
+  their cases, is within one standard error of the best variant's; see ``choose_rules``),
+  the chosen rules are combined, and that REFINE is scored on the fourth; the rules chosen on
+  all four are reported too (in sample), and so is the held-out table under the rule first
+  used here (the best variant unless within 5e-4 of the rule at filing).
 * per case: mean and sd of each method over units, and the paired difference REFINE − the
   better peer (by mean) with its 95% t-interval over units.
 
@@ -193,29 +195,46 @@ def cases(all_runs: dict) -> list[tuple[str, str]]:
     return [(name, p) for name in all_runs for p in sr.protocols(name)]
 
 
-def case_mean(all_runs, name, protocol, method) -> float | None:
-    v = [u[method] for u in units(all_runs[name], protocol) if method in u]
-    return float(np.mean(v)) if v else None
+def case_gain(all_runs, name, protocol, config) -> float | None:
+    """REFINE under ``config`` minus REFINE under the rules at filing, over the case's units."""
+    m, us = f"refine[{config}]", units(all_runs[name], protocol)
+    if not all(m in u for u in us):
+        return None
+    return float(np.mean([u[m] - u["refine[default]"] for u in us]))
 
 
-def choose_rules(all_runs: dict, held_out: str | None) -> tuple[dict, dict]:
-    """Each rule's variant by the other slides' mean REFINE macro-F1; and the evidence.
+def choose_rules(all_runs: dict, held_out: str | None, *, how: str = "one_se") -> tuple:
+    """Each rule's variant, chosen on the slides other than ``held_out``; and the evidence.
 
+    A variant's *gain* is its mean over those slides' cases of REFINE's macro-F1 minus the
+    rule at filing's, paired by unit; its *se* is the standard error of that mean over the
+    cases (a new slide is one more case). ``how="one_se"``, the rule: the simplest variant
+    whose gain is within one se of the best variant's, the rule at filing being the simplest
+    and :data:`_rules.ALTERNATIVES` listing the others simplest first. ``how="tie"``, the rule
+    first used here: the best variant, unless it is within :data:`TIE` of the rule at filing.
     ``held_out=None``: chosen on every slide (what the library's defaults should be).
     """
     chosen, evidence = {}, {}
     others = [c for c in cases(all_runs) if c[0] != held_out]
     for rule, alts in _rules.ALTERNATIVES.items():
-        scores = {}
-        for v in (_rules.DEFAULT[rule], *alts):
-            m = f"refine[{_rules.key({**_rules.DEFAULT, rule: v})}]"
-            vals = [case_mean(all_runs, n, p, m) for n, p in others]
-            if all(x is not None for x in vals):
-                scores[v] = float(np.mean(vals))
-        best = max(scores, key=scores.get)
-        keep = scores[best] - scores[_rules.DEFAULT[rule]] <= TIE
-        chosen[rule] = _rules.DEFAULT[rule] if keep else best
-        evidence[rule] = {v: round(s, 4) for v, s in scores.items()}
+        stats_ = {}
+        for v in alts:
+            g = [
+                case_gain(all_runs, n, p, _rules.key({**_rules.DEFAULT, rule: v}))
+                for n, p in others
+            ]
+            if all(x is not None for x in g):
+                stats_[v] = (float(np.mean(g)), float(np.std(g, ddof=1) / np.sqrt(len(g))))
+        best = max(stats_, key=lambda v: stats_[v][0])
+        if how == "tie":
+            chosen[rule] = best if stats_[best][0] > TIE else _rules.DEFAULT[rule]
+        else:
+            floor = stats_[best][0] - stats_[best][1]
+            within = [v for v in alts if v in stats_ and stats_[v][0] >= floor]
+            chosen[rule] = _rules.DEFAULT[rule] if floor <= 0 else within[0]
+        evidence[rule] = {
+            v: {"gain": round(g, 4), "se": round(e, 4)} for v, (g, e) in stats_.items()
+        }
     return chosen, evidence
 
 
@@ -290,32 +309,46 @@ def print_table(title: str, rows: list[dict], v: dict) -> None:
     )
 
 
+def ensure_run(all_runs, name, config, why, ddir, trainings, seeds) -> None:
+    if any(f"refine[{config}]" not in u for u in all_runs[name].values()):
+        print(f"[{name}] running {why}, {config}", flush=True)
+        run_slide(name, ddir, [config], trainings, seeds)
+        all_runs[name] = load_runs(name)
+
+
+def held_out(all_runs, how, ddir, trainings, seeds) -> tuple[list, dict]:
+    """Each slide scored under the rules chosen (``how``) on the other three."""
+    choice = {}
+    for name in bc.SPATIAL:
+        rules, evidence = choose_rules(all_runs, name, how=how)
+        config = _rules.key(rules)
+        ensure_run(all_runs, name, config, "the held-out choice", ddir, trainings, seeds)
+        choice[name] = {"config": config, "rules": rules, "evidence_on_other_slides": evidence}
+    return table(all_runs, {n: f"refine[{c['config']}]" for n, c in choice.items()}), choice
+
+
 def report(ddir: Path, out: Path, trainings: int, seeds: dict) -> None:
     all_runs = {n: load_runs(n) for n in bc.SPATIAL}
     missing = [n for n, r in all_runs.items() if not r]
     if missing:
         raise SystemExit(f"no runs for {missing}: run `heldout_slides.py run` on them first")
-    choice = {}
-    for name in bc.SPATIAL:
-        rules, evidence = choose_rules(all_runs, name)
-        config = _rules.key(rules)
-        if any(f"refine[{config}]" not in u for u in all_runs[name].values()):
-            print(f"[{name}] running the held-out choice {config}", flush=True)
-            run_slide(name, ddir, [config], trainings, seeds)
-            all_runs[name] = load_runs(name)
-        choice[name] = {"config": config, "rules": rules, "evidence_on_other_slides": evidence}
+    held, choice = held_out(all_runs, "one_se", ddir, trainings, seeds)
+    held_tie, choice_tie = held_out(all_runs, "tie", ddir, trainings, seeds)
     on_all, evidence_all = choose_rules(all_runs, None)
     chosen = _rules.key(on_all)
     for name in bc.SPATIAL:
-        if any(f"refine[{chosen}]" not in u for u in all_runs[name].values()):
-            print(f"[{name}] running the rules chosen on every slide, {chosen}", flush=True)
-            run_slide(name, ddir, [chosen], trainings, seeds)
-            all_runs[name] = load_runs(name)
-    held = table(all_runs, {n: f"refine[{c['config']}]" for n, c in choice.items()})
+        ensure_run(
+            all_runs, name, chosen, "the rules chosen on every slide", ddir, trainings, seeds
+        )
     insample = table(all_runs, {n: "refine[default]" for n in bc.SPATIAL})
     on_every = table(all_runs, {n: f"refine[{chosen}]" for n in bc.SPATIAL})
     result = {
         "held_out": {"rows": held, "verdict": verdict(held)},
+        "held_out_tie_rule": {
+            "rows": held_tie,
+            "verdict": verdict(held_tie),
+            "choices": choice_tie,
+        },
         "in_sample": {"rows": insample, "verdict": verdict(insample)},
         "chosen_on_every_slide": {
             "config": chosen,
@@ -329,9 +362,14 @@ def report(ddir: Path, out: Path, trainings: int, seeds: dict) -> None:
         "seeds": seeds,
     }
     print_table(
-        "Held-out slides (each slide's rules chosen on the other three)",
+        "Held-out slides (each slide's rules chosen on the other three, one-se rule)",
         held,
         result["held_out"]["verdict"],
+    )
+    print_table(
+        f"Held-out slides, the first selection rule (best variant unless within {TIE} of filing)",
+        held_tie,
+        result["held_out_tie_rule"]["verdict"],
     )
     print_table("In sample, the rules at filing", insample, result["in_sample"]["verdict"])
     print_table(
@@ -339,8 +377,8 @@ def report(ddir: Path, out: Path, trainings: int, seeds: dict) -> None:
         on_every,
         result["chosen_on_every_slide"]["verdict"],
     )
-    for name, c in choice.items():
-        print(f"held out {name}: {c['config']}")
+    for name in bc.SPATIAL:
+        print(f"held out {name}: {choice[name]['config']} (tie rule: {choice_tie[name]['config']})")
     bc.write_json(out, result)
     print(f"results in {out}")
 
