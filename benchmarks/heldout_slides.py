@@ -52,7 +52,12 @@ import spatial_regions as sr  # noqa: E402
 PROTOCOL_SEEDS = {"random10": 5, "half": 3, "cross-slide": 3}
 SOURCE_FREE = ("scratch", "harmful:refine", "banksy+lr")
 """Methods that read no scVI embedding: run once per split, shared by its trainings."""
+Z = 1.0
+"""The selection rule's standard errors: the one-standard-error rule."""
+Z_SENSITIVITY = (0.5, 1.0, 1.5, 2.0, 3.0)
+"""Other values of ``z`` whose held-out verdicts are reported beside it."""
 TIE = 5e-4
+"""The rule first used here kept the rule at filing unless the best gain was above this."""
 
 
 def results_file(name: str) -> Path:
@@ -203,15 +208,16 @@ def case_gain(all_runs, name, protocol, config) -> float | None:
     return float(np.mean([u[m] - u["refine[default]"] for u in us]))
 
 
-def choose_rules(all_runs: dict, held_out: str | None, *, how: str = "one_se") -> tuple:
+def choose_rules(all_runs: dict, held_out: str | None, *, z: float | None = Z) -> tuple:
     """Each rule's variant, chosen on the slides other than ``held_out``; and the evidence.
 
     A variant's *gain* is its mean over those slides' cases of REFINE's macro-F1 minus the
     rule at filing's, paired by unit; its *se* is the standard error of that mean over the
-    cases (a new slide is one more case). ``how="one_se"``, the rule: the simplest variant
-    whose gain is within one se of the best variant's, the rule at filing being the simplest
-    and :data:`_rules.ALTERNATIVES` listing the others simplest first. ``how="tie"``, the rule
-    first used here: the best variant, unless it is within :data:`TIE` of the rule at filing.
+    cases (a new slide is one more case). The rule (``z`` = :data:`Z` = 1, the one-standard-
+    error rule): the simplest variant whose gain is within ``z`` se of the best variant's, the
+    rule at filing being the simplest and :data:`_rules.ALTERNATIVES` listing the others
+    simplest first. ``z=None``, the rule first used here: the best variant, unless its gain is
+    within :data:`TIE`.
     ``held_out=None``: chosen on every slide (what the library's defaults should be).
     """
     chosen, evidence = {}, {}
@@ -226,10 +232,10 @@ def choose_rules(all_runs: dict, held_out: str | None, *, how: str = "one_se") -
             if all(x is not None for x in g):
                 stats_[v] = (float(np.mean(g)), float(np.std(g, ddof=1) / np.sqrt(len(g))))
         best = max(stats_, key=lambda v: stats_[v][0])
-        if how == "tie":
+        if z is None:
             chosen[rule] = best if stats_[best][0] > TIE else _rules.DEFAULT[rule]
         else:
-            floor = stats_[best][0] - stats_[best][1]
+            floor = stats_[best][0] - z * stats_[best][1]
             within = [v for v in alts if v in stats_ and stats_[v][0] >= floor]
             chosen[rule] = _rules.DEFAULT[rule] if floor <= 0 else within[0]
         evidence[rule] = {
@@ -316,11 +322,11 @@ def ensure_run(all_runs, name, config, why, ddir, trainings, seeds) -> None:
         all_runs[name] = load_runs(name)
 
 
-def held_out(all_runs, how, ddir, trainings, seeds) -> tuple[list, dict]:
-    """Each slide scored under the rules chosen (``how``) on the other three."""
+def held_out(all_runs, z, ddir, trainings, seeds) -> tuple[list, dict]:
+    """Each slide scored under the rules chosen (with ``z``) on the other three."""
     choice = {}
     for name in bc.SPATIAL:
-        rules, evidence = choose_rules(all_runs, name, how=how)
+        rules, evidence = choose_rules(all_runs, name, z=z)
         config = _rules.key(rules)
         ensure_run(all_runs, name, config, "the held-out choice", ddir, trainings, seeds)
         choice[name] = {"config": config, "rules": rules, "evidence_on_other_slides": evidence}
@@ -332,8 +338,15 @@ def report(ddir: Path, out: Path, trainings: int, seeds: dict) -> None:
     missing = [n for n, r in all_runs.items() if not r]
     if missing:
         raise SystemExit(f"no runs for {missing}: run `heldout_slides.py run` on them first")
-    held, choice = held_out(all_runs, "one_se", ddir, trainings, seeds)
-    held_tie, choice_tie = held_out(all_runs, "tie", ddir, trainings, seeds)
+    held, choice = held_out(all_runs, Z, ddir, trainings, seeds)
+    held_tie, choice_tie = held_out(all_runs, None, ddir, trainings, seeds)
+    sensitivity = []
+    for z in Z_SENSITIVITY:
+        rows, ch = held_out(all_runs, z, ddir, trainings, seeds)
+        sensitivity.append(
+            {"z": z, "configs": {n: c["config"] for n, c in ch.items()}, **verdict(rows)}
+            | {"lowest_ci95": min(r["refine-better_peer"]["ci95"][0] for r in rows)}
+        )
     on_all, evidence_all = choose_rules(all_runs, None)
     chosen = _rules.key(on_all)
     for name in bc.SPATIAL:
@@ -349,6 +362,7 @@ def report(ddir: Path, out: Path, trainings: int, seeds: dict) -> None:
             "verdict": verdict(held_tie),
             "choices": choice_tie,
         },
+        "held_out_by_z": sensitivity,
         "in_sample": {"rows": insample, "verdict": verdict(insample)},
         "chosen_on_every_slide": {
             "config": chosen,
@@ -379,6 +393,12 @@ def report(ddir: Path, out: Path, trainings: int, seeds: dict) -> None:
     )
     for name in bc.SPATIAL:
         print(f"held out {name}: {choice[name]['config']} (tie rule: {choice_tie[name]['config']})")
+    print("\nthe held-out verdict by the selection rule's z")
+    for s in sensitivity:
+        print(
+            f"  z={s['z']:<4} mean margin {s['mean_margin']:+.4f}, lowest interval "
+            f"{s['lowest_ci95']:+.3f}, every one above −0.01: {s['every_ci_above_-0.01']}"
+        )
     bc.write_json(out, result)
     print(f"results in {out}")
 
