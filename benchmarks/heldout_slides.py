@@ -213,11 +213,11 @@ def choose_rules(all_runs: dict, held_out: str | None, *, z: float | None = Z) -
 
     A variant's *gain* is its mean over those slides' cases of REFINE's macro-F1 minus the
     rule at filing's, paired by unit; its *se* is the standard error of that mean over the
-    cases (a new slide is one more case). The rule (``z`` = :data:`Z` = 1, the one-standard-
-    error rule): the simplest variant whose gain is within ``z`` se of the best variant's, the
-    rule at filing being the simplest and :data:`_rules.ALTERNATIVES` listing the others
-    simplest first. ``z=None``, the rule first used here: the best variant, unless its gain is
-    within :data:`TIE`.
+    cases (cases of one slide file are treated as independent). The rule (``z`` = :data:`Z`
+    = 1, the one-standard-error rule): the simplest variant whose gain is within ``z`` se of
+    the best variant's, the rule at filing being the simplest and :data:`_rules.ALTERNATIVES`
+    listing the others simplest first. ``z=None``, the rule first used here: the best
+    variant, unless its gain is within :data:`TIE`.
     ``held_out=None``: chosen on every slide (what the library's defaults should be).
     """
     chosen, evidence = {}, {}
