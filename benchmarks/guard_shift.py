@@ -49,11 +49,14 @@ def fit(train, *, library, seed, **options):
     )
 
 
-def log_losses(clf, a, rows: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-cell log-loss of ``clf`` on ``a``'s ``rows`` against ``truth`` (one per row).
+def hidden_proba(clf, a, rows: np.ndarray) -> np.ndarray:
+    """``clf``'s probabilities of ``a``'s ``rows``, the whole of ``a`` predicted (its graph,
+    hence the rows' neighbourhoods, as fitted)."""
+    return clf.predict_proba(a).to_numpy()[rows]
 
-    The whole of ``a`` is predicted (its graph, hence the rows' neighbourhoods, as fitted)."""
-    P = clf.predict_proba(a).to_numpy()[rows]
+
+def log_losses(clf, P: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-cell log-loss of probabilities ``P`` (``clf``'s classes) against ``truth``."""
     col = {c: i for i, c in enumerate(clf.classes_)}
     p = np.array([P[i, col[t]] if t in col else 0.0 for i, t in enumerate(truth)])
     return -np.log(np.maximum(p, 1e-6))
@@ -67,14 +70,12 @@ def hidden_half(train, test, mask, *, library, seed) -> dict:
     out = {"hidden_spots": dict(zip(regions.tolist(), counts.tolist(), strict=True))}
     for arm, options in ARMS.items():
         clf = fit(train, library=library, seed=seed, **options)
-        rows = np.flatnonzero(mask)
-        pred = np.asarray(clf.classes_, dtype=object)[
-            clf.predict_proba(test).to_numpy()[rows].argmax(1)
-        ]
+        P = hidden_proba(clf, test, np.flatnonzero(mask))
+        pred = np.asarray(clf.classes_, dtype=object)[P.argmax(1)]
         per_region = f1_score(truth, pred, labels=regions, average=None, zero_division=0)
         out[arm] = {
             **bc.metrics(truth, pred),
-            "log_loss": float(log_losses(clf, test, rows, truth).mean()),
+            "log_loss": float(log_losses(clf, P, truth).mean()),
             "f1_by_region": dict(
                 zip(regions.tolist(), np.round(per_region, 3).tolist(), strict=True)
             ),
@@ -99,10 +100,10 @@ def blocked(train, *, library, seed, n_blocks: int) -> dict:
         hide = lab[block == b]
         part = train.copy()
         part.obs["y"] = np.where(np.isin(np.arange(train.n_obs), hide), None, y)
-        losses = {
-            arm: log_losses(fit(part, library=library, seed=seed, **options), train, hide, y[hide])
-            for arm, options in ARMS.items()
-        }
+        losses = {}
+        for arm, options in ARMS.items():
+            clf = fit(part, library=library, seed=seed, **options)
+            losses[arm] = log_losses(clf, hidden_proba(clf, train, hide), y[hide])
         diff[block == b] = losses["refine"] - losses["scratch"]
     return {
         "difference": float(diff.mean()),
